@@ -14,6 +14,15 @@ from keras_bninit.layers import (
     InputBatchNorm,
     batch_norm,
 )
+from keras_bninit.optimizers import (
+    DECAY,
+    NO_DECAY,
+    SCALE,
+    ParamGroupOptimizer,
+    default_group,
+    tag_variable,
+)
+from keras_bninit.retrofit import batch_norm_layers, retrofit
 from keras_bninit.seeding import make_complex, set_seed
 
 __version__ = "0.1.0"

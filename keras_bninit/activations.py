@@ -26,8 +26,10 @@ _ACTIVATIONS = {
     "silu": lambda z: z * special.expit(z),
     "swish": lambda z: z * special.expit(z),
     "elu": lambda z: np.where(z > 0, z, np.expm1(np.minimum(z, 0.0))),
-    "selu": lambda z: 1.0507009873554805
-    * np.where(z > 0, z, 1.6732632423543772 * np.expm1(np.minimum(z, 0.0))),
+    "selu": lambda z: (
+        1.0507009873554805
+        * np.where(z > 0, z, 1.6732632423543772 * np.expm1(np.minimum(z, 0.0)))
+    ),
     "leaky_relu": lambda z: np.where(z > 0, z, 0.2 * z),
     "tanh": np.tanh,
     "sigmoid": special.expit,
@@ -40,7 +42,7 @@ def available_activations():
     return sorted(_ACTIVATIONS)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _std_of(name):
     act = _ACTIVATIONS[name]
 

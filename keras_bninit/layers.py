@@ -110,6 +110,7 @@ class InputBatchNorm(keras.layers.BatchNormalization):
         )
         self.gamma_value = gamma
         self.activation_std = activation_std
+        self.activation_std_value = std
 
     def get_config(self):
         config = super().get_config()

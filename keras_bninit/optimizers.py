@@ -1,5 +1,12 @@
 """Parameter groups of the paper as a Keras optimizer wrapper (SPEC 3)."""
 
+import re
+
+import keras
+from keras import ops
+
+from keras_bninit._validation import positive_float
+
 # The three parameter groups of the reference (SPEC section 3):
 SCALE = "scale"  # BN scales: lr / gamma_lr_divisor, no weight decay
 DECAY = "decay"  # conv / dense kernels: lr, coupled L2 weight decay
@@ -30,3 +37,367 @@ def tag_variable(variable, group):
         )
     setattr(variable, _TAG, group)
     return variable
+
+
+# Keras names of the variables the default rule recognises.
+SCALE_NAMES = ("gamma",)
+KERNEL_NAMES = ("kernel", "depthwise_kernel", "pointwise_kernel")
+
+# Inner-optimizer arguments that the wrapper cannot honour on the inner one.
+_UNSUPPORTED_INNER = {
+    "use_ema": "apply EMA outside the wrapper (e.g. a callback)",
+    "gradient_accumulation_steps": "accumulate outside the wrapper",
+    "loss_scale_factor": "use keras.optimizers.LossScaleOptimizer around "
+    "the wrapper (mixed precision does this for you)",
+    "clipnorm": "pass clipnorm to ParamGroupOptimizer instead",
+    "clipvalue": "pass clipvalue to ParamGroupOptimizer instead",
+    "global_clipnorm": "pass global_clipnorm to ParamGroupOptimizer instead",
+}
+
+
+def _short_name(variable):
+    path = getattr(variable, "path", None) or variable.name
+    return path.split("/")[-1].split(":")[0]
+
+
+def default_group(variable):
+    """The default rule that assigns a variable to a parameter group.
+
+    In order: a tag set with `tag_variable` (our own layers tag their
+    parameters); a variable named `gamma` (the scale of BatchNormalization,
+    InputBatchNorm and of BNs in nested models; LayerNormalization and
+    GroupNormalization name their scales `gamma` too) is a scale; a
+    convolution or dense kernel is decayed; everything else (BN betas, all
+    biases, embeddings, ...) gets the plain learning rate and no decay
+    (SPEC section 3).
+
+    Args:
+        variable: a `keras.Variable`.
+
+    Returns:
+        `"scale"`, `"decay"` or `"no_decay"`.
+    """
+    tag = getattr(variable, _TAG, None)
+    if tag is not None:
+        return tag
+    name = _short_name(variable)
+    if name in SCALE_NAMES:
+        return SCALE
+    if name in KERNEL_NAMES:
+        return DECAY
+    return NO_DECAY
+
+
+def _compile_patterns(name, patterns):
+    if patterns is None:
+        return ()
+    if isinstance(patterns, str):
+        patterns = (patterns,)
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except (re.error, TypeError) as error:
+            raise ValueError(
+                f"`{name}` must be regular expressions. "
+                f"Received: {name}={patterns!r} ({error})"
+            ) from None
+    return tuple(compiled)
+
+
+@keras.saving.register_keras_serializable(package="keras_bninit")
+class ParamGroupOptimizer(keras.optimizers.Optimizer):
+    """Wraps any Keras optimizer and gives it the paper's parameter groups.
+
+    Three groups, decided once per variable when the optimizer is built
+    (SPEC section 3, Proposal 2):
+    - `"scale"` (BN scales): learning rate `lr(t) / gamma_lr_divisor` at
+      every step, following the schedule; no weight decay.
+    - `"decay"` (conv and dense kernels): learning rate `lr(t)` and
+      PyTorch-style *coupled* L2 weight decay, `g <- g + weight_decay * w`
+      before the inner optimizer's update.
+    - `"no_decay"` (BN shifts, all biases, everything else): `lr(t)`, no
+      decay.
+
+    The reduced learning rate scales the inner optimizer's *step* (it is
+    passed as that variable's learning rate), so it is exact for adaptive
+    optimizers too (Adam is invariant to gradient scale). With SGD and
+    momentum 0.9 the whole update equals PyTorch's SGD with the reference's
+    parameter groups for a constant learning rate.
+
+    The inner optimizer's own state (iterations, learning rate or schedule,
+    moments) is the state of the wrapper: `learning_rate` and `iterations`
+    delegate to it, so schedules and callbacks keep working, and checkpoints
+    and `model.save()` hold all of it. An inner optimizer's own decoupled
+    `weight_decay` (e.g. AdamW) is kept, and restricted to the `"decay"`
+    group.
+
+    Args:
+        optimizer: a Keras optimizer instance, not yet built (SGD, Adam, AdamW,
+            RMSprop, ...; float learning rate or a schedule).
+        gamma_lr_divisor: the divisor a (> 0) of the scales' learning rate;
+            the paper uses 100. 1 gives BASE.
+        weight_decay: coupled L2 coefficient (>= 0) for the `"decay"` group;
+            the paper uses 1e-4.
+        scale_patterns, no_decay_patterns, decay_patterns: optional regular
+            expressions (one or a list) searched in each variable's path
+            (e.g. `"conv1/kernel"`); a match puts the variable in that group,
+            checked in this order before the default rule.
+        classify: optional callable `variable -> group or None`, checked
+            first; `None` falls through to the patterns and the default rule
+            (`default_group`).
+        clipnorm, clipvalue, global_clipnorm: gradient clipping, applied
+            before weight decay (as Keras does).
+        name: optimizer name.
+
+    Reference:
+        Davis & Frank, "Revisiting Batch Norm Initialization", ECCV 2022,
+        Section 3.2 (reduced learning rate of the BN scale).
+    """
+
+    def __init__(
+        self,
+        optimizer,
+        gamma_lr_divisor=100.0,
+        weight_decay=1e-4,
+        scale_patterns=None,
+        no_decay_patterns=None,
+        decay_patterns=None,
+        classify=None,
+        clipnorm=None,
+        clipvalue=None,
+        global_clipnorm=None,
+        name="param_group_optimizer",
+        **kwargs,
+    ):
+        if kwargs:
+            raise ValueError(
+                "ParamGroupOptimizer does not support the arguments "
+                f"{sorted(kwargs)}; configure them on the inner optimizer. "
+                f"Received: {kwargs}"
+            )
+        if not isinstance(optimizer, keras.optimizers.Optimizer) or isinstance(
+            optimizer, keras.optimizers.LossScaleOptimizer
+        ):
+            raise ValueError(
+                "`optimizer` must be a Keras optimizer instance such as "
+                "keras.optimizers.SGD(0.1, momentum=0.9) (not a "
+                f"LossScaleOptimizer). Received: optimizer={optimizer!r}"
+            )
+        if optimizer.built:
+            raise ValueError(
+                "`optimizer` must not be built yet: the wrapper builds it on "
+                f"the model's variables. Received a built {optimizer.name!r}."
+            )
+        for attr, hint in _UNSUPPORTED_INNER.items():
+            value = getattr(optimizer, attr, None)
+            if value:
+                raise ValueError(
+                    f"ParamGroupOptimizer does not support an inner optimizer "
+                    f"with {attr}={value!r}: {hint}."
+                )
+        if classify is not None and not callable(classify):
+            raise ValueError(
+                f"`classify` must be callable or None. Received: {classify!r}"
+            )
+        super().__init__(
+            learning_rate=0.0,
+            clipnorm=clipnorm,
+            clipvalue=clipvalue,
+            global_clipnorm=global_clipnorm,
+            name=name,
+        )
+        self.inner_optimizer = optimizer
+        self.gamma_lr_divisor = positive_float(
+            "gamma_lr_divisor", gamma_lr_divisor
+        )
+        self.coupled_weight_decay = positive_float(
+            "weight_decay", weight_decay, allow_zero=True
+        )
+        self.scale_patterns = scale_patterns
+        self.no_decay_patterns = no_decay_patterns
+        self.decay_patterns = decay_patterns
+        self._pattern_rules = tuple(
+            (group, _compile_patterns(arg, patterns))
+            for group, arg, patterns in (
+                (SCALE, "scale_patterns", scale_patterns),
+                (NO_DECAY, "no_decay_patterns", no_decay_patterns),
+                (DECAY, "decay_patterns", decay_patterns),
+            )
+        )
+        self.classify = classify
+        # One step counter: the inner optimizer's. Base `apply` increments
+        # `self._iterations`, and the inner `update_step` (e.g. Adam's bias
+        # correction) and its schedule read it.
+        self._iterations = optimizer._iterations
+        self._groups = []
+        self._lr_factors = []
+        self._decays = []
+
+    # -- parameter groups ----------------------------------------------------
+
+    def group_of(self, variable):
+        """The group (`"scale"`, `"decay"`, `"no_decay"`) of a variable."""
+        if self.classify is not None:
+            group = self.classify(variable)
+            if group is not None:
+                if group not in GROUPS:
+                    raise ValueError(
+                        f"`classify` must return one of {list(GROUPS)} or "
+                        f"None. Received: {group!r} for variable "
+                        f"{getattr(variable, 'path', variable.name)!r}"
+                    )
+                return group
+        path = getattr(variable, "path", None) or variable.name
+        for group, patterns in self._pattern_rules:
+            if any(p.search(path) for p in patterns):
+                return group
+        return default_group(variable)
+
+    def _factor_and_decay(self, group):
+        if group == SCALE:
+            return 1.0 / self.gamma_lr_divisor, 0.0
+        if group == DECAY:
+            return 1.0, self.coupled_weight_decay
+        return 1.0, 0.0
+
+    def build(self, var_list):
+        if self.built:
+            return
+        var_list = list(var_list)
+        self._groups = [self.group_of(v) for v in var_list]
+        pairs = [self._factor_and_decay(g) for g in self._groups]
+        self._lr_factors = [factor for factor, _ in pairs]
+        self._decays = [decay for _, decay in pairs]
+        inner = self.inner_optimizer
+        if inner.weight_decay:
+            excluded = [v for v, g in zip(var_list, self._groups) if g != DECAY]
+            if excluded:
+                inner.exclude_from_weight_decay(var_list=excluded)
+        inner.build(var_list)
+        super().build(var_list)
+
+    def describe(self, variables=None):
+        """A table of every variable with its group, lr factor and decay.
+
+        Args:
+            variables: the variables to classify; defaults to those the
+                optimizer was built with.
+
+        Returns:
+            A string, one line per variable (like the reference prints its
+            parameter groups).
+        """
+        if variables is None:
+            if not self.built:
+                raise ValueError(
+                    "describe() needs `variables` before the optimizer is "
+                    "built, e.g. describe(model.trainable_variables)."
+                )
+            variables = self._trainable_variables
+        rows = []
+        for v in variables:
+            group = self.group_of(v)
+            factor, decay = self._factor_and_decay(group)
+            path = getattr(v, "path", None) or v.name
+            rows.append(
+                (path, str(tuple(v.shape)), group, f"{factor:g}", f"{decay:g}")
+            )
+        header = ("variable", "shape", "group", "lr factor", "weight decay")
+        widths = [max(len(r[i]) for r in rows + [header]) for i in range(5)]
+        lines = [
+            "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+            for row in [header] + rows
+        ]
+        counts = {g: sum(1 for r in rows if r[2] == g) for g in GROUPS}
+        lines.append(
+            "groups: "
+            + ", ".join(f"{g}={n}" for g, n in counts.items())
+            + f" (gamma_lr_divisor={self.gamma_lr_divisor:g}, "
+            f"weight_decay={self.coupled_weight_decay:g})"
+        )
+        return "\n".join(lines)
+
+    # -- the update ------------------------------------------------------------
+
+    def update_step(self, gradient, variable, learning_rate):
+        # `variable` may be a raw tf.Variable without a Keras path (the TF
+        # backend and tf.distribute hand those over), so the group was
+        # decided in `build` and is looked up by identity here.
+        index = self._get_variable_index(variable)
+        decay = self._decays[index]
+        if decay:
+            gradient = ops.add(
+                gradient,
+                ops.multiply(ops.cast(decay, variable.dtype), variable),
+            )
+        factor = self._lr_factors[index]
+        if factor != 1.0:
+            learning_rate = ops.multiply(
+                ops.cast(learning_rate, variable.dtype),
+                ops.cast(factor, variable.dtype),
+            )
+        self.inner_optimizer.update_step(gradient, variable, learning_rate)
+
+    def _apply_weight_decay(self, variables):
+        # The wrapper's own decay is coupled (in `update_step`); this applies
+        # the inner optimizer's decoupled decay, if it has one.
+        self.inner_optimizer._apply_weight_decay(variables)
+
+    # -- delegated state -------------------------------------------------------
+
+    @property
+    def variables(self):
+        return self.inner_optimizer.variables
+
+    @property
+    def learning_rate(self):
+        return self.inner_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, learning_rate):
+        self.inner_optimizer.learning_rate = learning_rate
+
+    def _get_current_learning_rate(self):
+        return self.inner_optimizer._get_current_learning_rate()
+
+    @property
+    def weight_decay(self):
+        return self.coupled_weight_decay
+
+    @weight_decay.setter
+    def weight_decay(self, value):
+        # The base class sets this to None; the wrapper's decay is coupled
+        # and lives in `coupled_weight_decay`.
+        pass
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "optimizer": keras.saving.serialize_keras_object(
+                self.inner_optimizer
+            ),
+            "gamma_lr_divisor": self.gamma_lr_divisor,
+            "weight_decay": self.coupled_weight_decay,
+            "scale_patterns": self.scale_patterns,
+            "no_decay_patterns": self.no_decay_patterns,
+            "decay_patterns": self.decay_patterns,
+            "classify": None
+            if self.classify is None
+            else keras.saving.serialize_keras_object(self.classify),
+            "clipnorm": self.clipnorm,
+            "clipvalue": self.clipvalue,
+            "global_clipnorm": self.global_clipnorm,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["optimizer"] = keras.optimizers.deserialize(
+            config["optimizer"], custom_objects=custom_objects
+        )
+        if config.get("classify") is not None:
+            config["classify"] = keras.saving.deserialize_keras_object(
+                config["classify"], custom_objects=custom_objects
+            )
+        return cls(**config)

@@ -1,0 +1,384 @@
+"""ParamGroupOptimizer against NumPy optimizers written from SPEC 3."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_bninit as kb
+
+LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+STEPS, BATCH = 4, 8
+
+
+def _conv_bn_net(gamma=0.1, seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6, 6, 2))
+    x = kb.InputBatchNorm(gamma, name="input_bn")(inputs)
+    x = keras.layers.Conv2D(4, 3, use_bias=False, name="conv1")(x)
+    x = kb.batch_norm(gamma, name="bn1")(x)
+    x = keras.layers.ReLU()(x)
+    # No conv bias before a BN: its gradient is round-off, which Adam
+    # would blow up to full steps.
+    x = keras.layers.Conv2D(5, 3, use_bias=False, name="conv2")(x)
+    x = kb.batch_norm(gamma, name="bn2")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(3, name="fc")(x)
+    return keras.Model(inputs, outputs)
+
+
+def _data(seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.random((STEPS * BATCH, 6, 6, 2)).astype("float32")
+    y = rng.integers(0, 3, STEPS * BATCH)
+    return x, y
+
+
+def _reference_group(variable):
+    """SPEC 3 written independently of the library's rule."""
+    name = variable.path.split("/")[-1]
+    return {"gamma": "scale", "kernel": "decay"}.get(name, "no_decay")
+
+
+def _torch_sgd(lr, divisor, wd, momentum=0.9):
+    """PyTorch SGD with the reference's groups, on NumPy arrays."""
+    buffers = {}
+
+    def step(i, group, w, g):
+        if group == "decay":
+            g = g + wd * w
+        buffers[i] = g if i not in buffers else momentum * buffers[i] + g
+        return w - (lr / divisor if group == "scale" else lr) * buffers[i]
+
+    return step
+
+
+def _adam(lr, divisor, wd, b1=0.9, b2=0.999, eps=1e-7):
+    """Adam as Keras writes it (eps outside the bias correction), with L2."""
+    state = {}
+
+    def step(i, group, w, g):
+        if group == "decay":
+            g = g + wd * w
+        m, v, t = state.get(i, (0.0, 0.0, 0))
+        t += 1
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        state[i] = (m, v, t)
+        group_lr = lr / divisor if group == "scale" else lr
+        alpha = group_lr * np.sqrt(1 - b2**t) / (1 - b1**t)
+        return w - alpha * m / (np.sqrt(v) + eps)
+
+    return step
+
+
+def _run_reference(model, x, y, step):
+    """Trains `model` with hand-written updates on the gradients of TF."""
+    variables = model.trainable_variables
+    groups = [_reference_group(v) for v in variables]
+    for s in range(STEPS):
+        xb, yb = x[s * BATCH : (s + 1) * BATCH], y[s * BATCH : (s + 1) * BATCH]
+        with tf.GradientTape() as tape:
+            loss = LOSS(yb, model(xb, training=True))
+        grads = tape.gradient(loss, variables)
+        for i, (v, g) in enumerate(zip(variables, grads)):
+            new = step(i, groups[i], v.numpy().astype("float64"), g.numpy())
+            v.assign(new.astype("float32"))
+
+
+@pytest.mark.parametrize(
+    "make_inner, reference",
+    [
+        (lambda: keras.optimizers.SGD(0.1, momentum=0.9), _torch_sgd),
+        (lambda: keras.optimizers.Adam(0.01), _adam),
+    ],
+    ids=["sgd", "adam"],
+)
+def test_fit_matches_numpy_optimizer(make_inner, reference):
+    x, y = _data()
+    model, ref = _conv_bn_net(), _conv_bn_net()
+    ref.set_weights(model.get_weights())
+    lr = float(make_inner().learning_rate)
+    opt = kb.ParamGroupOptimizer(
+        make_inner(), gamma_lr_divisor=100.0, weight_decay=1e-4
+    )
+    model.compile(opt, LOSS, jit_compile=False)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    _run_reference(ref, x, y, reference(lr, 100.0, 1e-4))
+    assert int(opt.iterations.numpy()) == STEPS
+    for v, r in zip(model.trainable_variables, ref.trainable_variables):
+        np.testing.assert_allclose(
+            v.numpy(), r.numpy(), rtol=2e-5, atol=1e-6, err_msg=v.path
+        )
+    # The gammas did move (so the comparison above is not vacuous).
+    assert np.abs(model.get_layer("bn1").gamma.numpy() - 0.1).max() > 1e-6
+
+
+def test_adam_divisor_scales_step_not_gradient():
+    """Scaling Adam's gradient by 1/a would leave its step unchanged."""
+    gamma = keras.Variable(np.ones(3, "float32"), name="gamma")
+    opt = kb.ParamGroupOptimizer(keras.optimizers.Adam(0.1))
+    opt.apply([np.full(3, 5.0, "float32")], [gamma])
+    # First Adam step is lr * sign(g) (eps aside); the divisor makes it lr/a.
+    np.testing.assert_allclose(gamma.numpy(), 1 - 0.1 / 100, rtol=1e-6)
+
+
+def test_schedule_reaches_gammas_divided_at_every_step():
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+        [2, 4], [0.1, 0.05, 0.01]
+    )
+    rng = np.random.default_rng(0)
+    gamma = keras.Variable(np.ones(3, "float32"), name="gamma")
+    kernel = keras.Variable(
+        rng.normal(size=(2, 3)).astype("float32"), name="kernel"
+    )
+    bias = keras.Variable(np.zeros(3, "float32"), name="bias")
+    opt = kb.ParamGroupOptimizer(
+        keras.optimizers.SGD(schedule), gamma_lr_divisor=100, weight_decay=0.01
+    )
+    for t in range(6):
+        lr = float(schedule(t))
+        assert float(opt.learning_rate) == pytest.approx(lr)
+        grads = [
+            rng.normal(size=v.shape).astype("float32")
+            for v in (gamma, kernel, bias)
+        ]
+        before = [v.numpy() for v in (gamma, kernel, bias)]
+        opt.apply(grads, [gamma, kernel, bias])
+        np.testing.assert_allclose(
+            gamma.numpy(), before[0] - lr / 100 * grads[0], rtol=1e-6
+        )
+        np.testing.assert_allclose(
+            kernel.numpy(),
+            before[1] - lr * (grads[1] + 0.01 * before[1]),
+            rtol=1e-5,
+            atol=1e-7,
+        )
+        np.testing.assert_allclose(
+            bias.numpy(), before[2] - lr * grads[2], rtol=1e-6, atol=1e-8
+        )
+
+
+def test_inner_decoupled_decay_only_on_kernels():
+    gamma = keras.Variable(np.ones(3, "float32"), name="gamma")
+    kernel = keras.Variable(np.ones((2, 3), "float32"), name="kernel")
+    opt = kb.ParamGroupOptimizer(
+        keras.optimizers.AdamW(0.1, weight_decay=0.5), weight_decay=0.0
+    )
+    zeros = [np.zeros(3, "float32"), np.zeros((2, 3), "float32")]
+    opt.apply(zeros, [gamma, kernel])
+    np.testing.assert_allclose(gamma.numpy(), 1.0)
+    np.testing.assert_allclose(kernel.numpy(), 1 - 0.1 * 0.5, rtol=1e-6)
+
+
+def test_describe_lists_groups_of_nested_models():
+    inner = _conv_bn_net()
+    inputs = keras.Input((6, 6, 2))
+    outer = keras.Model(inputs, inner(inputs))
+    opt = kb.ParamGroupOptimizer(keras.optimizers.SGD(0.1))
+    text = opt.describe(outer.trainable_variables)
+    lines = {line.split()[0]: line.split() for line in text.splitlines()}
+    assert lines["input_bn/gamma"][-3:] == ["scale", "0.01", "0"]
+    assert lines["bn2/gamma"][-3:] == ["scale", "0.01", "0"]
+    assert lines["bn2/beta"][-3:] == ["no_decay", "1", "0"]
+    assert lines["conv2/kernel"][-3:] == ["decay", "1", "0.0001"]
+    assert lines["fc/bias"][-3:] == ["no_decay", "1", "0"]
+    assert lines["fc/kernel"][-3:] == ["decay", "1", "0.0001"]
+    assert text.splitlines()[-1].startswith("groups: scale=3, decay=3")
+    with pytest.raises(ValueError, match="describe"):
+        opt.describe()
+
+
+def test_rules_are_overridable():
+    model = _conv_bn_net()
+    opt = kb.ParamGroupOptimizer(
+        keras.optimizers.SGD(0.1),
+        no_decay_patterns=r"^fc/",
+        scale_patterns="conv1/kernel",
+        classify=lambda v: "decay" if v.path == "bn2/beta" else None,
+    )
+    groups = {v.path: opt.group_of(v) for v in model.trainable_variables}
+    assert groups["fc/kernel"] == "no_decay"
+    assert groups["conv1/kernel"] == "scale"
+    assert groups["bn2/beta"] == "decay"
+    assert groups["conv2/kernel"] == "decay"
+    tagged = kb.tag_variable(keras.Variable(1.0, name="rho"), "scale")
+    assert opt.group_of(tagged) == "scale"
+    assert kb.default_group(keras.Variable(1.0, name="rho")) == "no_decay"
+
+
+def test_save_load_continues_identically(tmp_path):
+    x, y = _data()
+    model = _conv_bn_net()
+    model.compile(
+        kb.ParamGroupOptimizer(
+            keras.optimizers.SGD(0.1, momentum=0.9), gamma_lr_divisor=50
+        ),
+        LOSS,
+    )
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    opt = loaded.optimizer
+    assert isinstance(opt, kb.ParamGroupOptimizer)
+    assert opt.gamma_lr_divisor == 50 and opt.weight_decay == 1e-4
+    assert int(opt.iterations.numpy()) == STEPS
+    for m in (model, loaded):
+        m.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # Optimizer state (momentum buffers) came back too.
+    for a, b in zip(model.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_config_round_trip():
+    opt = kb.ParamGroupOptimizer(
+        keras.optimizers.Adam(0.003),
+        gamma_lr_divisor=10,
+        weight_decay=0.0,
+        scale_patterns=["rho$"],
+        clipnorm=1.0,
+    )
+    clone = kb.ParamGroupOptimizer.from_config(opt.get_config())
+    assert clone.get_config() == opt.get_config()
+    assert isinstance(clone.inner_optimizer, keras.optimizers.Adam)
+    assert clone.clipnorm == 1.0 and clone.scale_patterns == ["rho$"]
+
+
+def test_mixed_precision_wraps_and_trains():
+    x, y = _data()
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        model = _conv_bn_net()
+        model.compile(
+            keras.optimizers.LossScaleOptimizer(
+                kb.ParamGroupOptimizer(keras.optimizers.SGD(0.1, momentum=0.9))
+            ),
+            LOSS,
+        )
+        history = model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert np.isfinite(history.history["loss"]).all()
+    gamma = model.get_layer("bn1").gamma
+    assert gamma.dtype == "float32"
+    assert 0 < np.abs(gamma.numpy() - 0.1).max() < 0.01
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"gamma_lr_divisor": 0}, "gamma_lr_divisor=0"),
+        ({"gamma_lr_divisor": -100}, "gamma_lr_divisor=-100"),
+        ({"weight_decay": -1e-4}, "weight_decay=-0.0001"),
+        ({"scale_patterns": "("}, "scale_patterns"),
+        ({"classify": 3}, "classify"),
+        ({"learning_rate": 0.1}, "learning_rate"),
+    ],
+)
+def test_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        kb.ParamGroupOptimizer(keras.optimizers.SGD(0.1), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "inner, match",
+    [
+        ("sgd", "Keras optimizer instance"),
+        (lambda: keras.optimizers.SGD(0.1, clipnorm=1.0), "clipnorm=1.0"),
+        (lambda: keras.optimizers.SGD(0.1, use_ema=True), "use_ema=True"),
+        (
+            lambda: keras.optimizers.SGD(0.1, gradient_accumulation_steps=2),
+            "gradient_accumulation_steps=2",
+        ),
+    ],
+)
+def test_rejects_unsupported_inner(inner, match):
+    with pytest.raises(ValueError, match=match):
+        kb.ParamGroupOptimizer(inner() if callable(inner) else inner)
+
+
+def test_rejects_built_inner_and_bad_classify_result():
+    sgd = keras.optimizers.SGD(0.1)
+    sgd.build([keras.Variable(1.0)])
+    with pytest.raises(ValueError, match="must not be built"):
+        kb.ParamGroupOptimizer(sgd)
+    opt = kb.ParamGroupOptimizer(
+        keras.optimizers.SGD(0.1), classify=lambda v: "fast"
+    )
+    with pytest.raises(ValueError, match="'fast'"):
+        opt.group_of(keras.Variable(1.0, name="gamma"))
+
+
+_MIRRORED = textwrap.dedent(
+    """
+    import json, os
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import numpy as np, keras, keras_bninit as kb
+
+    def make():
+        inputs = keras.Input((6, 6, 2))
+        x = kb.InputBatchNorm(0.1, synchronized=True)(inputs)
+        x = keras.layers.Conv2D(4, 3, use_bias=False)(x)
+        x = kb.batch_norm(0.1, synchronized=True)(x)
+        x = keras.layers.ReLU()(x)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model(inputs, keras.layers.Dense(3)(x))
+
+    def compile_fit(model):
+        opt = kb.ParamGroupOptimizer(keras.optimizers.SGD(0.1, momentum=0.9))
+        model.compile(opt, keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True), jit_compile=False)
+        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        return opt
+
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 6, 6, 2)).astype("float32")
+    y = rng.integers(0, 3, 64)
+    keras.utils.set_random_seed(0)
+    single = make()
+    w0 = single.get_weights()
+    compile_fit(single)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        mirrored = make()
+        mirrored.set_weights(w0)
+        opt = compile_fit(mirrored)
+    print(json.dumps({
+        "replicas": strategy.num_replicas_in_sync,
+        "iterations": int(opt.iterations.numpy()),
+        "max_diff": max(float(np.abs(a - b).max()) for a, b in
+                        zip(single.get_weights(), mirrored.get_weights())),
+        "gamma_moved": float(np.abs(mirrored.weights[0].numpy()
+                                    - 0.058).max()),
+    }))
+    """
+)
+
+
+def test_mirrored_strategy_matches_single_device():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run(
+        [sys.executable, "-c", _MIRRORED],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert result["iterations"] == 8
+    assert result["max_diff"] < 1e-5
+    assert result["gamma_moved"] > 0
