@@ -14,6 +14,14 @@ from keras_bninit.layers import (
     InputBatchNorm,
     batch_norm,
 )
+from keras_bninit.norms import (
+    NORM_LAYERS,
+    A1BatchNorm,
+    A2BatchNorm,
+    InstanceEnhancementBatchNorm,
+    RepresentativeBatchNorm,
+    norm_layer,
+)
 from keras_bninit.optimizers import (
     DECAY,
     NO_DECAY,
@@ -23,6 +31,7 @@ from keras_bninit.optimizers import (
     tag_variable,
 )
 from keras_bninit.retrofit import batch_norm_layers, retrofit
+from keras_bninit.schedules import EpochCosineDecay
 from keras_bninit.seeding import make_complex, set_seed
 
 __version__ = "0.1.0"

@@ -102,7 +102,16 @@ def retrofit(
             f"`model` {model.name!r} is not built: call it on a batch or "
             "call model.build(input_shape) first, so its BN weights exist."
         )
-    for layer in batch_norm_layers(model):
+    layers = batch_norm_layers(model)
+    for layer in layers:
+        if type(layer) not in (keras.layers.BatchNormalization, InputBatchNorm):
+            raise ValueError(
+                f"retrofit resets stock BatchNormalization layers; layer "
+                f"{layer.name!r} is a {type(layer).__name__}. Build such "
+                "models with the formulation's own `gamma` (e.g. the "
+                "`norm_layer` factory of the model zoo) instead."
+            )
+    for layer in layers:
         if isinstance(layer, InputBatchNorm):
             _reset_bn(layer, gamma * layer.activation_std_value)
             layer.gamma_value = gamma

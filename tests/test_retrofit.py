@@ -125,3 +125,11 @@ def test_rejects_unbuilt_and_non_models():
     two = keras.Model([a, b], keras.layers.Add()([a, b]))
     with pytest.raises(ValueError, match="has 2"):
         kb.retrofit(two)
+
+
+def test_rejects_alternative_formulations():
+    inputs = keras.Input((4, 4, 2))
+    outputs = kb.A2BatchNorm(rho=0.1, name="a2")(inputs)
+    model = keras.Model(inputs, outputs)
+    with pytest.raises(ValueError, match="'a2' is a A2BatchNorm"):
+        kb.retrofit(model)
