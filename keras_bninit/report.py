@@ -1,0 +1,741 @@
+"""Paper-style tables and plots from result records (SPEC sections 10, 11).
+
+The table layout of the paper: one row per gamma value (+ a BASE row), one
+column per learning rate, cells "mean ± std" of test accuracy in percent
+over the seeds. A cell is bold when the configuration is significantly
+better than its BASE (one-sided paired t-test, p <= 0.05) and underlined
+when its mean is the highest of its column. A cell shows "(n=k)" when it
+has fewer seeds than the other cells compared with the same BASE, so
+missing seeds are never hidden.
+
+Rows can be keyed by another field (`row_key="bn"` for the related-methods
+table, `"input_norm"`, `"model"`); every field that is neither the row key,
+a method field (gamma, divisor, bn, input_norm) nor the column key splits
+the records into separate tables (one per data set, model, epochs, ...).
+
+Renderings: Markdown, LaTeX, CSV (every statistic of `keras_bninit.stats`)
+and plain text; `plot_accuracy_vs_gamma` draws a PNG.
+"""
+
+import csv
+import dataclasses
+import io
+import math
+import numbers
+import os
+import textwrap
+
+from keras_bninit.stats import ALPHA, compare_records
+from keras_bninit.store import canonical_config
+
+# Fields that tell the compared methods apart: they always go into the row.
+METHOD_FIELDS = ("gamma", "gamma_lr_divisor", "bn", "input_norm")
+
+# CSV columns after the table/row/column labels and the config fields.
+_CSV_STATS = (
+    "config_key",
+    "base_key",
+    "is_base",
+    "n_ours",
+    "n_base",
+    "n",
+    "n_failed",
+    "missing_seeds",
+    # accuracies from here to ci_high (scaled)
+    "mean",
+    "std",
+    "base_mean",
+    "base_std",
+    "mean_difference",
+    "ci_low",
+    "ci_high",
+    "t",
+    "p_value",
+    "significant",
+    "p_holm",
+    "significant_holm",
+    "wilcoxon_p",
+    "effect_size_dz",
+    "p_outperform",
+    "p_outperform_ci_low",
+    "p_outperform_ci_high",
+    "best_in_column",
+    "note",
+)
+# Accuracy-valued statistics, multiplied by `scale` in the CSV.
+_SCALED = frozenset(_CSV_STATS[8:15])  # mean ... ci_high
+
+
+@dataclasses.dataclass
+class Cell:
+    """One table cell.
+
+    Attributes:
+        stats: the configuration's row from `stats.compare_records`.
+        mean, std: in the table's unit (percent by default).
+        show_n: whether the cell shows its number of seeds.
+        bold: significantly better than BASE.
+        underline: the highest displayed mean of its column.
+    """
+
+    stats: dict
+    mean: float
+    std: float
+    show_n: bool = False
+    bold: bool = False
+    underline: bool = False
+
+
+@dataclasses.dataclass
+class Table:
+    """One paper-style table.
+
+    Attributes:
+        fixed: the fields shared by every cell (data set, model, ...).
+        row_key: the field that labels the rows.
+        col_key: the field that labels the columns.
+        rows: one dict of method-field values per row, BASE rows last.
+        row_labels: e.g. "gamma=0.1", "BASE".
+        is_base_row: whether each row is a BASE configuration.
+        columns: the column values (learning rates, largest first).
+        cells: `(row_index, column_index) -> Cell`; absent when not run.
+        common: fields shared by every non-BASE row but not shown per row.
+        decimals, alpha, decision: how cells were formatted and marked.
+    """
+
+    fixed: dict
+    row_key: str
+    col_key: str
+    rows: list
+    row_labels: list
+    is_base_row: list
+    columns: list
+    cells: dict
+    common: dict
+    decimals: int
+    alpha: float
+    decision: str
+
+    @property
+    def title(self):
+        """The fields shared by the table, e.g. "dataset=cifar10, ..."."""
+        return ", ".join(f"{k}={_fmt(v)}" for k, v in self.fixed.items())
+
+    @property
+    def column_labels(self):
+        return [f"{self.col_key}={_fmt(v)}" for v in self.columns]
+
+    def cell_text(self, cell, latex=False):
+        """The cell as "mean ± std", plus "(n=k)" when due."""
+        d = self.decimals
+        text = f"{cell.mean:.{d}f}"
+        if not math.isnan(cell.std):
+            pm = r"$\pm$" if latex else "±"
+            text += f" {pm} {cell.std:.{d}f}"
+        if cell.show_n:
+            n = cell.stats["n_ours"]
+            text += f" ($n={n}$)" if latex else f" (n={n})"
+        return text
+
+    def legend(self):
+        """What bold, underline and n mean in this table."""
+        test = "Holm-corrected " if self.decision == "holm" else ""
+        parts = [
+            f"bold: better than BASE, {test}one-sided paired t-test "
+            f"p <= {self.alpha:g}",
+            "underlined: best mean of the column",
+            "n: seeds, shown when fewer than the cells compared with the "
+            "same BASE",
+        ]
+        if self.common:
+            common = ", ".join(f"{k}={_fmt(v)}" for k, v in self.common.items())
+            parts.insert(0, f"rows other than BASE: {common}")
+        return "; ".join(parts) + "."
+
+
+# ---------------------------------------------------------------------------
+# Building tables
+# ---------------------------------------------------------------------------
+
+
+def _fmt(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return str(value)
+    return f"{float(value):g}"
+
+
+def _sort_key(value):
+    # numbers before strings, None last; never compares across types
+    if value is None:
+        return (2, 0.0, "")
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
+def _as_records(records):
+    if hasattr(records, "records"):  # a ResultStore: failures count too
+        return records.records(status=None)
+    return list(records)
+
+
+def build_tables(
+    records,
+    row_key="gamma",
+    col_key="lr",
+    metric="test_accuracy",
+    scale=100.0,
+    decimals=2,
+    alpha=ALPHA,
+    decision="raw",
+    baseline=None,
+    holm_family="base",
+    seed=0,
+):
+    """Groups result records into paper-style tables.
+
+    Args:
+        records: result records (a list of dicts), or a `ResultStore`.
+        row_key: the config field that labels rows ("gamma", "bn",
+            "input_norm", "model", ...).
+        col_key: the config field of the columns ("lr").
+        metric: the record field tabulated.
+        scale: multiplies accuracies for display (100: percent).
+        decimals: decimals of means and standard deviations.
+        alpha: significance level.
+        decision: bold cells by the "raw" p-value (the paper) or by the
+            "holm"-corrected one.
+        baseline, holm_family, seed: passed to `stats.compare_records`.
+
+    Returns:
+        A list of `Table`, sorted by their fixed fields.
+    """
+    if decision not in ("raw", "holm"):
+        raise ValueError(
+            f'`decision` must be "raw" or "holm". Received: {decision!r}'
+        )
+    if row_key == col_key:
+        raise ValueError(
+            f"`row_key` and `col_key` must differ. Received: {row_key!r}"
+        )
+    comparisons = compare_records(
+        _as_records(records),
+        metric=metric,
+        alpha=alpha,
+        baseline=baseline,
+        holm_family=holm_family,
+        seed=seed,
+    )
+    row_fields = tuple(dict.fromkeys((row_key, *METHOD_FIELDS)))
+    groups = {}
+    for comparison in comparisons:
+        config = canonical_config(comparison["config"])
+        fixed = {
+            k: v
+            for k, v in config.items()
+            if k not in row_fields and k != col_key
+        }
+        # data set and model first, as a table's caption would name them
+        fixed = {
+            **{k: fixed[k] for k in ("dataset", "model") if k in fixed},
+            **fixed,
+        }
+        fixed_id = tuple(sorted((k, repr(v)) for k, v in fixed.items()))
+        group = groups.setdefault(fixed_id, (fixed, []))
+        group[1].append((config, comparison))
+    options = {
+        "row_key": row_key,
+        "col_key": col_key,
+        "decimals": decimals,
+        "alpha": alpha,
+        "decision": decision,
+    }
+    return [
+        _build_table(fixed, members, row_fields, scale, options)
+        for _, (fixed, members) in sorted(groups.items())
+    ]
+
+
+def _build_table(fixed, members, row_fields, scale, options):
+    """One `Table`; `options` are the `Table` fields given by the caller."""
+    row_key, col_key = options["row_key"], options["col_key"]
+    decision, decimals = options["decision"], options["decimals"]
+    rows, is_base, columns = {}, {}, set()
+    for config, comparison in members:
+        row = tuple(config.get(f) for f in row_fields)
+        rows[row] = dict(zip(row_fields, row))
+        is_base[row] = is_base.get(row, False) or comparison["is_base"]
+        columns.add(config.get(col_key))
+    order = sorted(
+        rows,
+        key=lambda r: (is_base[r], [_sort_key(v) for v in r]),
+    )
+    columns = sorted(columns, key=_sort_key, reverse=True)
+    row_index = {r: i for i, r in enumerate(order)}
+    col_index = {c: j for j, c in enumerate(columns)}
+
+    cells = {}
+    for config, comparison in members:
+        row = tuple(config.get(f) for f in row_fields)
+        significant = comparison[
+            "significant" if decision == "raw" else "significant_holm"
+        ]
+        cells[row_index[row], col_index[config.get(col_key)]] = Cell(
+            stats=comparison,
+            mean=comparison["mean"] * scale,
+            std=comparison["std"] * scale,
+            bold=bool(significant),
+        )
+    _mark_n(cells)
+    _mark_best(cells, decimals)
+
+    labels, common = _row_labels(
+        [rows[r] for r in order], [is_base[r] for r in order], row_key
+    )
+    return Table(
+        fixed=fixed,
+        rows=[rows[r] for r in order],
+        row_labels=labels,
+        is_base_row=[is_base[r] for r in order],
+        columns=columns,
+        cells=cells,
+        common=common,
+        **options,
+    )
+
+
+def _mark_n(cells):
+    """Shows n where a cell has fewer seeds than others of its BASE group."""
+    most = {}
+    for cell in cells.values():
+        key = cell.stats["base_key"]
+        most[key] = max(most.get(key, 0), cell.stats["n_ours"])
+    for cell in cells.values():
+        stats = cell.stats
+        fewer = stats["n_ours"] < most[stats["base_key"]]
+        fewer_than_base = not stats["is_base"] and (
+            stats["n_ours"] < stats["n_base"] or stats["n_base"] == 0
+        )
+        cell.show_n = fewer or fewer_than_base
+
+
+def _mark_best(cells, decimals):
+    """Underlines the highest displayed mean of each column (ties: all)."""
+    best = {}
+    for (_, j), cell in cells.items():
+        if not math.isnan(cell.mean):
+            best[j] = max(best.get(j, -math.inf), round(cell.mean, decimals))
+    for (_, j), cell in cells.items():
+        cell.underline = (
+            not math.isnan(cell.mean) and round(cell.mean, decimals) == best[j]
+        )
+
+
+def _row_labels(rows, is_base, row_key):
+    """Labels rows by row_key plus the method fields that vary among them."""
+    others = [f for f in rows[0] if f != row_key] if rows else []
+    plain = [r for r, b in zip(rows, is_base) if not b]
+    bases = [r for r, b in zip(rows, is_base) if b]
+    varying = [f for f in others if len({repr(r[f]) for r in plain}) > 1]
+    common = {
+        f: plain[0][f]
+        for f in others
+        if plain
+        and f not in varying
+        and bases
+        and all(repr(plain[0][f]) != repr(b[f]) for b in bases)
+    }
+    base_varying = (
+        [f for f in rows[0] if len({repr(r[f]) for r in bases}) > 1]
+        if rows
+        else []
+    )
+    labels = []
+    for row, base in zip(rows, is_base):
+        if base:
+            extra = ", ".join(f"{f}={_fmt(row[f])}" for f in base_varying)
+            labels.append(f"BASE ({extra})" if extra else "BASE")
+        else:
+            label = f"{row_key}={_fmt(row[row_key])}"
+            extra = ", ".join(f"{f}={_fmt(row[f])}" for f in varying)
+            labels.append(f"{label} ({extra})" if extra else label)
+    return labels, common
+
+
+# ---------------------------------------------------------------------------
+# Renderings
+# ---------------------------------------------------------------------------
+
+
+def _p_suffix(cell):
+    p = cell.stats["p_value"]
+    return "" if math.isnan(p) else f" (p={p:.3g})"
+
+
+def to_markdown(table, show_p=False):
+    """The table in Markdown: bold `**`, underline `<u>`.
+
+    Args:
+        table: a `Table`.
+        show_p: append each cell's raw t-test p-value.
+
+    Returns:
+        A string: a title line, the table, and a legend line.
+    """
+    header = [table.row_key, *table.column_labels]
+    lines = [
+        f"**{table.title}**" if table.title else "",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---:|" * len(table.columns),
+    ]
+    for i, label in enumerate(table.row_labels):
+        texts = []
+        for j in range(len(table.columns)):
+            cell = table.cells.get((i, j))
+            if cell is None:
+                texts.append("–")
+                continue
+            text = table.cell_text(cell)
+            if cell.underline:
+                text = f"<u>{text}</u>"
+            if cell.bold:
+                text = f"**{text}**"
+            texts.append(text + (_p_suffix(cell) if show_p else ""))
+        lines.append("| " + " | ".join([label, *texts]) + " |")
+    lines += ["", table.legend()]
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def _latex_escape(text):
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def to_latex(table):
+    """The table as a LaTeX `tabular` (booktabs): `\\textbf`, `\\underline`.
+
+    Returns:
+        A string with a `% title` comment line and the tabular.
+    """
+    lines = [
+        f"% {_latex_escape(table.title)}",
+        r"\begin{tabular}{l" + "r" * len(table.columns) + "}",
+        r"\toprule",
+        " & ".join(
+            _latex_escape(x) for x in [table.row_key, *table.column_labels]
+        )
+        + r" \\",
+        r"\midrule",
+    ]
+    for i, label in enumerate(table.row_labels):
+        if table.is_base_row[i] and (i == 0 or not table.is_base_row[i - 1]):
+            lines.append(r"\midrule")
+        texts = [_latex_escape(label)]
+        for j in range(len(table.columns)):
+            cell = table.cells.get((i, j))
+            if cell is None:
+                texts.append("--")
+                continue
+            text = table.cell_text(cell, latex=True)
+            if cell.underline:
+                text = rf"\underline{{{text}}}"
+            if cell.bold:
+                text = rf"\textbf{{{text}}}"
+            texts.append(text)
+        lines.append(" & ".join(texts) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_text(table, show_p=True):
+    """The table for a terminal: `*` marks bold, `^` underline.
+
+    Args:
+        table: a `Table`.
+        show_p: append each cell's raw t-test p-value.
+
+    Returns:
+        A string with aligned columns, a title line and a legend.
+    """
+    header = [table.row_key, *table.column_labels]
+    body = []
+    for i, label in enumerate(table.row_labels):
+        texts = [label]
+        for j in range(len(table.columns)):
+            cell = table.cells.get((i, j))
+            if cell is None:
+                texts.append("-")
+                continue
+            marks = ("*" if cell.bold else "") + ("^" if cell.underline else "")
+            suffix = _p_suffix(cell) if show_p else ""
+            texts.append(f"{table.cell_text(cell)}{marks}{suffix}")
+        body.append(texts)
+    widths = [
+        max(len(r[k]) for r in [header, *body]) for k in range(len(header))
+    ]
+
+    def line(texts):
+        first = texts[0].ljust(widths[0])
+        rest = [t.rjust(w) for t, w in zip(texts[1:], widths[1:])]
+        return "  ".join([first, *rest]).rstrip()
+
+    legend = table.legend().replace("bold:", "*:").replace("underlined:", "^:")
+    lines = [table.title, line(header), "-" * len(line(header))]
+    lines += [line(texts) for texts in body]
+    lines.append(legend)
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(tables, path=None, scale=100.0):
+    """Every comparison of `tables` as CSV, one line per cell.
+
+    Columns: table title, row and column labels, the method fields, then
+    config_key, base_key, is_base, n_ours, n_base, n (pairs), n_failed,
+    missing_seeds, mean, std, base_mean, base_std, mean_difference, ci_low,
+    ci_high (those seven times `scale`: percent), t, p_value, significant
+    (raw), p_holm, significant_holm, wilcoxon_p, effect_size_dz,
+    p_outperform, p_outperform_ci_low, p_outperform_ci_high, best_in_column,
+    note.
+
+    Args:
+        tables: a `Table` or a list of them.
+        path: file to write; None returns the text instead.
+        scale: the factor the tables used for accuracies.
+
+    Returns:
+        The CSV text (also when written to `path`).
+    """
+    if isinstance(tables, Table):
+        tables = [tables]
+    # the config fields of each cell: fixed ones, the column's, the row's
+    fields = list(
+        dict.fromkeys(
+            f
+            for t in tables
+            for f in [*t.fixed, t.col_key, *(t.rows[0] if t.rows else ())]
+        )
+    )
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["table", "row", "column", *fields, *_CSV_STATS])
+    for table in tables:
+        for (i, j), cell in sorted(table.cells.items()):
+            stats = cell.stats
+            values = []
+            for name in _CSV_STATS:
+                if name == "best_in_column":
+                    value = cell.underline
+                elif name == "missing_seeds":
+                    value = " ".join(str(s) for s in stats[name])
+                else:
+                    value = stats[name]
+                if name in _SCALED:
+                    value = value * scale
+                values.append(value)
+            writer.writerow(
+                [
+                    table.title,
+                    table.row_labels[i],
+                    table.column_labels[j],
+                    *[_csv_field(table, i, j, f) for f in fields],
+                    *values,
+                ]
+            )
+    text = out.getvalue()
+    if path is not None:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            f.write(text)
+    return text
+
+
+def _csv_field(table, i, j, field):
+    if field in table.rows[i]:
+        return table.rows[i][field]
+    if field == table.col_key:
+        return table.columns[j]
+    return table.fixed.get(field, "")
+
+
+# ---------------------------------------------------------------------------
+# Plot
+# ---------------------------------------------------------------------------
+
+
+def plot_accuracy_vs_gamma(table, path, ylabel="test accuracy (%)"):
+    """Test accuracy vs gamma per learning rate, with the BASE band.
+
+    One line per column (learning rate) through the mean of each gamma row
+    (log x axis), error bars one standard deviation; significantly better
+    points are drawn as stars. Each column's BASE is a dashed line at its
+    mean and a shaded band of +/- one standard deviation, in the same
+    colour. Uses matplotlib's Agg canvas (no display, no pyplot state).
+
+    Args:
+        table: a `Table` built with `row_key="gamma"`.
+        path: the PNG file to write.
+        ylabel: the y axis label.
+
+    Returns:
+        `path`.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if table.row_key != "gamma":
+        raise ValueError(
+            f'The plot needs a table with row_key="gamma". '
+            f"Received: row_key={table.row_key!r}"
+        )
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colors = [f"C{k % 10}" for k in range(len(table.columns))]
+    _, varying = _series_fields(table)
+    for j, label in enumerate(table.column_labels):
+        color = colors[j]
+        series = {}
+        for i, row in enumerate(table.rows):
+            cell = table.cells.get((i, j))
+            if cell is None or math.isnan(cell.mean):
+                continue
+            if table.is_base_row[i]:
+                std = 0.0 if math.isnan(cell.std) else cell.std
+                ax.axhspan(
+                    cell.mean - std, cell.mean + std, color=color, alpha=0.15
+                )
+                ax.axhline(
+                    cell.mean,
+                    color=color,
+                    linestyle="--",
+                    linewidth=1,
+                    label=f"BASE, {label}",
+                )
+                continue
+            name = tuple((f, row[f]) for f in varying)
+            series.setdefault(name, []).append((float(row["gamma"]), cell))
+        for k, (name, points) in enumerate(sorted(series.items())):
+            points.sort(key=lambda p: p[0])
+            # nudge each learning rate sideways so error bars do not overlap
+            dodge = 10 ** (0.012 * (j - (len(table.columns) - 1) / 2))
+            x = [p[0] * dodge for p in points]
+            y = [p[1].mean for p in points]
+            err = [0.0 if math.isnan(p[1].std) else p[1].std for p in points]
+            extra = ", ".join(f"{f}={_fmt(v)}" for f, v in name)
+            ax.errorbar(
+                x,
+                y,
+                yerr=err,
+                color=color,
+                marker="o",
+                capsize=3,
+                linestyle=["-", ":", "-."][k % 3],
+                label=f"{label}, {extra}" if extra else label,
+            )
+            stars = [(p[0] * dodge, p[1].mean) for p in points if p[1].bold]
+            if stars:
+                ax.plot(
+                    *zip(*stars),
+                    linestyle="none",
+                    marker="*",
+                    markersize=11,
+                    color=color,
+                    markeredgecolor="black",
+                )
+    ax.set_xscale("log")
+    gammas = sorted(
+        {
+            float(r["gamma"])
+            for r, b in zip(table.rows, table.is_base_row)
+            if not b
+        }
+    )
+    if gammas:
+        ax.set_xticks(gammas, [_fmt(g) for g in gammas])
+        ax.set_xlim(gammas[0] / 1.6, gammas[-1] * 1.6)
+        ax.minorticks_off()
+    ax.set_xlabel("gamma (initial BN scale c)")
+    ax.set_ylabel(ylabel)
+    common = ", ".join(f"{k}={_fmt(v)}" for k, v in table.common.items())
+    title = [table.title, f"gamma rows: {common}" if common else ""]
+    title.append(
+        "bars: ±1 std; band: BASE ±1 std; "
+        f"star: better than BASE, p <= {table.alpha:g}"
+    )
+    ax.set_title(
+        "\n".join(textwrap.fill(t, 100) for t in title if t), fontsize=9
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.savefig(path, dpi=150)
+    return path
+
+
+def _series_fields(table):
+    plain = [r for r, b in zip(table.rows, table.is_base_row) if not b]
+    fields = [f for f in (plain[0] if plain else {}) if f != "gamma"]
+    varying = [f for f in fields if len({repr(r[f]) for r in plain}) > 1]
+    return fields, varying
+
+
+# ---------------------------------------------------------------------------
+# Everything at once
+# ---------------------------------------------------------------------------
+
+
+def write_report(records, out_dir, row_key="gamma", col_key="lr", **kwargs):
+    """Writes report.md, report.tex, report.csv and plots to `out_dir`.
+
+    Args:
+        records: result records or a `ResultStore`.
+        out_dir: the directory (created if missing).
+        row_key, col_key, **kwargs: passed to `build_tables`.
+
+    Returns:
+        `(text, paths)`: the terminal rendering of every table and a dict
+        of the files written ("markdown", "latex", "csv", "plots").
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    tables = build_tables(records, row_key=row_key, col_key=col_key, **kwargs)
+    scale = kwargs.get("scale", 100.0)
+    paths = {
+        "markdown": os.path.join(out_dir, "report.md"),
+        "latex": os.path.join(out_dir, "report.tex"),
+        "csv": os.path.join(out_dir, "report.csv"),
+        "plots": [],
+    }
+    with open(paths["markdown"], "w", encoding="utf-8") as f:
+        f.write("\n".join(to_markdown(t, show_p=True) for t in tables))
+    with open(paths["latex"], "w", encoding="utf-8") as f:
+        f.write("\n".join(to_latex(t) for t in tables))
+    to_csv(tables, paths["csv"], scale=scale)
+    if row_key == "gamma":
+        for k, table in enumerate(tables):
+            name = "_".join(
+                _fmt(table.fixed[f])
+                for f in ("dataset", "model")
+                if f in table.fixed
+            )
+            name = "".join(
+                c if c.isalnum() or c in "-_." else "-" for c in name
+            )
+            plot = os.path.join(
+                out_dir,
+                f"accuracy_vs_gamma_{k}{'_' + name if name else ''}.png",
+            )
+            paths["plots"].append(plot_accuracy_vs_gamma(table, plot))
+    text = "\n".join(to_text(t) for t in tables)
+    return text, paths

@@ -1,0 +1,246 @@
+"""Paper-style tables from a synthetic results store."""
+
+import csv
+import io
+
+import numpy as np
+import pytest
+
+from keras_bninit import report, stats
+from keras_bninit.store import ResultStore
+
+SEEDS = range(1, 6)
+NOISE = {1: 0.0, 2: 0.01, 3: -0.01, 4: 0.005, 5: -0.005}
+BASE_MEAN = {0.1: 0.80, 0.01: 0.70}
+# gains over BASE per (gamma, lr) and seed
+GAINS = {
+    # significant and the best of its column
+    (0.1, 0.1): [0.02, 0.03, 0.01, 0.02, 0.025],
+    # worse than BASE
+    (0.1, 0.01): [-0.01, -0.02, -0.01, 0.0, -0.015],
+    # no gain on average
+    (0.5, 0.1): [0.01, -0.01, 0.0, 0.005, -0.005],
+    # best of its column but noisy (not significant); seed 5 missing
+    (0.5, 0.01): [0.05, 0.04, -0.06, 0.05, None],
+}
+
+
+def _config(seed, lr, gamma, divisor):
+    return {
+        "dataset": "cifar10",
+        "model": "resnet18",
+        "lr": lr,
+        "gamma": gamma,
+        "gamma_lr_divisor": divisor,
+        "epochs": 2,
+        "seed": seed,
+        "output_dir": "/tmp/ignored",
+    }
+
+
+def _accuracy(lr, gamma, seed):
+    base = BASE_MEAN[lr] + NOISE[seed]
+    if gamma is None:
+        return base
+    gain = GAINS[gamma, lr][seed - 1]
+    return None if gain is None else base + gain
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    store = ResultStore(tmp_path_factory.mktemp("sweep"))
+    for lr in BASE_MEAN:
+        for seed in SEEDS:
+            store.put(
+                {
+                    "config": _config(seed, lr, 1.0, 1.0),
+                    "status": "ok",
+                    "test_accuracy": _accuracy(lr, None, seed),
+                }
+            )
+            for gamma in (0.1, 0.5):
+                acc = _accuracy(lr, gamma, seed)
+                store.put(
+                    {
+                        "config": _config(seed, lr, gamma, 100.0),
+                        "status": "ok" if acc is not None else "failed",
+                        "reason": None if acc is not None else "NaN loss",
+                        "test_accuracy": acc,
+                    }
+                )
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def table(store):
+    (table,) = report.build_tables(store)
+    return table
+
+
+def _cells(table):
+    """(row label, column label) -> Cell."""
+    return {
+        (table.row_labels[i], table.column_labels[j]): cell
+        for (i, j), cell in table.cells.items()
+    }
+
+
+def _mean_std(values):
+    values = np.array(values) * 100
+    return f"{values.mean():.2f} ± {values.std(ddof=1):.2f}"
+
+
+def test_layout(table):
+    assert table.row_labels == ["gamma=0.1", "gamma=0.5", "BASE"]
+    assert table.column_labels == ["lr=0.1", "lr=0.01"]
+    assert table.fixed == {
+        "dataset": "cifar10",
+        "model": "resnet18",
+        "epochs": 2.0,
+    }
+    assert table.common == {"gamma_lr_divisor": 100.0}
+    assert "rows other than BASE: gamma_lr_divisor=100" in table.legend()
+
+
+def test_bold_underline_and_n_exactly_where_due(table):
+    cells = _cells(table)
+    bold = {k for k, c in cells.items() if c.bold}
+    underline = {k for k, c in cells.items() if c.underline}
+    shown_n = {k for k, c in cells.items() if c.show_n}
+    assert bold == {("gamma=0.1", "lr=0.1")}
+    assert underline == {("gamma=0.1", "lr=0.1"), ("gamma=0.5", "lr=0.01")}
+    assert shown_n == {("gamma=0.5", "lr=0.01")}
+    cell = cells["gamma=0.5", "lr=0.01"]
+    assert cell.stats["n"] == 4 and cell.stats["n_failed"] == 1
+    assert table.cell_text(cell).endswith("(n=4)")
+
+
+def test_markdown(table):
+    text = report.to_markdown(table)
+    lines = {line.split(" | ")[0]: line for line in text.splitlines()}
+    best = _mean_std([_accuracy(0.1, 0.1, s) for s in SEEDS])
+    noisy = _mean_std([_accuracy(0.01, 0.5, s) for s in range(1, 5)])
+    base = _mean_std([_accuracy(0.1, None, s) for s in SEEDS])
+    assert f"| gamma=0.1 | **<u>{best}</u>** |" in lines["| gamma=0.1"]
+    assert f"| <u>{noisy} (n=4)</u> |" in lines["| gamma=0.5"]
+    assert f"| BASE | {base} |" in lines["| BASE"]
+    assert text.count("**") == 2 + 2  # the title and one bold cell
+    assert text.count("<u>") == 2
+    assert text.startswith("**dataset=cifar10, model=resnet18, epochs=2**")
+
+
+def test_markdown_p_values(table):
+    text = report.to_markdown(table, show_p=True)
+    ours = {s: _accuracy(0.1, 0.1, s) for s in SEEDS}
+    base = {s: _accuracy(0.1, None, s) for s in SEEDS}
+    p = stats.one_sided_paired_ttest(ours, base)
+    assert f"(p={p:.3g})" in text
+
+
+def test_latex(table):
+    text = report.to_latex(table)
+    best = _mean_std([_accuracy(0.1, 0.1, s) for s in SEEDS])
+    assert r"\textbf{\underline{" + best.replace("±", "$\\pm$") in text
+    assert text.count(r"\textbf") == 1
+    assert text.count(r"\underline") == 2
+    assert "($n=4$)" in text
+    assert r"\begin{tabular}{lrr}" in text and r"\end{tabular}" in text
+
+
+def test_text(table):
+    text = report.to_text(table)
+    best = _mean_std([_accuracy(0.1, 0.1, s) for s in SEEDS])
+    assert f"{best}*^ (p=" in text
+    assert "*: better than BASE" in text
+
+
+def test_csv_columns_and_values(table):
+    rows = list(csv.DictReader(io.StringIO(report.to_csv([table]))))
+    assert len(rows) == 6
+    for column in (
+        "p_value",
+        "significant",
+        "p_holm",
+        "significant_holm",
+        "wilcoxon_p",
+        "ci_low",
+        "ci_high",
+        "effect_size_dz",
+        "p_outperform",
+        "p_outperform_ci_low",
+        "p_outperform_ci_high",
+        "dataset",
+        "lr",
+        "gamma",
+    ):
+        assert column in rows[0]
+    by_cell = {(r["row"], r["column"]): r for r in rows}
+    best = by_cell["gamma=0.1", "lr=0.1"]
+    ours = {s: _accuracy(0.1, 0.1, s) for s in SEEDS}
+    base = {s: _accuracy(0.1, None, s) for s in SEEDS}
+    assert float(best["p_value"]) == pytest.approx(
+        stats.one_sided_paired_ttest(ours, base)
+    )
+    # Holm over the two configurations sharing the lr=0.1 BASE
+    other = by_cell["gamma=0.5", "lr=0.1"]
+    _, corrected = stats.holm([float(best["p_value"]), float(other["p_value"])])
+    assert float(best["p_holm"]) == pytest.approx(corrected[0])
+    assert best["significant"] == "True"
+    assert best["best_in_column"] == "True"
+    mean_diff = np.mean([ours[s] - base[s] for s in SEEDS]) * 100
+    assert float(best["mean_difference"]) == pytest.approx(mean_diff)
+    assert by_cell["gamma=0.5", "lr=0.01"]["missing_seeds"] == "5"
+    assert by_cell["BASE", "lr=0.1"]["is_base"] == "True"
+
+
+def test_holm_decision_can_drive_bold(store):
+    (table,) = report.build_tables(store, decision="holm")
+    cells = _cells(table)
+    assert {k for k, c in cells.items() if c.bold} == {
+        k for k, c in cells.items() if c.stats["significant_holm"]
+    }
+
+
+def test_rows_keyed_by_bn():
+    records = []
+    for seed in SEEDS:
+        for bn, gain in (("standard", 0.0), ("rbn", 0.02), ("iebn", 0.001)):
+            config = {**_config(seed, 0.1, 1.0, 1.0), "bn": bn}
+            acc = 0.8 + NOISE[seed] + gain + 0.001 * seed * (bn == "rbn")
+            records.append(
+                {"config": config, "status": "ok", "test_accuracy": acc}
+            )
+    (table,) = report.build_tables(records, row_key="bn")
+    assert table.row_labels == ["bn=iebn", "bn=rbn", "BASE"]
+    cells = _cells(table)
+    assert cells["bn=rbn", "lr=0.1"].bold
+    assert cells["bn=rbn", "lr=0.1"].underline
+    with pytest.raises(ValueError, match='row_key="gamma"'):
+        report.plot_accuracy_vs_gamma(table, "unused.png")
+
+
+def test_separate_tables_per_dataset():
+    records = [
+        {
+            "config": {**_config(s, 0.1, g, 1.0), "dataset": name},
+            "status": "ok",
+            "test_accuracy": 0.8 + NOISE[s] + (g < 1) * 0.01,
+        }
+        for name in ("cifar10", "cifar100")
+        for s in SEEDS
+        for g in (0.1, 1.0)
+    ]
+    tables = report.build_tables(records)
+    assert [t.fixed["dataset"] for t in tables] == ["cifar10", "cifar100"]
+
+
+def test_plot_and_write_report(store, tmp_path):
+    text, paths = report.write_report(store, tmp_path / "out")
+    assert "gamma=0.1" in text and "BASE" in text
+    (plot,) = paths["plots"]
+    with open(plot, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    for name in ("markdown", "latex", "csv"):
+        with open(paths[name], encoding="utf-8") as f:
+            assert "gamma=0.1" in f.read()
