@@ -11,8 +11,6 @@ last completed epoch when it is started again with the same configuration.
 
 import dataclasses
 import glob
-import hashlib
-import json
 import math
 import os
 import platform
@@ -34,6 +32,7 @@ from keras_bninit.norms import NORM_LAYERS, norm_layer
 from keras_bninit.optimizers import ParamGroupOptimizer
 from keras_bninit.schedules import EpochCosineDecay
 from keras_bninit.seeding import set_seed
+from keras_bninit.store import config_key
 
 INPUT_NORMS = ("bn", "fixed", "offline", "none")
 ABLATIONS = ("init-only", "lr-only")
@@ -48,9 +47,6 @@ DATASET_DEFAULTS = {
     "digits": {"model": "resnet8", "epochs": 15, "lr": 0.1},
     "directory": {"model": "resnet18", "epochs": 180, "lr": 0.1},
 }
-
-# Fields that do not change the numbers a run produces.
-_NOT_IN_KEY = ("out", "verbose", "export", "diagnostics", "data_dir")
 
 
 @dataclasses.dataclass
@@ -137,18 +133,13 @@ class RunConfig:
             batch_size=self.batch_size or DATASETS[name].batch_size,
         )
 
-    def key_dict(self):
-        """The fields that change the result (not paths or verbosity)."""
-        values = dataclasses.asdict(self)
-        for name in _NOT_IN_KEY:
-            values.pop(name)
-        return values
+    def key(self):
+        """`keras_bninit.store.config_key`: what identifies the numbers."""
+        return config_key(dataclasses.asdict(self))
 
     def run_name(self):
         """A readable, unique directory name for this run."""
-        digest = hashlib.sha1(
-            json.dumps(self.key_dict(), sort_keys=True).encode()
-        ).hexdigest()[:8]
+        digest = self.key()[:8]
         dataset = os.path.basename(os.path.normpath(self.dataset))
         return (
             f"{dataset}-{self.model}-{self.bn}-lr{self.lr:g}-c{self.gamma:g}"

@@ -50,6 +50,11 @@ NON_RESULT_FIELDS = frozenset(
         "progress",
         "dry_run",
         "retry_failed",
+        # keras_bninit.experiment.RunConfig fields about paths and output:
+        "out",
+        "export",
+        "diagnostics",
+        "data_dir",
     }
 )
 

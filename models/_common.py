@@ -1,0 +1,183 @@
+"""Argument checks and model assembly shared by every builder.
+
+Every builder of the zoo takes the same keyword arguments (documented in
+`build_classifier`) and returns a Functional `keras.Model` that maps
+channels-last images to logits:
+
+    input -> [input_bn] -> features (family specific) -> pool -> [dropout] -> fc
+
+All arguments are checked before any layer or weight is made, so a bad value
+fails at once with a `ValueError` that names it.
+"""
+
+import numbers
+
+import keras
+
+import keras_bninit
+from keras_bninit._validation import positive_float
+from models._layers import Norm, classifier
+
+# Inputs of this many pixels or fewer (both sides) get the paper's
+# small-input (CIFAR) variants when `small_inputs` is automatic.
+SMALL_INPUT_MAX_SIZE = 64
+
+
+def _is_positive_int(value):
+    return (
+        isinstance(value, numbers.Integral)
+        and not isinstance(value, bool)
+        and value > 0
+    )
+
+
+def _check_num_classes(num_classes):
+    if not _is_positive_int(num_classes) or num_classes < 2:
+        raise ValueError(
+            "`num_classes` must be an integer >= 2. "
+            f"Received: num_classes={num_classes!r}"
+        )
+    return int(num_classes)
+
+
+def positive_ints(arg, values):
+    """`values` (an int or a non-empty sequence of ints > 0) as a tuple or
+    int, or a `ValueError` naming `arg`."""
+    if _is_positive_int(values):
+        return int(values)
+    try:
+        checked = tuple(values)
+    except TypeError:
+        checked = ()
+    if not checked or not all(_is_positive_int(v) for v in checked):
+        raise ValueError(
+            f"`{arg}` must be a positive integer or a non-empty sequence of "
+            f"them. Received: {arg}={values!r}"
+        )
+    return tuple(int(v) for v in checked)
+
+
+def _check_input_shape(input_shape):
+    is_size = _is_positive_int
+
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        shape = None
+    if (
+        shape is None
+        or len(shape) != 3
+        or not is_size(shape[2])
+        or not all(d is None or is_size(d) for d in shape[:2])
+    ):
+        raise ValueError(
+            "`input_shape` must be (height, width, channels), channels last, "
+            "with positive integers (height and width may be None). "
+            f"Received: input_shape={input_shape!r}"
+        )
+    return tuple(None if d is None else int(d) for d in shape)
+
+
+def resolve_small_inputs(small_inputs, input_shape):
+    """Whether to use the small-input (CIFAR) variant of an architecture.
+
+    Args:
+        small_inputs: True, False, or None for automatic: on when height
+            and width are both <= 64 px (SPEC section 8).
+        input_shape: a checked (height, width, channels) tuple.
+    """
+    if small_inputs is not None:
+        if not isinstance(small_inputs, bool):
+            raise ValueError(
+                "`small_inputs` must be True, False or None (automatic). "
+                f"Received: small_inputs={small_inputs!r}"
+            )
+        return small_inputs
+    if None in input_shape[:2]:
+        raise ValueError(
+            "`small_inputs=None` (automatic) needs a known input size; pass "
+            "small_inputs=True or False for a variable-size input. "
+            f"Received: input_shape={input_shape!r}"
+        )
+    return max(input_shape[:2]) <= SMALL_INPUT_MAX_SIZE
+
+
+def build_classifier(
+    name,
+    features,
+    total_stride,
+    *,
+    num_classes=1000,
+    input_shape=(224, 224, 3),
+    bn_gamma=1.0,
+    input_bn=False,
+    activation_std=0.58,
+    norm_layer=None,
+    small_inputs=None,
+    pool_name="avgpool",
+    fc_name="fc",
+    dropout=0.0,
+):
+    """Checks the arguments, then builds input -> features -> classifier.
+
+    Args:
+        name: the model's name.
+        features: `features(x, norm, small_inputs) -> tensor`, the family's
+            convolutional body; `norm` is a `Norm` (call `norm(name)` for
+            each normalization layer).
+        total_stride: `total_stride(small_inputs) -> int`, the body's
+            overall downsampling factor; smaller inputs are rejected.
+        num_classes: number of classes, >= 2 (the logits' size).
+        input_shape: (height, width, channels), channels last.
+        bn_gamma: the constant c every BN scale starts at (SPEC section 2;
+            the paper's grid is 0.01 ... 1.0, 0.1 its suggested start).
+        input_bn: prepend `keras_bninit.InputBatchNorm`, whose scale starts
+            at `bn_gamma * activation_std` (SPEC section 5).
+        activation_std: std of the activation of a unit Gaussian, for the
+            input BN (0.58 for ReLU, as the paper), or an activation name.
+        norm_layer: factory called as `norm_layer(gamma=c, name=...)` for
+            every normalization layer; None means `keras_bninit.batch_norm`.
+        small_inputs: the paper's small-input (CIFAR) variant; None (the
+            default) turns it on for inputs of 64 px or less.
+        pool_name, fc_name, dropout: the head's layer names and dropout
+            rate (see `models._layers.classifier`).
+
+    Returns:
+        A `keras.Model` named `name` from images to logits.
+    """
+    num_classes = _check_num_classes(num_classes)
+    input_shape = _check_input_shape(input_shape)
+    gamma = positive_float("bn_gamma", bn_gamma)
+    keras_bninit.activation_std(activation_std)  # raises on a bad value
+    if not isinstance(input_bn, bool):
+        raise ValueError(
+            f"`input_bn` must be True or False. Received: input_bn={input_bn!r}"
+        )
+    if norm_layer is None:
+        norm_layer = keras_bninit.batch_norm
+    if not callable(norm_layer):
+        raise ValueError(
+            "`norm_layer` must be a callable `norm_layer(gamma=c, name=...)` "
+            f"returning a Keras layer. Received: norm_layer={norm_layer!r}"
+        )
+    small = resolve_small_inputs(small_inputs, input_shape)
+    stride = total_stride(small)
+    if any(d is not None and d < stride for d in input_shape[:2]):
+        raise ValueError(
+            f"`input_shape` is too small for {name}: with "
+            f"small_inputs={small} the network downsamples by {stride}, so "
+            f"height and width must be >= {stride}. "
+            f"Received: input_shape={input_shape!r}"
+        )
+
+    inputs = keras.Input(input_shape, name="input")
+    x = inputs
+    if input_bn:
+        x = keras_bninit.InputBatchNorm(
+            gamma=gamma, activation_std=activation_std, name="input_bn"
+        )(x)
+    x = features(x, Norm(norm_layer, gamma), small)
+    outputs = classifier(
+        x, num_classes, pool_name=pool_name, fc_name=fc_name, dropout=dropout
+    )
+    return keras.Model(inputs, outputs, name=name)
