@@ -640,6 +640,33 @@ class DatasetSplits:
 # ---------------------------------------------------------------------------
 
 
+def ensure_available(name, data_dir=None):
+    """Checks, without reading images, that `load_dataset` can work offline.
+
+    A tensorflow-datasets data set must be prepared in `data_dir`
+    (its `dataset_info.json` exists); digits always is; a directory is
+    checked when it is loaded.
+
+    Raises:
+        ValueError: an unknown name.
+        DatasetUnavailableError: the data set is not on this machine; the
+            message says how to get it.
+    """
+    spec, data_dir = _resolve_name(name, data_dir)
+    if spec.tfds_name is None:
+        return
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+    info = os.path.join(str(builder.data_dir), "dataset_info.json")
+    if not tf.io.gfile.exists(info):
+        how_to_get = spec.how_to_get.format(data_dir=str(builder.data_dir_root))
+        raise DatasetUnavailableError(
+            f"Data set {spec.name!r} is not prepared in {builder.data_dir} "
+            f"and cannot be loaded offline. {how_to_get}"
+        )
+
+
 def _resolve_name(name, data_dir):
     """Returns `(spec, data_dir)`; a directory path selects `directory`."""
     if not isinstance(name, str):

@@ -32,6 +32,7 @@ from keras_bninit.norms import NORM_LAYERS, norm_layer
 from keras_bninit.optimizers import ParamGroupOptimizer
 from keras_bninit.schedules import EpochCosineDecay
 from keras_bninit.seeding import set_seed
+from keras_bninit.stats import BASELINE_OVERRIDES
 from keras_bninit.store import config_key
 
 INPUT_NORMS = ("bn", "fixed", "offline", "none")
@@ -105,8 +106,8 @@ class RunConfig:
 
     @classmethod
     def baseline(cls, **kwargs):
-        """BASE: c = 1 and a = 1, the input BN kept (SPEC 3)."""
-        return cls(**{**kwargs, "gamma": 1.0, "gamma_lr_divisor": 1.0})
+        """BASE: c = 1, a = 1, standard BN, the input BN kept (SPEC 3)."""
+        return cls(**{**kwargs, **BASELINE_OVERRIDES})
 
     @classmethod
     def from_dict(cls, values):
@@ -396,6 +397,16 @@ def run_experiment(config, build_model=None, callbacks=()):
     )
     tracker = EpochTracker()
     state = _RunState(run_dir)
+    if config.diagnostics:
+        from keras_bninit.diagnostics import diagnostic_callbacks
+
+        callbacks = [
+            *callbacks,
+            *diagnostic_callbacks(
+                os.path.join(run_dir, "diagnostics"),
+                probe=splits.val_dataset(),
+            ),
+        ]
     model.fit(
         splits.fit_train_dataset(config.seed, tracker),
         validation_data=splits.val_dataset(),
