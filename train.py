@@ -312,8 +312,29 @@ def _check_data(configs):
         ensure_available(dataset, data_dir or None)
 
 
+def _import_quietly():
+    """Imports TensorFlow and the library with fd 2 muted.
+
+    TensorFlow's C++ start-up notes (oneDNN, "no CUDA drivers") are written
+    straight to file descriptor 2 whatever TF_CPP_MIN_LOG_LEVEL says; they
+    would bury the one-line errors of this command. A failing import is
+    re-raised with stderr restored.
+    """
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras_bninit  # noqa: F401  (imports TensorFlow and Keras)
+        import models  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    _import_quietly()
     if not argv:  # the embedded default: a small real sweep, offline
         argv = ["sweep", "--preset", "demo", "--out", DEMO_DIR]
     args = _parser().parse_args(argv)

@@ -135,16 +135,16 @@ class RunConfig:
         )
 
     def key(self):
-        """`keras_bninit.store.config_key`: what identifies the numbers."""
-        return config_key(dataclasses.asdict(self))
+        """`keras_bninit.store.config_key` of the resolved configuration."""
+        return config_key(dataclasses.asdict(self.resolved()))
 
     def run_name(self):
         """A readable, unique directory name for this run."""
-        digest = self.key()[:8]
-        dataset = os.path.basename(os.path.normpath(self.dataset))
+        c = self.resolved()
+        dataset = os.path.basename(os.path.normpath(c.dataset))
         return (
-            f"{dataset}-{self.model}-{self.bn}-lr{self.lr:g}-c{self.gamma:g}"
-            f"-a{self.gamma_lr_divisor:g}-s{self.seed}-{digest}"
+            f"{dataset}-{c.model}-{c.bn}-lr{c.lr:g}-c{c.gamma:g}"
+            f"-a{c.gamma_lr_divisor:g}-s{c.seed}-{c.key()[:8]}"
         )
 
 

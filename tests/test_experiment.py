@@ -1,0 +1,225 @@
+"""One run end to end on the offline digits data."""
+
+import json
+import math
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_bninit.experiment import (
+    RunConfig,
+    apply_ablation,
+    run_experiment,
+    validate,
+)
+from tests._tiny import tiny_builder
+
+
+def _config(tmp_path, **kwargs):
+    values = {
+        "dataset": "digits",
+        "model": "tiny",
+        "epochs": 3,
+        "out": str(tmp_path),
+        "verbose": 0,
+        "seed": 2,
+    }
+    return RunConfig(**{**values, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    record = run_experiment(_config(out), build_model=tiny_builder)
+    return record
+
+
+def test_record_and_files(finished):
+    record = finished
+    assert record["status"] == "ok" and record["reason"] is None
+    assert set(os.listdir(record["run_dir"])) == {
+        "config.json",
+        "epochs.json",
+        "result.json",
+        "model.keras",
+    }
+    with open(os.path.join(record["run_dir"], "result.json")) as f:
+        assert json.load(f) == json.loads(json.dumps(record))
+    history = record["history"]
+    assert len(history["val_accuracy"]) == 3
+    # The best epoch is the first epoch with the highest val accuracy.
+    best = int(np.argmax(history["val_accuracy"]))
+    assert record["best_epoch"] == best + 1
+    assert record["val_accuracy"] == history["val_accuracy"][best]
+    assert record["complex_seed"] == 0xCC14862C  # md5("2") ends in cc14862c
+    assert record["config"]["batch_size"] == 128
+    assert record["config"]["lr"] == 0.1
+    assert record["data"]["num_train"] == 1293
+    assert record["images_per_s"] > 0 and record["wall_time_s"] > 0
+    assert set(record["versions"]) >= {"tensorflow", "keras", "keras_bninit"}
+
+
+def test_cosine_schedule_per_epoch(finished):
+    # lr(epoch) = eta_min + (lr0 - eta_min) (1 + cos(pi e / T)) / 2, read at
+    # the end of each epoch, i.e. the rate the next epoch will use.
+    lrs = finished["history"]["lr"]
+    expected = [
+        1e-8 + (0.1 - 1e-8) * (1 + math.cos(math.pi * (e + 1) / 3)) / 2
+        for e in range(3)
+    ]
+    np.testing.assert_allclose(lrs, expected, rtol=1e-5, atol=1e-9)
+
+
+def test_saved_model_is_the_best_epoch(finished):
+    from keras_bninit.data import load_dataset
+
+    model = keras.models.load_model(
+        os.path.join(finished["run_dir"], "model.keras")
+    )
+    splits = load_dataset("digits")
+    test = model.evaluate(splits.test_dataset(), verbose=0, return_dict=True)
+    assert test["accuracy"] == pytest.approx(finished["test_accuracy"])
+    val = model.evaluate(splits.val_dataset(), verbose=0, return_dict=True)
+    assert val["accuracy"] == pytest.approx(finished["val_accuracy"])
+
+
+def test_completed_run_is_not_trained_again(finished):
+    config = RunConfig(**finished["config"])
+    again = run_experiment(
+        config, build_model=lambda *a, **k: pytest.fail("trained again")
+    )
+    assert again == finished
+
+
+class _Crash(Exception):
+    pass
+
+
+class _CrashAt(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise _Crash()
+
+
+def test_interrupted_run_resumes_where_it_stopped(tmp_path):
+    config = _config(tmp_path, epochs=4)
+    with pytest.raises(_Crash):
+        run_experiment(
+            config, build_model=tiny_builder, callbacks=[_CrashAt(2)]
+        )
+    run_dir = tmp_path / config.resolved().run_name()
+    with open(run_dir / "epochs.json") as f:
+        assert [e["epoch"] for e in json.load(f)] == [0, 1]
+    assert not (run_dir / "result.json").exists()
+
+    started = []
+
+    class _Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            started.append(epoch)
+
+    record = run_experiment(
+        config, build_model=tiny_builder, callbacks=[_Record()]
+    )
+    assert started == [2, 3]  # the two finished epochs were not redone
+    assert record["status"] == "ok"
+    assert len(record["history"]["val_accuracy"]) == 4
+    assert not (run_dir / "backup").exists()
+    assert not list(run_dir.glob("best-e*.weights.h5"))
+
+
+def test_diverging_run_is_recorded_as_failed(tmp_path):
+    config = _config(tmp_path, lr=1e30, gamma=1.0, gamma_lr_divisor=1.0)
+    record = run_experiment(config, build_model=tiny_builder)
+    assert record["status"] == "failed"
+    assert "non-finite" in record["reason"]
+    assert record["test_accuracy"] is None
+    run_dir = record["run_dir"]
+    assert not os.path.exists(os.path.join(run_dir, "model.keras"))
+    assert run_experiment(config, build_model=tiny_builder) == record
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"dataset": "cifar11"}, "Unknown data set 'cifar11'.*digits"),
+        ({"gamma": 0}, "gamma=0"),
+        ({"gamma_lr_divisor": -1}, "gamma_lr_divisor=-1"),
+        ({"lr": 0}, "lr=0"),
+        ({"epochs": 0}, "epochs=0"),
+        ({"batch_size": 0}, "batch_size=0"),
+        ({"seed": -3}, "seed=-3"),
+        ({"seed": 1.5}, "seed=1.5"),
+        ({"bn": "xbn"}, "xbn.*standard, a1, a2"),
+        ({"input_norm": "z"}, "'z'.*bn, fixed, offline, none"),
+    ],
+)
+def test_bad_configuration(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        validate(_config(tmp_path, **kwargs))
+    assert os.listdir(tmp_path) == []
+
+
+def test_output_path_that_is_a_file(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        run_experiment(
+            _config(tmp_path, out=str(path)), build_model=tiny_builder
+        )
+
+
+def test_unknown_model_and_fields(tmp_path):
+    with pytest.raises(ValueError, match="Unknown model 'nope'.*resnet8"):
+        run_experiment(_config(tmp_path, model="nope"))
+    with pytest.raises(ValueError, match="gama"):
+        RunConfig.from_dict({"gama": 0.1})
+
+
+def test_baseline_and_ablations():
+    base = RunConfig.baseline(gamma=0.1, bn="a1")
+    assert (base.gamma, base.gamma_lr_divisor, base.bn) == (
+        1.0,
+        1.0,
+        "standard",
+    )
+    config = RunConfig(gamma=0.1, gamma_lr_divisor=100)
+    init = apply_ablation(config, "init-only")
+    assert (init.gamma, init.gamma_lr_divisor) == (0.1, 1.0)
+    lr_only = apply_ablation(config, "lr-only")
+    assert (lr_only.gamma, lr_only.gamma_lr_divisor) == (1.0, 100)
+    with pytest.raises(ValueError, match="init-only, lr-only"):
+        apply_ablation(config, "both")
+
+
+def test_defaults_per_dataset():
+    cifar = RunConfig(dataset="cifar100").resolved()
+    assert (cifar.model, cifar.epochs, cifar.batch_size) == (
+        "resnet34",
+        180,
+        128,
+    )
+    cars = RunConfig(dataset="cars196").resolved()
+    assert (cars.model, cars.batch_size) == ("resnet50", 64)
+    assert (
+        RunConfig(dataset="digits", seed=3).run_name()
+        != RunConfig(dataset="digits", seed=4).run_name()
+    )
+
+
+def test_diagnostics_are_recorded(tmp_path):
+    record = run_experiment(
+        _config(tmp_path, epochs=1, diagnostics=True), build_model=tiny_builder
+    )
+    files = os.listdir(os.path.join(record["run_dir"], "diagnostics"))
+    assert {
+        "bn_params.jsonl",
+        "large_values.jsonl",
+        "grad_factors.jsonl",
+    } <= set(files)

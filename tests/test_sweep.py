@@ -1,0 +1,133 @@
+"""Grid expansion, presets and the resumable sweep."""
+
+import dataclasses
+
+import pytest
+
+from keras_bninit.store import ResultStore
+from keras_bninit.sweep import (
+    PRESETS,
+    expand,
+    parse_seeds,
+    preset_runs,
+    run_sweep,
+)
+from tests._tiny import tiny_builder
+
+
+def test_parse_seeds():
+    assert parse_seeds("1-15") == list(range(1, 16))
+    assert parse_seeds("1-3,7, 5") == [1, 2, 3, 5, 7]
+    assert parse_seeds([4, 2]) == [2, 4]
+    for bad in ("0-x", "-1", "5-2", ""):
+        with pytest.raises(ValueError, match="e.g. '1-15'"):
+            parse_seeds(bad)
+
+
+def test_expand_adds_base_per_cell_seed_major():
+    runs = expand(
+        [{"dataset": "digits", "lr": [0.1, 0.01], "gamma": [0.1, 0.5]}],
+        seeds="1-2",
+        epochs=1,
+    )
+    # 2 lr x 2 gamma + BASE for each of the 2 lr cells, for 2 seeds.
+    assert len(runs) == (2 * 2 + 2) * 2
+    assert [r.seed for r in runs] == [1] * 6 + [2] * 6
+    base = [r for r in runs if r.gamma == 1.0]
+    assert {(r.lr, r.gamma_lr_divisor, r.bn) for r in base} == {
+        (0.1, 1.0, "standard"),
+        (0.01, 1.0, "standard"),
+    }
+    assert all(r.epochs == 1 and r.model == "resnet8" for r in runs)
+    no_base = expand([{"dataset": "digits", "gamma": 0.1}], "1", add_base=False)
+    assert [(r.gamma, r.gamma_lr_divisor) for r in no_base] == [(0.1, 100.0)]
+
+
+def test_grid_duplicates_of_base_run_once():
+    runs = expand(
+        [{"dataset": "digits", "gamma": [0.1, 1.0], "gamma_lr_divisor": [1.0]}],
+        "1",
+    )
+    assert sorted((r.gamma, r.gamma_lr_divisor) for r in runs) == [
+        (0.1, 1.0),
+        (1.0, 1.0),
+    ]
+
+
+@pytest.mark.parametrize(
+    "name, count",
+    [
+        ("table1a", (7 * 3 + 3) * 15),  # c grid x 3 lr + BASE per lr
+        ("table1b", 3 * (3 * 2 + 2) * 15),  # 3 data sets, 3 c x 2 lr + BASE
+        ("table2a", 6 * (3 * 2 + 2) * 15),  # 6 networks
+        ("table2b", 4 * 2 * (4 + 3 + 1) * 15),  # 4 related + 3 c + BASE
+        ("ablation-a1a2", (3 * 7 * 3 + 3) * 15),
+        ("ablation-init-lr", (6 * 3 + 3 + 3) * 15),
+        ("input-norm", 3 * 3 * 2 * 15),  # 3 norms x 3 lr, each with a BASE
+        ("demo", 2 * 8),
+    ],
+)
+def test_preset_counts(name, count):
+    assert len(preset_runs(name)) == count
+
+
+def test_unknown_preset_and_grid_field():
+    with pytest.raises(ValueError, match="Unknown preset 'nope'.*table1a"):
+        preset_runs("nope")
+    with pytest.raises(ValueError, match=r"\['momentum'\] cannot vary"):
+        expand([{"momentum": [0.5]}], "1")
+    assert set(PRESETS) >= {"table1a", "table1b", "table2a", "table2b"}
+
+
+class _Killed(BaseException):
+    """Stands for the process being killed: not caught as a run failure."""
+
+
+def test_killed_sweep_resumes_every_run_exactly_once(tmp_path):
+    runs = expand([{"dataset": "digits", "gamma": 0.1}], "1-2", epochs=1)
+    built = []
+
+    def dies_on_third(name, **kwargs):
+        built.append(name)
+        if len(built) == 3:
+            raise _Killed()
+        return tiny_builder(name, **kwargs)
+
+    runs = [dataclasses.replace(r, model="tiny") for r in runs]
+    with pytest.raises(_Killed):
+        run_sweep(runs, tmp_path, quiet=True, build_model=dies_on_third)
+    with ResultStore(tmp_path) as store:
+        assert len(store) == 2
+    counts = run_sweep(runs, tmp_path, quiet=True, build_model=tiny_builder)
+    assert counts == {"total": 4, "skipped": 2, "ran": 2, "failed": 0}
+    counts = run_sweep(runs, tmp_path, quiet=True, build_model=tiny_builder)
+    assert counts == {"total": 4, "skipped": 4, "ran": 0, "failed": 0}
+    with ResultStore(tmp_path) as store:
+        records = store.records()
+    keys = sorted((r["config"]["gamma"], r["config"]["seed"]) for r in records)
+    assert keys == [(0.1, 1), (0.1, 2), (1.0, 1), (1.0, 2)]
+
+
+def test_failed_runs_are_stored_and_retried_only_when_asked(tmp_path):
+    runs = expand([{"dataset": "digits", "gamma": 0.1}], "1", epochs=1)
+    runs = [dataclasses.replace(r, model="tiny") for r in runs]
+
+    def broken_for_base(name, bn_gamma, **kwargs):
+        if bn_gamma == 1.0:
+            raise RuntimeError("out of memory")
+        return tiny_builder(name, bn_gamma=bn_gamma, **kwargs)
+
+    counts = run_sweep(runs, tmp_path, quiet=True, build_model=broken_for_base)
+    assert counts["failed"] == 1
+    with ResultStore(tmp_path) as store:
+        (failed,) = store.records(status="failed")
+    assert failed["reason"] == "RuntimeError: out of memory"
+    counts = run_sweep(runs, tmp_path, quiet=True, build_model=tiny_builder)
+    assert counts["ran"] == 0 and counts["skipped"] == 2
+    counts = run_sweep(
+        runs, tmp_path, quiet=True, retry_failed=True, build_model=tiny_builder
+    )
+    assert counts == {"total": 2, "skipped": 1, "ran": 1, "failed": 0}
+    with ResultStore(tmp_path) as store:
+        assert len(store.records(status="ok")) == 2
+        assert store.records(status="failed") == []

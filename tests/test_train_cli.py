@@ -1,0 +1,149 @@
+"""train.py as a user runs it: subprocesses, exit codes, files."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+
+
+def _train(*args, check=True):
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        timeout=900,
+    )
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def _result(out_dir):
+    (path,) = glob.glob(os.path.join(out_dir, "*", "result.json"))
+    with open(path) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--gamma", "0"], "gamma=0.0"),
+        (["run", "--gamma", "-1"], "gamma=-1.0"),
+        (["run", "--gamma-lr-divisor", "0"], "gamma_lr_divisor=0.0"),
+        (["run", "--lr", "0"], "lr=0.0"),
+        (["run", "--epochs", "0"], "epochs=0"),
+        (["run", "--batch-size", "0"], "batch_size=0"),
+        (["run", "--seed", "-2"], "seed=-2"),
+        (["run", "--seed", "one"], "invalid int value: 'one'"),
+        (["run", "--dataset", "mnist"], "'mnist'. Valid: caltech_birds2011"),
+        (["run", "--model", "vgg"], "'vgg'; valid: mobilenet_v2"),
+        (["run", "--bn", "ln"], "'ln'. Valid: standard, a1, a2"),
+        (["run", "--input-norm", "x"], "'x'. Valid: bn, fixed"),
+        (["run", "--dataset", "cars196"], "downloads/manual"),
+        (["run", "--dataset", "cifar10"], "cannot be loaded offline"),
+        (["sweep", "--preset", "table9"], "'table9'. Valid: table1a"),
+        (["sweep", "--seeds", "1-x", "--gamma", "0.1"], "'1-x'"),
+        (["report", "nowhere"], "holds no sweep results"),
+        (["bogus"], "invalid choice: 'bogus'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    out = tmp_path / "out"
+    extra = ["--out", str(out)] if args[0] in ("run", "sweep") else []
+    result = _train(*args, *extra, check=False)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error" in lines[0] and message in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_output_path_that_is_a_file(tmp_path):
+    path = tmp_path / "taken"
+    path.write_text("")
+    result = _train("run", "--out", str(path), check=False)
+    assert result.returncode == 2 and "is a file" in result.stderr
+
+
+def test_dry_run_lists_preset():
+    result = _train("sweep", "--preset", "table1a", "--dry-run")
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "360 runs"
+    assert lines[0].startswith("cifar10-resnet18-standard-lr0.1-c0.01-a100-s1-")
+
+
+def _run_args(out, epochs):
+    return (
+        "run", "--dataset", "digits", "--model", "resnet8", "--epochs",
+        str(epochs), "--deterministic", "--seed", "3", "--quiet", "--out",
+        str(out),
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_same_seed_same_numbers_and_kill_resume(tmp_path):
+    first, second, killed = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    _train(*_run_args(first, 5))
+    _train(*_run_args(second, 5))
+    a, b = _result(first), _result(second)
+    assert a["test_accuracy"] == b["test_accuracy"]
+    assert a["history"]["val_loss"] == b["history"]["val_loss"]
+
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "train.py"), *_run_args(killed, 5)],
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while not glob.glob(str(killed / "*" / "backup" / "*.json")):
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not glob.glob(str(killed / "*" / "result.json"))
+    _train(*_run_args(killed, 5))
+    c = _result(killed)
+    assert c["test_accuracy"] == a["test_accuracy"]
+    assert c["history"]["val_loss"] == a["history"]["val_loss"]
+    assert c["best_epoch"] == a["best_epoch"]
+
+
+def test_demo_sweep_short_mode_then_report_and_plot(tmp_path):
+    sweep = tmp_path / "demo"
+    # The embedded default (`python train.py`) is this preset with 8 seeds
+    # and 6 epochs; CI runs it shorter.
+    result = _train(
+        "sweep", "--preset", "demo", "--seeds", "1-2", "--epochs", "1",
+        "--out", str(sweep),
+    )  # fmt: skip
+    assert "[sweep] 4 runs: 0 already done, 4 ran (0 failed)" in result.stdout
+    assert "BASE" in result.stdout and "p=" in result.stdout
+    for name in ("report.md", "report.tex", "report.csv"):
+        assert (sweep / "report" / name).is_file()
+    assert glob.glob(str(sweep / "report" / "*.png"))
+    again = _train("sweep", "--preset", "demo", "--seeds", "1-2", "--epochs",
+                   "1", "--out", str(sweep), "--quiet")  # fmt: skip
+    assert again.stdout == ""
+    report = _train("report", str(sweep))
+    assert "gamma=0.1" in report.stdout
+
+    run = tmp_path / "diag"
+    _train("run", "--model", "resnet8", "--epochs", "1", "--diagnostics",
+           "--quiet", "--out", str(run))  # fmt: skip
+    (run_dir,) = glob.glob(str(run / "*"))
+    plots = _train("plot", run_dir).stdout.split()
+    assert plots and all(
+        p.endswith(".png") and os.path.isfile(p) for p in plots
+    )
