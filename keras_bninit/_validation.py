@@ -39,3 +39,20 @@ def non_negative_int(name, value):
             f"Received: {name}={value!r}"
         )
     return int(value)
+
+
+def reject_arguments(owner, kwargs, keys, reason):
+    """Raises `ValueError` for the first of `keys` present in `kwargs`.
+
+    Args:
+        owner: the class name, for the message.
+        kwargs: the keyword arguments received.
+        keys: the argument names `owner` does not take.
+        reason: why, completing "<owner> <reason>; it does not take ...".
+    """
+    for key in keys:
+        if key in kwargs:
+            raise ValueError(
+                f"{owner} {reason}; it does not take `{key}`. "
+                f"Received: {key}={kwargs[key]!r}"
+            )

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_bninit._validation import positive_float
+from keras_bninit._validation import positive_float, reject_arguments
 from keras_bninit.activations import activation_std as _resolve_activation_std
 
 # PyTorch's BN defaults, which the paper's reference uses (SPEC section 1):
@@ -90,15 +90,14 @@ class InputBatchNorm(keras.layers.BatchNormalization):
     ):
         gamma = positive_float("gamma", gamma)
         std = _resolve_activation_std(activation_std)
-        for key in ("center", "scale", "gamma_initializer") + tuple(
-            k for k in kwargs if k.startswith("beta_")
-        ):
-            if key in kwargs:
-                raise ValueError(
-                    f"InputBatchNorm has a trainable scale set by `gamma` and "
-                    f"`activation_std` and no shift; it does not take "
-                    f"`{key}`. Received: {key}={kwargs[key]!r}"
-                )
+        reject_arguments(
+            "InputBatchNorm",
+            kwargs,
+            ("center", "scale", "gamma_initializer")
+            + tuple(k for k in kwargs if k.startswith("beta_")),
+            "has a trainable scale set by `gamma` and `activation_std` and "
+            "no shift",
+        )
         super().__init__(
             axis=axis,
             momentum=momentum,

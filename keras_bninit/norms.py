@@ -19,7 +19,7 @@ import types
 import keras
 from keras import backend, ops
 
-from keras_bninit._validation import positive_float
+from keras_bninit._validation import positive_float, reject_arguments
 from keras_bninit.layers import PAPER_EPSILON, PAPER_MOMENTUM, batch_norm
 from keras_bninit.optimizers import NO_DECAY, SCALE, tag_variable
 
@@ -54,13 +54,12 @@ class _BatchNormHead(keras.layers.BatchNormalization):
         epsilon=PAPER_EPSILON,
         **kwargs,
     ):
-        for key in _STOCK_ONLY_ARGS:
-            if key in kwargs:
-                raise ValueError(
-                    f"{type(self).__name__} owns its affine tail and uses the "
-                    f"paper's BN head; it does not take `{key}`. "
-                    f"Received: {key}={kwargs[key]!r}"
-                )
+        reject_arguments(
+            type(self).__name__,
+            kwargs,
+            _STOCK_ONLY_ARGS,
+            "owns its affine tail and uses the paper's BN head",
+        )
         super().__init__(
             axis=axis,
             momentum=momentum,
