@@ -8,6 +8,7 @@ the scales with the learning rate divided by a = 100
 """
 
 from keras_bninit.activations import activation_std, available_activations
+from keras_bninit.experiment import RunConfig, run_experiment
 from keras_bninit.layers import (
     PAPER_EPSILON,
     PAPER_MOMENTUM,

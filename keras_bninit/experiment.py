@@ -36,6 +36,11 @@ from keras_bninit.stats import BASELINE_OVERRIDES
 from keras_bninit.store import config_key
 
 INPUT_NORMS = ("bn", "fixed", "offline", "none")
+# The proposal's defaults (SPEC 2-3), and the related methods' (SPEC 7: RBN
+# and IEBN are trained like BASE unless asked otherwise).
+PROPOSAL_DEFAULTS = {"gamma": 0.1, "gamma_lr_divisor": 100.0}
+RELATED = ("rbn", "rbn-", "iebn", "iebn-")
+RELATED_DEFAULTS = {"gamma": 1.0, "gamma_lr_divisor": 1.0}
 ABLATIONS = ("init-only", "lr-only")
 
 # The paper's settings per data set (SPEC sections 8, 9); digits is the
@@ -60,8 +65,11 @@ class RunConfig:
         model: a model-zoo name; None takes the paper's model for the data
             set (ResNet-18 for CIFAR-10, ...).
         lr: the base learning rate alpha; None takes 0.1.
-        gamma: the constant c every BN scale starts at (SPEC 2).
-        gamma_lr_divisor: a, the BN scales' learning-rate divisor (SPEC 3).
+        gamma: the constant c every BN scale starts at (SPEC 2); None takes
+            0.1, or 1 for the related methods RBN/IEBN (trained like BASE
+            unless asked, SPEC 7).
+        gamma_lr_divisor: a, the BN scales' learning-rate divisor (SPEC 3);
+            None takes 100, or 1 for RBN/IEBN.
         weight_decay: coupled L2 on conv/dense kernels (1e-4).
         momentum: SGD momentum (0.9).
         epochs: None takes the data set's default (180 in the paper).
@@ -86,8 +94,8 @@ class RunConfig:
     dataset: str = "digits"
     model: str | None = None
     lr: float | None = None
-    gamma: float = 0.1
-    gamma_lr_divisor: float = 100.0
+    gamma: float | None = None
+    gamma_lr_divisor: float | None = None
     weight_decay: float = 1e-4
     momentum: float = 0.9
     epochs: int | None = None
@@ -126,8 +134,15 @@ class RunConfig:
         validate(self)
         name = self.dataset if self.dataset in DATASETS else "directory"
         defaults = DATASET_DEFAULTS[name]
+        method = RELATED_DEFAULTS if self.bn in RELATED else PROPOSAL_DEFAULTS
         return dataclasses.replace(
             self,
+            gamma=float(method["gamma"] if self.gamma is None else self.gamma),
+            gamma_lr_divisor=float(
+                method["gamma_lr_divisor"]
+                if self.gamma_lr_divisor is None
+                else self.gamma_lr_divisor
+            ),
             model=self.model or defaults["model"],
             lr=float(self.lr if self.lr is not None else defaults["lr"]),
             epochs=self.epochs or defaults["epochs"],
@@ -159,7 +174,12 @@ def apply_ablation(config, ablation):
     if ablation == "init-only":
         return dataclasses.replace(config, gamma_lr_divisor=1.0)
     if ablation == "lr-only":
-        return dataclasses.replace(config, gamma=1.0)
+        return dataclasses.replace(
+            config,
+            gamma=1.0,
+            gamma_lr_divisor=config.gamma_lr_divisor
+            or PROPOSAL_DEFAULTS["gamma_lr_divisor"],
+        )
     raise ValueError(
         f"Unknown ablation {ablation!r}. Valid: {', '.join(ABLATIONS)}"
     )
@@ -177,12 +197,11 @@ def validate(config):
             f"Unknown data set {config.dataset!r}. Valid: {', '.join(names)}, "
             "or the path of a directory of class subfolders."
         )
-    positive_float("gamma", config.gamma)
-    positive_float("gamma_lr_divisor", config.gamma_lr_divisor)
+    for name in ("gamma", "gamma_lr_divisor", "lr"):
+        if getattr(config, name) is not None:
+            positive_float(name, getattr(config, name))
     positive_float("weight_decay", config.weight_decay, allow_zero=True)
     positive_float("momentum", config.momentum, allow_zero=True)
-    if config.lr is not None:
-        positive_float("lr", config.lr)
     for name in ("epochs", "batch_size"):
         value = getattr(config, name)
         if value is not None and (

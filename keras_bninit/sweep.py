@@ -21,7 +21,7 @@ import traceback
 
 from keras_bninit import _io
 from keras_bninit.data import DatasetUnavailableError
-from keras_bninit.experiment import RunConfig, run_experiment
+from keras_bninit.experiment import RELATED, RunConfig, run_experiment
 from keras_bninit.stats import BASELINE_OVERRIDES
 from keras_bninit.store import ResultStore
 
@@ -44,7 +44,6 @@ _OTHER_DATASETS = (
     {"dataset": "cars196", "model": "resnet50"},
 )
 _ALL_DATASETS = ({"dataset": "cifar10", "model": "resnet18"},) + _OTHER_DATASETS
-_RELATED = ("rbn", "rbn-", "iebn", "iebn-")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +105,7 @@ PRESETS = {
         "the four data sets",
         _cells(
             _ALL_DATASETS,
-            bn=_RELATED,
+            bn=RELATED,
             gamma=1.0,
             gamma_lr_divisor=1.0,
             lr=(0.1, 0.01),

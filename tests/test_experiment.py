@@ -198,6 +198,17 @@ def test_baseline_and_ablations():
         apply_ablation(config, "both")
 
 
+def test_method_defaults():
+    ours = RunConfig().resolved()
+    assert (ours.gamma, ours.gamma_lr_divisor) == (0.1, 100.0)
+    for kind in ("rbn", "rbn-", "iebn", "iebn-"):
+        related = RunConfig(bn=kind).resolved()
+        assert (related.gamma, related.gamma_lr_divisor) == (1.0, 1.0)
+    asked = RunConfig(bn="rbn", gamma=0.5, gamma_lr_divisor=10).resolved()
+    assert (asked.gamma, asked.gamma_lr_divisor) == (0.5, 10.0)
+    assert RunConfig(bn="a2").resolved().gamma == 0.1
+
+
 def test_defaults_per_dataset():
     cifar = RunConfig(dataset="cifar100").resolved()
     assert (cifar.model, cifar.epochs, cifar.batch_size) == (
