@@ -611,3 +611,48 @@ def test_reparameterize_rejects_other_models():
     )
     with pytest.raises(ValueError, match="A1BatchNorm"):
         repvgg.reparameterize(a1)
+
+
+# ---------------------------------------------------------------------------
+# Every builder with every BN formulation (issue: ablations and related
+# methods): build on a tiny input and take one optimizer step.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", models.available())
+def test_every_builder_trains_with_every_formulation(name):
+    x = np.random.default_rng(0).random((2, 16, 16, 3)).astype("float32")
+    y = np.array([0, 1])
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    for kind in NORM_LAYERS:
+        model = models.build(
+            name,
+            num_classes=2,
+            input_shape=(16, 16, 3),
+            bn_gamma=C,
+            input_bn=True,
+            norm_layer=norm_layer(kind),
+        )
+        opt = keras_bninit.ParamGroupOptimizer(
+            keras.optimizers.SGD(0.01, momentum=0.9)
+        )
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        variables = model.trainable_variables
+        grads = tape.gradient(loss, variables)
+        assert np.isfinite(float(loss)), (name, kind)
+        # Every parameter (the formulations' extra ones too) gets a gradient.
+        for v, g in zip(variables, grads):
+            g = g.numpy()
+            assert np.isfinite(g).all() and np.any(g), (name, kind, v.path)
+        opt.apply(grads, variables)
+        assert int(opt.iterations.numpy()) == 1
+        assert all(np.isfinite(v.numpy()).all() for v in variables)
+        # The parameter that carries c gets the reduced learning rate.
+        scales = [v for v in variables if opt.group_of(v) == "scale"]
+        n_norms = sum(
+            isinstance(layer, keras.layers.BatchNormalization)
+            for layer in model._flatten_layers(include_self=False)
+        )
+        assert len(scales) == n_norms, (name, kind)
