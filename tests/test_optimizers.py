@@ -94,14 +94,15 @@ def _run_reference(model, x, y, step):
 
 
 @pytest.mark.parametrize(
-    "make_inner, reference",
+    "make_inner, reference, jit",
     [
-        (lambda: keras.optimizers.SGD(0.1, momentum=0.9), _torch_sgd),
-        (lambda: keras.optimizers.Adam(0.01), _adam),
+        (lambda: keras.optimizers.SGD(0.1, momentum=0.9), _torch_sgd, False),
+        (lambda: keras.optimizers.SGD(0.1, momentum=0.9), _torch_sgd, True),
+        (lambda: keras.optimizers.Adam(0.01), _adam, False),
     ],
-    ids=["sgd", "adam"],
+    ids=["sgd", "sgd-xla", "adam"],
 )
-def test_fit_matches_numpy_optimizer(make_inner, reference):
+def test_fit_matches_numpy_optimizer(make_inner, reference, jit):
     x, y = _data()
     model, ref = _conv_bn_net(), _conv_bn_net()
     ref.set_weights(model.get_weights())
@@ -109,7 +110,7 @@ def test_fit_matches_numpy_optimizer(make_inner, reference):
     opt = kb.ParamGroupOptimizer(
         make_inner(), gamma_lr_divisor=100.0, weight_decay=1e-4
     )
-    model.compile(opt, LOSS, jit_compile=False)
+    model.compile(opt, LOSS, jit_compile=jit)
     model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
     _run_reference(ref, x, y, reference(lr, 100.0, 1e-4))
     assert int(opt.iterations.numpy()) == STEPS
