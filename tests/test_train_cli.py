@@ -123,7 +123,7 @@ def test_same_seed_same_numbers_and_kill_resume(tmp_path):
 def test_demo_sweep_short_mode_then_report_and_plot(tmp_path):
     sweep = tmp_path / "demo"
     # The embedded default (`python train.py`) is this preset with 8 seeds
-    # and 6 epochs; CI runs it shorter.
+    # and 6 epochs of batch 32; CI runs it shorter.
     result = _train(
         "sweep", "--preset", "demo", "--seeds", "1-2", "--epochs", "1",
         "--out", str(sweep),
