@@ -278,6 +278,14 @@ class _RunState(keras.callbacks.BackupAndRestore):
     def _best_path(self, epoch):
         return os.path.join(self.run_dir, f"best-e{epoch:04d}.weights.h5")
 
+    def _prune_best(self):
+        """Removes best-weight files other than the committed best's."""
+        keep = self.best_weights_path()
+        pattern = os.path.join(glob.escape(self.run_dir), "best-e*.weights.h5")
+        for path in glob.glob(pattern):
+            if path != keep:
+                os.remove(path)
+
     def best(self):
         """(epoch, val_accuracy) of the best committed epoch, or None."""
         entries = _io.read_json(self.log_path, [])
@@ -297,10 +305,7 @@ class _RunState(keras.callbacks.BackupAndRestore):
             e for e in _io.read_json(self.log_path, []) if e["epoch"] < done
         ]
         _io.atomic_write_json(self.log_path, entries)
-        keep = self.best_weights_path()
-        for path in glob.glob(self._best_path(0).replace("0000", "*")):
-            if path != keep:
-                os.remove(path)
+        self._prune_best()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
@@ -325,10 +330,7 @@ class _RunState(keras.callbacks.BackupAndRestore):
         entries = _io.read_json(self.log_path, [])
         _io.atomic_write_json(self.log_path, entries + [entry])
         super().on_epoch_end(epoch, logs)  # the commit point
-        keep = self.best_weights_path()
-        for path in glob.glob(self._best_path(0).replace("0000", "*")):
-            if path != keep:
-                os.remove(path)
+        self._prune_best()
 
     def on_train_end(self, logs=None):
         if self.failure is None and not self.model.stop_training:
