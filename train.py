@@ -105,6 +105,7 @@ def _parser():
     sweep = commands.add_parser("sweep", help="multi-seed grid or preset")
     _add_run_config_args(sweep, many=True)
     sweep.add_argument("--preset", help=f"one of {', '.join(PRESETS)}")
+    sweep.add_argument("--ablation", help="init-only or lr-only, every run")
     sweep.add_argument("--seeds", help="e.g. 1-15 or 1,2,5")
     sweep.add_argument("--out", help="sweep directory")
     sweep.add_argument("--no-base", action="store_true", help="no BASE runs")
@@ -198,14 +199,18 @@ def _sweep_runs(args):
                 f"--preset {args.preset} fixes the grid; do not also give "
                 f"{', '.join('--' + f.replace('_', '-') for f in grid)}"
             )
+        if args.no_base or args.ablation:
+            _fail("--no-base and --ablation cannot be used with a preset")
         runs = preset_runs(args.preset, seeds=args.seeds, **fixed)
-        if args.no_base:
-            _fail("--no-base cannot be used with a preset")
         return runs, PRESETS[args.preset].row_key, args.preset
     if not grid:
         _fail("give --preset NAME or grid values such as --gamma 0.1 0.5")
     runs = expand(
-        [grid], args.seeds or "1-15", add_base=not args.no_base, **fixed
+        [grid],
+        args.seeds or "1-15",
+        add_base=not args.no_base,
+        ablation=args.ablation,
+        **fixed,
     )
     return runs, "gamma", "grid"
 

@@ -21,7 +21,12 @@ import traceback
 
 from keras_bninit import _io
 from keras_bninit.data import DatasetUnavailableError
-from keras_bninit.experiment import RELATED, RunConfig, run_experiment
+from keras_bninit.experiment import (
+    RELATED,
+    RunConfig,
+    apply_ablation,
+    run_experiment,
+)
 from keras_bninit.stats import BASELINE_OVERRIDES
 from keras_bninit.store import ResultStore
 
@@ -195,7 +200,7 @@ def _as_tuple(value):
     return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
-def expand(grids, seeds, add_base=True, **fixed):
+def expand(grids, seeds, add_base=True, ablation=None, **fixed):
     """Expands grids into the sweep's runs, seed-major, without duplicates.
 
     Args:
@@ -204,6 +209,8 @@ def expand(grids, seeds, add_base=True, **fixed):
         seeds: a list of seeds or a string for `parse_seeds`.
         add_base: add BASE (c = 1, a = 1, standard BN) for every
             (data set, model, learning rate, input normalization) cell.
+        ablation: None, "init-only" or "lr-only": applied to every run
+            (`keras_bninit.experiment.apply_ablation`; BASE stays BASE).
         **fixed: other `RunConfig` fields for every run (epochs, out, ...).
 
     Returns:
@@ -227,6 +234,8 @@ def expand(grids, seeds, add_base=True, **fixed):
     for seed in seeds:
         for point in points:
             config = RunConfig.from_dict({**fixed, **point, "seed": seed})
+            if ablation is not None:
+                config = apply_ablation(config, ablation)
             config = config.resolved()
             key = (config.key(), seed)
             if key not in seen:

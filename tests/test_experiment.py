@@ -224,6 +224,27 @@ def test_defaults_per_dataset():
     )
 
 
+def test_export_serves_the_saved_model(tmp_path):
+    import tensorflow as tf
+
+    from keras_bninit.data import load_dataset
+
+    record = run_experiment(
+        _config(tmp_path, epochs=1, export=True), build_model=tiny_builder
+    )
+    x, _ = next(iter(load_dataset("digits").test_dataset()))
+    model = keras.models.load_model(
+        os.path.join(record["run_dir"], "model.keras")
+    )
+    served = tf.saved_model.load(os.path.join(record["run_dir"], "saved_model"))
+    np.testing.assert_allclose(
+        served.serve(x).numpy(),
+        model.predict(x, verbose=0),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
 def test_diagnostics_are_recorded(tmp_path):
     record = run_experiment(
         _config(tmp_path, epochs=1, diagnostics=True), build_model=tiny_builder

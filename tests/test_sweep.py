@@ -43,6 +43,23 @@ def test_expand_adds_base_per_cell_seed_major():
     assert [(r.gamma, r.gamma_lr_divisor) for r in no_base] == [(0.1, 100.0)]
 
 
+def test_ablation_applies_to_every_run_and_keeps_base():
+    grid = [{"dataset": "digits", "gamma": [0.1, 0.5]}]
+    init = expand(grid, "1", ablation="init-only")
+    assert sorted((r.gamma, r.gamma_lr_divisor) for r in init) == [
+        (0.1, 1.0),
+        (0.5, 1.0),
+        (1.0, 1.0),
+    ]
+    lr_only = expand(grid, "1", ablation="lr-only")
+    assert sorted((r.gamma, r.gamma_lr_divisor) for r in lr_only) == [
+        (1.0, 1.0),
+        (1.0, 100.0),
+    ]
+    with pytest.raises(ValueError, match="init-only, lr-only"):
+        expand(grid, "1", ablation="both")
+
+
 def test_grid_duplicates_of_base_run_once():
     runs = expand(
         [{"dataset": "digits", "gamma": [0.1, 1.0], "gamma_lr_divisor": [1.0]}],
