@@ -320,17 +320,21 @@ def _check_data(configs):
 def _import_quietly():
     """Imports TensorFlow and the library with fd 2 muted.
 
-    TensorFlow's C++ start-up notes (oneDNN, "no CUDA drivers") are written
-    straight to file descriptor 2 whatever TF_CPP_MIN_LOG_LEVEL says; they
-    would bury the one-line errors of this command. A failing import is
-    re-raised with stderr restored.
+    TensorFlow's C++ start-up notes (oneDNN, "no CUDA drivers", cuInit) are
+    written straight to file descriptor 2 whatever TF_CPP_MIN_LOG_LEVEL
+    says; they would bury the one-line errors of this command. A failing
+    import is re-raised with stderr restored.
     """
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import keras_bninit  # noqa: F401  (imports TensorFlow and Keras)
+        import tensorflow as tf
+
+        import keras_bninit  # noqa: F401  (imports Keras)
         import models  # noqa: F401
+
+        tf.config.list_physical_devices()  # device start-up notes, muted
     finally:
         os.dup2(saved, 2)
         os.close(saved)
