@@ -41,6 +41,16 @@ def non_negative_int(name, value):
     return int(value)
 
 
+def positive_int(name, value):
+    """Returns `value` if it is an int >= 1 (not a bool), else raises."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"`{name}` must be a positive integer (>= 1). "
+            f"Received: {name}={value!r}"
+        )
+    return value
+
+
 def reject_arguments(owner, kwargs, keys, reason):
     """Raises `ValueError` for the first of `keys` present in `kwargs`.
 

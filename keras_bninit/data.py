@@ -40,7 +40,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.model_selection import train_test_split
 
-from keras_bninit._validation import non_negative_int
+from keras_bninit._validation import non_negative_int, positive_int
 from keras_bninit.seeding import make_complex
 
 INPUT_NORMS = ("bn", "fixed", "offline", "none")
@@ -737,15 +737,7 @@ def load_dataset(
         )
     if batch_size is None:
         batch_size = spec.batch_size
-    if (
-        isinstance(batch_size, bool)
-        or not isinstance(batch_size, int)
-        or batch_size < 1
-    ):
-        raise ValueError(
-            "`batch_size` must be a positive integer. "
-            f"Received: batch_size={batch_size!r}"
-        )
+    positive_int("batch_size", batch_size)
     flip = spec.flip if flip is None else bool(flip)
     image_size = tuple(int(s) for s in image_size)
 

@@ -47,6 +47,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_bninit._validation import positive_int
+
 BN_PARAMS_FILE = "bn_params.jsonl"
 BN_VECTORS_FILE = "bn_params_vectors.json"
 LARGE_VALUES_FILE = "large_values.jsonl"
@@ -441,10 +443,7 @@ class _RunLogCallback(keras.callbacks.Callback):
 
     def __init__(self, run_dir, every=1, tensorboard_dir=None):
         super().__init__()
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(
-                f"`every` must be a positive integer. Received: every={every!r}"
-            )
+        positive_int("every", every)
         if tensorboard_dir is not None and not _has_tensorboard():
             raise ValueError(
                 "Writing to TensorBoard needs the `tensorboard` package "

@@ -21,7 +21,11 @@ import keras
 import numpy as np
 
 from keras_bninit import _io
-from keras_bninit._validation import non_negative_int, positive_float
+from keras_bninit._validation import (
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from keras_bninit.data import (
     DATASETS,
     EpochTracker,
@@ -203,13 +207,8 @@ def validate(config):
     positive_float("weight_decay", config.weight_decay, allow_zero=True)
     positive_float("momentum", config.momentum, allow_zero=True)
     for name in ("epochs", "batch_size"):
-        value = getattr(config, name)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise ValueError(
-                f"`{name}` must be an integer >= 1. Received: {name}={value!r}"
-            )
+        if getattr(config, name) is not None:
+            positive_int(name, getattr(config, name))
     non_negative_int("seed", config.seed)
     if config.bn not in NORM_LAYERS:
         raise ValueError(

@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from keras_bninit._validation import positive_float
+from keras_bninit._validation import positive_float, positive_int
 
 
 @keras.saving.register_keras_serializable(package="keras_bninit")
@@ -30,21 +30,8 @@ class EpochCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.initial_learning_rate = positive_float(
             "initial_learning_rate", initial_learning_rate
         )
-        for name, value in (
-            ("steps_per_epoch", steps_per_epoch),
-            ("epochs", epochs),
-        ):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int)
-                or value < 1
-            ):
-                raise ValueError(
-                    f"`{name}` must be an integer >= 1. Received: "
-                    f"{name}={value!r}"
-                )
-        self.steps_per_epoch = steps_per_epoch
-        self.epochs = epochs
+        self.steps_per_epoch = positive_int("steps_per_epoch", steps_per_epoch)
+        self.epochs = positive_int("epochs", epochs)
         self.eta_min = positive_float("eta_min", eta_min, allow_zero=True)
 
     def __call__(self, step):
