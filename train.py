@@ -143,7 +143,7 @@ def _checked(function, *args):
 
 
 def _run_config(args):
-    from keras_bninit.experiment import RunConfig, apply_ablation, validate
+    from keras_bninit.experiment import RunConfig, apply_ablation
 
     fields = {
         "dataset": args.dataset,
@@ -160,8 +160,7 @@ def _run_config(args):
     config = RunConfig.from_dict(fields)
     if args.ablation is not None:
         config = apply_ablation(config, args.ablation)
-    validate(config)
-    config = config.resolved()
+    config = config.resolved()  # validates every field
     _check_models([config])
     _check_data([config])
     return config

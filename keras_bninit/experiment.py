@@ -270,6 +270,7 @@ class _RunState(keras.callbacks.BackupAndRestore):
         )
         self.run_dir = run_dir
         self.log_path = os.path.join(run_dir, "epochs.json")
+        self.entries = []  # the committed epochs, as in `log_path`
         self.failure = None
         self.session_epoch_time = 0.0
         self._epoch_start = None
@@ -287,10 +288,9 @@ class _RunState(keras.callbacks.BackupAndRestore):
 
     def best(self):
         """(epoch, val_accuracy) of the best committed epoch, or None."""
-        entries = _io.read_json(self.log_path, [])
-        if not entries:
+        if not self.entries:
             return None
-        best = max(entries, key=lambda e: (e["val_accuracy"], -e["epoch"]))
+        best = max(self.entries, key=lambda e: (e["val_accuracy"], -e["epoch"]))
         return best["epoch"], best["val_accuracy"]
 
     def best_weights_path(self):
@@ -300,10 +300,10 @@ class _RunState(keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         done = self.model._initial_epoch or 0
-        entries = [
+        self.entries = [
             e for e in _io.read_json(self.log_path, []) if e["epoch"] < done
         ]
-        _io.atomic_write_json(self.log_path, entries)
+        _io.atomic_write_json(self.log_path, self.entries)
         self._prune_best()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -326,8 +326,8 @@ class _RunState(keras.callbacks.BackupAndRestore):
         best = self.best()
         if best is None or entry["val_accuracy"] > best[1]:
             self.model.save_weights(self._best_path(epoch), overwrite=True)
-        entries = _io.read_json(self.log_path, [])
-        _io.atomic_write_json(self.log_path, entries + [entry])
+        self.entries.append(entry)
+        _io.atomic_write_json(self.log_path, self.entries)
         super().on_epoch_end(epoch, logs)  # the commit point
         self._prune_best()
 
@@ -440,7 +440,7 @@ def run_experiment(config, build_model=None, callbacks=()):
             state,
         ],
     )
-    entries = _io.read_json(state.log_path, [])
+    entries = state.entries
     record = {
         "config": dataclasses.asdict(config),
         "status": "ok",
