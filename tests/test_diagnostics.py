@@ -12,9 +12,15 @@ import keras_bninit
 from keras_bninit import InputBatchNorm, batch_norm
 from keras_bninit import diagnostics as diag
 
-FAN_IN = keras.initializers.VarianceScaling(
-    2.0, mode="fan_in", distribution="untruncated_normal"
-)
+
+def fan_in():
+    """Kaiming normal (fan-in, ReLU gain). A new instance per layer: an
+    initializer object made once keeps its own random stream, which
+    `set_random_seed` does not reset, so a shared one would make the weights
+    depend on what ran before in the process."""
+    return keras.initializers.VarianceScaling(
+        2.0, mode="fan_in", distribution="untruncated_normal"
+    )
 
 
 def conv_stack(gamma=1.0, depth=3, width=8, input_shape=(8, 8, 1), seed=0):
@@ -28,7 +34,7 @@ def conv_stack(gamma=1.0, depth=3, width=8, input_shape=(8, 8, 1), seed=0):
             3,
             padding="same",
             use_bias=False,
-            kernel_initializer=FAN_IN,
+            kernel_initializer=fan_in(),
             name=f"conv{i}",
         )(h)
         h = batch_norm(gamma=gamma, name=f"bn{i}")(h)
