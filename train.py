@@ -8,7 +8,7 @@
 
 Every argument is checked before anything is written; a bad one prints one
 error line and exits with status 2. This file only parses arguments: the
-work is done by keras_bninit.experiment / sweep / report.
+work is done by keras_bninit.harness.experiment / sweep / report.
 """
 
 import argparse
@@ -87,7 +87,7 @@ def _fixed_fields(args):
 
 
 def _parser():
-    from keras_bninit.sweep import PRESETS
+    from keras_bninit.harness.sweep import PRESETS
 
     parser = _Parser(prog="train.py", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", parser_class=_Parser)
@@ -134,7 +134,7 @@ def _parser():
 
 def _checked(function, *args):
     """Runs a validation step; a bad value becomes one line and status 2."""
-    from keras_bninit.data import DatasetUnavailableError
+    from keras_bninit.harness.data import DatasetUnavailableError
 
     try:
         return function(*args)
@@ -143,7 +143,7 @@ def _checked(function, *args):
 
 
 def _run_config(args):
-    from keras_bninit.experiment import RunConfig, apply_ablation
+    from keras_bninit.harness.experiment import RunConfig, apply_ablation
 
     fields = {
         "dataset": args.dataset,
@@ -167,7 +167,7 @@ def _run_config(args):
 
 
 def _run(args):
-    from keras_bninit.experiment import run_experiment
+    from keras_bninit.harness.experiment import run_experiment
 
     config = _checked(_run_config, args)
     record = run_experiment(config, build_model=_build_model())
@@ -186,7 +186,12 @@ def _run(args):
 
 
 def _sweep_runs(args):
-    from keras_bninit.sweep import GRID_FIELDS, PRESETS, expand, preset_runs
+    from keras_bninit.harness.sweep import (
+        GRID_FIELDS,
+        PRESETS,
+        expand,
+        preset_runs,
+    )
 
     grid = {
         f: getattr(args, f) for f in GRID_FIELDS if getattr(args, f) is not None
@@ -215,7 +220,7 @@ def _sweep_runs(args):
 
 
 def _sweep(args):
-    from keras_bninit.sweep import run_sweep
+    from keras_bninit.harness.sweep import run_sweep
 
     runs, row_key, name = _checked(_sweep_runs, args)
     row_key = args.row_key or row_key
@@ -246,8 +251,8 @@ def _sweep(args):
 
 
 def _report_dir(sweep_dir, row_key, decision, quiet=False):
-    from keras_bninit import _io, report
-    from keras_bninit.store import STORE_FILENAME, ResultStore
+    from keras_bninit.harness import _io, report
+    from keras_bninit.harness.store import STORE_FILENAME, ResultStore
 
     if not os.path.isfile(os.path.join(sweep_dir, STORE_FILENAME)):
         _fail(f"{sweep_dir!r} holds no sweep results ({STORE_FILENAME})")
@@ -273,7 +278,7 @@ def _report_dir(sweep_dir, row_key, decision, quiet=False):
 
 
 def _plot(args):
-    from keras_bninit.diagnostics import plot_run
+    from keras_bninit.harness.diagnostic_plots import plot_run
 
     run_dir = args.run_dir
     diagnostics = os.path.join(run_dir, "diagnostics")
@@ -308,7 +313,7 @@ def _check_models(configs):
 
 
 def _check_data(configs):
-    from keras_bninit.data import ensure_available
+    from keras_bninit.harness.data import ensure_available
 
     for dataset, data_dir in sorted(
         {(c.dataset, c.data_dir or "") for c in configs}

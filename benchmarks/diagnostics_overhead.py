@@ -3,7 +3,7 @@
 A small conv-BN-ReLU net (input BN, 3 x conv 3x3 with 32 channels) on
 sklearn's digits (8x8x1, pixel values / 16, 1437 training images), SGD,
 batch 32. The same model (same seed) is trained twice, once plain and once
-with `keras_bninit.diagnostics.diagnostic_callbacks` recording every
+with `keras_bninit.harness.diagnostics.diagnostic_callbacks` recording every
 epoch on the default probe (the first 128 training images). The first
 epoch of each run (tracing) is left out of the medians.
 
@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402
 
 from keras_bninit import InputBatchNorm, batch_norm  # noqa: E402
-from keras_bninit.diagnostics import (  # noqa: E402
+from keras_bninit.harness.diagnostics import (  # noqa: E402
     DEFAULT_PROBE_SIZE,
     diagnostic_callbacks,
 )

@@ -25,23 +25,38 @@ def make_complex(seed):
 
 
 def set_seed(seed, deterministic=True):
-    """Seeds Python, NumPy and TensorFlow/Keras from `make_complex(seed)`.
+    """Seeds Python, NumPy and the Keras backend from `make_complex(seed)`.
+
+    Works on every Keras backend: `keras.utils.set_random_seed` seeds
+    Python, NumPy and the backend's own generator (TensorFlow's global seed,
+    torch's manual seed; JAX is seeded through Keras's seed generator).
 
     Args:
-        seed: non-negative integer run seed (SPEC section 10).
-        deterministic: when true, also turns on TensorFlow's op determinism
-            (`tf.config.experimental.enable_op_determinism`), so two runs with
-            the same seed give the same numbers. Keras then runs without XLA.
-            TensorFlow cannot turn determinism off again within a process.
+        seed: non-negative integer run seed (Section 4.3: every run of a
+            configuration uses its own seed, made "complex" by hashing).
+        deterministic: when true, also makes the backend's kernels
+            deterministic: on TensorFlow, op determinism
+            (`tf.config.experimental.enable_op_determinism`, after which
+            Keras runs without XLA and which cannot be turned off again
+            within a process); on PyTorch,
+            `torch.use_deterministic_algorithms(True, warn_only=True)`.
+            JAX on the CPU is deterministic already.
 
     Returns:
         The complex seed that was used.
     """
     import keras
-    import tensorflow as tf
 
     complex_seed = make_complex(seed)
     keras.utils.set_random_seed(complex_seed)
     if deterministic:
-        tf.config.experimental.enable_op_determinism()
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.experimental.enable_op_determinism()
+        elif backend == "torch":
+            import torch
+
+            torch.use_deterministic_algorithms(True, warn_only=True)
     return complex_seed

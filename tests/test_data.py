@@ -1,4 +1,5 @@
-"""Tests for keras_bninit.data: offline only (digits, tfds mocks, a folder)."""
+"""Tests for keras_bninit.harness.data: offline only (digits, tfds mocks,
+a folder)."""
 
 import dataclasses
 import math
@@ -9,7 +10,7 @@ import pytest
 import tensorflow as tf
 from sklearn.model_selection import train_test_split
 
-from keras_bninit import data
+from keras_bninit.harness import data
 from keras_bninit.seeding import make_complex
 
 PAPER_SETS = ("cifar10", "cifar100", "caltech_birds2011", "cars196")

@@ -1,4 +1,4 @@
-"""Diagnostics callbacks and plots (keras_bninit.diagnostics)."""
+"""Diagnostics callbacks and plots (keras_bninit.harness.diagnostics)."""
 
 import importlib.util
 import json
@@ -10,7 +10,8 @@ import pytest
 
 import keras_bninit
 from keras_bninit import InputBatchNorm, batch_norm
-from keras_bninit import diagnostics as diag
+from keras_bninit.harness import diagnostic_plots
+from keras_bninit.harness import diagnostics as diag
 
 
 def fan_in():
@@ -52,7 +53,7 @@ def toy_data(n=64, seed=0):
 
 
 def rows_of(run_dir, name):
-    return diag.read_jsonl(os.path.join(run_dir, name))
+    return diagnostic_plots.read_jsonl(os.path.join(run_dir, name))
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +146,7 @@ def test_probe_monitors_files(trained_run):
 
 def test_plot_run_writes_pngs(trained_run, tmp_path):
     run_dir, _, _ = trained_run
-    paths = diag.plot_run(run_dir, out_dir=tmp_path)
+    paths = diagnostic_plots.plot_run(run_dir, out_dir=tmp_path)
     names = sorted(os.path.basename(p) for p in paths)
     assert names == [
         "bn_drift.png",

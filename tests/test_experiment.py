@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_bninit.experiment import (
+from keras_bninit.harness.experiment import (
     RunConfig,
     apply_ablation,
     run_experiment,
@@ -73,7 +73,7 @@ def test_cosine_schedule_per_epoch(finished):
 
 
 def test_saved_model_is_the_best_epoch(finished):
-    from keras_bninit.data import load_dataset
+    from keras_bninit.harness.data import load_dataset
 
     model = keras.models.load_model(
         os.path.join(finished["run_dir"], "model.keras")
@@ -227,7 +227,7 @@ def test_defaults_per_dataset():
 def test_export_serves_the_saved_model(tmp_path):
     import tensorflow as tf
 
-    from keras_bninit.data import load_dataset
+    from keras_bninit.harness.data import load_dataset
 
     record = run_experiment(
         _config(tmp_path, epochs=1, export=True), build_model=tiny_builder

@@ -6,8 +6,8 @@ import io
 import numpy as np
 import pytest
 
-from keras_bninit import report, stats
-from keras_bninit.store import ResultStore
+from keras_bninit.harness import report, stats
+from keras_bninit.harness.store import ResultStore
 
 SEEDS = range(1, 6)
 NOISE = {1: 0.0, 2: 0.01, 3: -0.01, 4: 0.005, 5: -0.005}

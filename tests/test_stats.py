@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from keras_bninit import stats
+from keras_bninit.harness import stats
 
 # d = ours - base = [0.01, 0.02, 0.00, 0.03]: mean 0.015, one zero.
 OURS = {1: 0.90, 2: 0.92, 3: 0.91, 4: 0.93}

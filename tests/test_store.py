@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from keras_bninit.store import ResultStore, canonical_config, config_key
+from keras_bninit.harness.store import ResultStore, canonical_config, config_key
 
 CONFIG = {
     "dataset": "cifar10",

@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from keras_bninit.store import ResultStore
-from keras_bninit.sweep import (
+from keras_bninit.harness.store import ResultStore
+from keras_bninit.harness.sweep import (
     PRESETS,
     expand,
     parse_seeds,

@@ -19,16 +19,16 @@ import sys
 import time
 import traceback
 
-from keras_bninit import _io
-from keras_bninit.data import DatasetUnavailableError
-from keras_bninit.experiment import (
+from keras_bninit.harness import _io
+from keras_bninit.harness.data import DatasetUnavailableError
+from keras_bninit.harness.experiment import (
     RELATED,
     RunConfig,
     apply_ablation,
     run_experiment,
 )
-from keras_bninit.stats import BASELINE_OVERRIDES
-from keras_bninit.store import ResultStore
+from keras_bninit.harness.stats import BASELINE_OVERRIDES
+from keras_bninit.harness.store import ResultStore
 
 # Fields a grid may vary; every other RunConfig field is fixed per sweep.
 GRID_FIELDS = (
@@ -210,7 +210,7 @@ def expand(grids, seeds, add_base=True, ablation=None, **fixed):
         add_base: add BASE (c = 1, a = 1, standard BN) for every
             (data set, model, learning rate, input normalization) cell.
         ablation: None, "init-only" or "lr-only": applied to every run
-            (`keras_bninit.experiment.apply_ablation`; BASE stays BASE).
+            (`keras_bninit.harness.experiment.apply_ablation`; BASE stays BASE).
         **fixed: other `RunConfig` fields for every run (epochs, out, ...).
 
     Returns:

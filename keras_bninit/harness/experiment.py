@@ -20,24 +20,24 @@ import time
 import keras
 import numpy as np
 
-from keras_bninit import _io
 from keras_bninit._validation import (
     non_negative_int,
     positive_float,
     positive_int,
 )
-from keras_bninit.data import (
+from keras_bninit.harness import _io
+from keras_bninit.harness.data import (
     DATASETS,
     EpochTracker,
     available_datasets,
     load_dataset,
 )
+from keras_bninit.harness.stats import BASELINE_OVERRIDES
+from keras_bninit.harness.store import config_key
 from keras_bninit.norms import NORM_LAYERS, norm_layer
 from keras_bninit.optimizers import ParamGroupOptimizer
 from keras_bninit.schedules import EpochCosineDecay
 from keras_bninit.seeding import set_seed
-from keras_bninit.stats import BASELINE_OVERRIDES
-from keras_bninit.store import config_key
 
 INPUT_NORMS = ("bn", "fixed", "offline", "none")
 # The proposal's defaults (SPEC 2-3), and the related methods' (SPEC 7: RBN
@@ -64,8 +64,8 @@ class RunConfig:
     """Everything that defines one run; stored beside its result.
 
     Attributes:
-        dataset: a name from `keras_bninit.data.available_datasets()` or the
-            path of a directory of class subfolders.
+        dataset: a name from `harness.data.available_datasets()` or
+            the path of a directory of class subfolders.
         model: a model-zoo name; None takes the paper's model for the data
             set (ResNet-18 for CIFAR-10, ...).
         lr: the base learning rate alpha; None takes 0.1.
@@ -89,7 +89,7 @@ class RunConfig:
         jit_compile: passed to `model.compile` ("auto", True, False).
         out: the directory that receives the run's own directory.
         export: also export the best model as a SavedModel.
-        diagnostics: record BN diagnostics (keras_bninit.diagnostics).
+        diagnostics: record BN diagnostics (keras_bninit.harness.diagnostics).
         verbose: Keras's verbosity: 1 progress bar, 2 a line per epoch,
             0 nothing.
         data_dir: tensorflow-datasets' data directory.
@@ -154,7 +154,7 @@ class RunConfig:
         )
 
     def key(self):
-        """`keras_bninit.store.config_key` of the resolved configuration."""
+        """`harness.store.config_key` of the resolved configuration."""
         return config_key(dataclasses.asdict(self.resolved()))
 
     def run_name(self):
@@ -359,7 +359,7 @@ def run_experiment(config, build_model=None, callbacks=()):
 
     Raises:
         ValueError: a bad configuration (nothing is written).
-        keras_bninit.data.DatasetUnavailableError: the data set is not on
+        harness.data.DatasetUnavailableError: the data set is not on
             this machine (nothing is written).
     """
     start = time.perf_counter()
@@ -418,7 +418,7 @@ def run_experiment(config, build_model=None, callbacks=()):
     tracker = EpochTracker()
     state = _RunState(run_dir)
     if config.diagnostics:
-        from keras_bninit.diagnostics import diagnostic_callbacks
+        from keras_bninit.harness.diagnostics import diagnostic_callbacks
 
         callbacks = [
             *callbacks,

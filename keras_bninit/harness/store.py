@@ -50,7 +50,7 @@ NON_RESULT_FIELDS = frozenset(
         "progress",
         "dry_run",
         "retry_failed",
-        # keras_bninit.experiment.RunConfig fields about paths and output:
+        # harness.experiment.RunConfig fields about paths and output:
         "out",
         "export",
         "diagnostics",

@@ -13,8 +13,8 @@ table, `"input_norm"`, `"model"`); every field that is neither the row key,
 a method field (gamma, divisor, bn, input_norm) nor the column key splits
 the records into separate tables (one per data set, model, epochs, ...).
 
-Renderings: Markdown, LaTeX, CSV (every statistic of `keras_bninit.stats`)
-and plain text; `plot_accuracy_vs_gamma` draws a PNG.
+Renderings: Markdown, LaTeX, CSV (every statistic of `harness.stats`) and
+plain text; `plot_accuracy_vs_gamma` draws a PNG.
 """
 
 import csv
@@ -25,8 +25,8 @@ import numbers
 import os
 import textwrap
 
-from keras_bninit.stats import ALPHA, compare_records
-from keras_bninit.store import canonical_config
+from keras_bninit.harness.stats import ALPHA, compare_records
+from keras_bninit.harness.store import canonical_config
 
 # Fields that tell the compared methods apart: they always go into the row.
 METHOD_FIELDS = ("gamma", "gamma_lr_divisor", "bn", "input_norm")

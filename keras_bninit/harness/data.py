@@ -89,7 +89,7 @@ class DatasetSpec:
 def _tfds_how_to_get(name):
     return (
         f"Download it once, with internet access, by "
-        f"`keras_bninit.data.load_dataset({name!r}, "
+        f"`keras_bninit.harness.data.load_dataset({name!r}, "
         f"data_dir={{data_dir!r}}, download=True)` or "
         f"`tfds build {name} --data_dir {{data_dir}}`; later runs read it "
         f"offline from the same data_dir."
@@ -102,7 +102,7 @@ _CARS_HOW_TO_GET = (
     "cars_train.tgz, cars_test.tgz, car_devkit.tgz and "
     "cars_test_annos_withlabels.mat (e.g. from a mirror of the original "
     "release), put them in {data_dir}/downloads/manual/, then run "
-    "`keras_bninit.data.load_dataset('cars196', data_dir={data_dir!r}, "
+    "`keras_bninit.harness.data.load_dataset('cars196', data_dir={data_dir!r}, "
     "download=True)` once; tensorflow-datasets builds the data set from "
     "those files without internet access."
 )
@@ -601,7 +601,7 @@ class DatasetSplits:
         seed = non_negative_int("seed", seed)
         if not isinstance(tracker, EpochTracker):
             raise ValueError(
-                "`tracker` must be a keras_bninit.data.EpochTracker. "
+                "`tracker` must be a keras_bninit.harness.data.EpochTracker. "
                 f"Received: tracker={tracker!r}"
             )
 

@@ -30,7 +30,7 @@ import numpy as np
 import scipy.stats
 from statsmodels.stats.multitest import multipletests
 
-from keras_bninit.store import config_key
+from keras_bninit.harness.store import config_key
 
 ALPHA = 0.05
 
@@ -562,7 +562,7 @@ def compare_records(
     comparisons within a data set (`holm_family="dataset"`).
 
     Args:
-        records: iterable of result records (see `keras_bninit.store`).
+        records: iterable of result records (see `keras_bninit.harness.store`).
         metric: the record field compared.
         alpha: significance level of the raw and Holm decisions.
         baseline: BASE overrides (see `baseline_config`).
