@@ -1,4 +1,4 @@
-"""The standard deviation of an activation of a unit Gaussian (SPEC 4-5).
+"""Std of an activation of a unit Gaussian (paper Sections 3.3-3.4).
 
 The BN input normalization starts its scale at `c * sigma_act`, where
 `sigma_act` is the std of `act(z)` for `z ~ N(0, 1)`: the spread a BN output
@@ -61,9 +61,9 @@ def activation_std(activation="relu"):
     """Std of `activation(z)` for `z ~ N(0, 1)`, by numerical integration.
 
     Used to initialize the BN input normalization's scale to
-    `c * activation_std` (SPEC section 5); for ReLU this is 0.5838 (SPEC
-    section 4). A number is passed through after validation, so callers can
-    give either a name or the value itself (the paper uses 0.58).
+    `c * activation_std` (Section 3.4); for ReLU this is 0.5838 (Section
+    3.3). A number is passed through after validation, so callers can give
+    either a name or the value itself (the paper uses 0.58).
 
     Args:
         activation: an activation name (see `available_activations()`:

@@ -1,11 +1,11 @@
-"""Batch normalization as the paper configures it (SPEC sections 1, 2, 5)."""
+"""Batch normalization as the paper configures it (Sections 3.1, 3.2, 3.4)."""
 
 import keras
 
 from keras_bninit._validation import positive_float, reject_arguments
 from keras_bninit.activations import activation_std as _resolve_activation_std
 
-# PyTorch's BN defaults, which the paper's reference uses (SPEC section 1):
+# PyTorch's BN defaults, which the paper's reference uses (Section 3.1):
 # running = 0.9 * running + 0.1 * batch, eps = 1e-5. Keras's own defaults
 # (0.99, 1e-3) are not the paper's configuration.
 PAPER_MOMENTUM = 0.9
@@ -16,9 +16,9 @@ def batch_norm(gamma=1.0, **kwargs):
     """A stock `keras.layers.BatchNormalization` configured as the paper's BN.
 
     y = gamma * (x - mean_B) / sqrt(var_B + eps) + beta, with
-    gamma_0 = `gamma` (the constant c of SPEC section 2, Proposal 1) and
+    gamma_0 = `gamma` (the constant c of Section 3.2, Proposal 1) and
     beta_0 = 0. Running statistics use momentum 0.9 and eps 1e-5 (PyTorch
-    semantics, SPEC section 1). Because the result is the stock layer, it has
+    semantics, Section 3.1). Because the result is the stock layer, it has
     no overhead, uses the fused kernels, and saves/exports like any Keras BN.
 
     Args:
@@ -52,7 +52,7 @@ class InputBatchNorm(keras.layers.BatchNormalization):
     channel with batch statistics in training and running statistics at
     inference, then scales it: y = g * (x - mean_B) / sqrt(var_B + eps).
     The scale starts at g_0 = `gamma * activation_std` (0.58 c for ReLU
-    networks, SPEC section 5, Proposal 3) and is trained like every other BN
+    networks, Section 3.4, Proposal 3) and is trained like every other BN
     scale (it gets the reduced learning rate of `ParamGroupOptimizer`).
     There is no shift (beta is fixed at 0), so it adds one trainable
     parameter per input channel. It replaces fixed `(x - 0.5) / 0.5` and

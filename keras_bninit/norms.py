@@ -1,4 +1,4 @@
-"""Alternative BN formulations of the ablations (SPEC sections 6 and 7).
+"""Alternative BN formulations of the ablations (Sections 4.4 and 4.5).
 
 Every layer here shares the paper's BN head with the stock layer: it
 subclasses `keras.layers.BatchNormalization` with `center=False` and
@@ -7,7 +7,7 @@ subclasses `keras.layers.BatchNormalization` with `center=False` and
     x_hat = (x - mean) / sqrt(var + eps)
 
 (batch statistics with the biased variance in training, running statistics
-with momentum 0.9 and eps 1e-5 at inference, SPEC section 1) comes from the
+with momentum 0.9 and eps 1e-5 at inference, Section 3.1) comes from the
 stock code path, and only the tail that follows is new. The model zoo takes
 these layers through a factory called as `factory(gamma=c, name=...)`;
 `norm_layer(kind)` returns it for one of the kinds in `NORM_LAYERS`.
@@ -111,7 +111,7 @@ class A1BatchNorm(_BatchNormHead):
     """BN formulation A1: the shift is added before the scale.
 
     y = gamma * (x_hat + beta), with gamma_0 = `gamma` (the constant c) and
-    beta_0 = 0 (SPEC section 6; paper Section 4.4). There is no extra
+    beta_0 = 0 (Section 4.4; Section 4.4). There is no extra
     parameter, but gamma now scales beta too, which limits how far beta can
     shift the data before the activation. `gamma` carries c, so it is tagged
     as a BN scale (reduced learning rate, no weight decay); beta is tagged
@@ -163,7 +163,7 @@ class A2BatchNorm(_BatchNormHead):
     """BN formulation A2: a new per-channel scale rho outside the affine tail.
 
     y = rho * (gamma * x_hat + beta), with rho_0 = `rho` (the constant c),
-    gamma_0 = 1 and beta_0 = 0 (SPEC section 6; paper Section 4.4). The
+    gamma_0 = 1 and beta_0 = 0 (Section 4.4; Section 4.4). The
     reduced learning rate goes to the parameter that carries c, so `rho` is
     tagged as a BN scale while `gamma` and `beta` are tagged no-decay (full
     learning rate, no weight decay).
@@ -216,7 +216,7 @@ class A2BatchNorm(_BatchNormHead):
 
 
 class _GatedBatchNorm(_BatchNormHead):
-    """y = gamma * x_hat * sigmoid(w * s + b) + beta (SPEC section 7).
+    """y = gamma * x_hat * sigmoid(w * s + b) + beta (Section 4.5).
 
     Subclasses set `_statistic` ("normalized": s = GAP(x_hat), or "input":
     s = GAP(x)) and `_gate_bias` (b_0).
@@ -297,7 +297,7 @@ class RepresentativeBatchNorm(_GatedBatchNorm):
     per-example, per-channel average over the spatial axes (the identity for
     (batch, channels) inputs), with w_0 = 0, b_0 = 1, gamma_0 = `gamma`
     and beta_0 = 0; the initial effective scale is gamma_0 * sigmoid(1) =
-    0.731 gamma_0 (SPEC section 7; paper Section 4.5). Only RBN's scaling
+    0.731 gamma_0 (Section 4.5; Section 4.5). Only RBN's scaling
     part is implemented, as in the paper's comparison. With
     `instance_statistic=False` this is RBN-: y = gamma * x_hat * sigmoid(b)
     + beta (no w). gamma is tagged as a BN scale, like the stock layer's
@@ -338,7 +338,7 @@ class InstanceEnhancementBatchNorm(_GatedBatchNorm):
     per-example, per-channel spatial average of the layer's raw input (the
     identity for (batch, channels) inputs), with w_0 = 0, b_0 = -1,
     gamma_0 = `gamma` and beta_0 = 0; the initial effective scale is
-    gamma_0 * sigmoid(-1) = 0.269 gamma_0 (SPEC section 7; paper Section
+    gamma_0 * sigmoid(-1) = 0.269 gamma_0 (Section 4.5; Section
     4.5). With `instance_statistic=False` this is IEBN-: y = gamma * x_hat *
     sigmoid(b) + beta (no w). Tags as in `RepresentativeBatchNorm`.
 
@@ -398,16 +398,16 @@ def norm_layer(kind, **defaults):
 
     The returned factory is called as `factory(gamma=c, name=...)` and
     returns a new layer. `gamma=c` always initializes the parameter that
-    carries the BN scale init of Proposal 1 (SPEC section 2) and is tagged
+    carries the BN scale init of Proposal 1 (Section 3.2) and is tagged
     for the reduced learning rate:
 
     - "standard": stock `keras.layers.BatchNormalization` via
       `keras_bninit.batch_norm`, gamma_0 = c.
-    - "a1": `A1BatchNorm`, gamma_0 = c (SPEC section 6).
-    - "a2": `A2BatchNorm`, rho_0 = c, gamma_0 = 1 (SPEC section 6).
+    - "a1": `A1BatchNorm`, gamma_0 = c (Section 4.4).
+    - "a2": `A2BatchNorm`, rho_0 = c, gamma_0 = 1 (Section 4.4).
     - "rbn", "iebn", "rbn-", "iebn-": `RepresentativeBatchNorm` /
       `InstanceEnhancementBatchNorm` (the "-" kinds without the instance
-      statistic), gamma_0 = c (SPEC section 7). The paper's comparison uses
+      statistic), gamma_0 = c (Section 4.5). The paper's comparison uses
       c = 1 and a = 1 (trained like BASE); another c combines the method
       with Proposal 1.
 

@@ -1,4 +1,4 @@
-"""Parameter groups of the paper as a Keras optimizer wrapper (SPEC 3)."""
+"""Parameter groups of the paper as a Keras optimizer wrapper (Section 3.2)."""
 
 import re
 
@@ -7,7 +7,7 @@ from keras import ops
 
 from keras_bninit._validation import positive_float
 
-# The three parameter groups of the reference (SPEC section 3):
+# The three parameter groups of the reference (Section 3.2):
 SCALE = "scale"  # BN scales: lr / gamma_lr_divisor, no weight decay
 DECAY = "decay"  # conv / dense kernels: lr, coupled L2 weight decay
 NO_DECAY = "no_decay"  # BN shifts, biases, everything else: lr, no decay
@@ -69,7 +69,7 @@ def default_group(variable):
     GroupNormalization name their scales `gamma` too) is a scale; a
     convolution or dense kernel is decayed; everything else (BN betas, all
     biases, embeddings, ...) gets the plain learning rate and no decay
-    (SPEC section 3).
+    (Section 3.2).
 
     Args:
         variable: a `keras.Variable`.
@@ -110,7 +110,7 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
     """Wraps any Keras optimizer and gives it the paper's parameter groups.
 
     Three groups, decided once per variable when the optimizer is built
-    (SPEC section 3, Proposal 2):
+    (Section 3.2, Proposal 2):
     - `"scale"` (BN scales): learning rate `lr(t) / gamma_lr_divisor` at
       every step, following the schedule; no weight decay.
     - `"decay"` (conv and dense kernels): learning rate `lr(t)` and

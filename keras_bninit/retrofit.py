@@ -1,4 +1,4 @@
-"""Apply the paper's BN changes to an existing Keras model (SPEC 2, 5)."""
+"""Apply the paper's BN changes to an existing Keras model (Secs. 3.2, 3.4)."""
 
 import keras
 import numpy as np
@@ -67,11 +67,11 @@ def retrofit(
 
     Every `BatchNormalization` of `model` (Functional, Sequential,
     subclassed, nested) gets its scale set to `gamma` and its shift to 0
-    (SPEC section 2, Proposal 1), and its running statistics reset to mean 0,
+    (Section 3.2, Proposal 1), and its running statistics reset to mean 0,
     variance 1. This changes `model`'s layers in place; the original model
     keeps working (with the new values). When `input_bn` is true, the
     function returns a new Functional model that applies an `InputBatchNorm`
-    with scale `gamma * activation_std` and then `model` (SPEC section 5,
+    with scale `gamma * activation_std` and then `model` (Section 3.4,
     Proposal 3); the two share their layers. Train the result with
     `ParamGroupOptimizer` for Proposal 2. Existing `InputBatchNorm` layers
     are reset to `gamma * their activation_std`.

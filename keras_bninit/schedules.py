@@ -1,4 +1,4 @@
-"""The paper's learning-rate schedule (SPEC section 9)."""
+"""The paper's learning-rate schedule (Section 4.2)."""
 
 import math
 
@@ -15,7 +15,7 @@ class EpochCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
     lr(epoch) = eta_min + (lr_0 - eta_min) * (1 + cos(pi * epoch / epochs)) / 2
     with epoch = floor(step / steps_per_epoch): PyTorch's
     `CosineAnnealingLR(T_max=epochs, eta_min=1e-8)` stepped after every
-    epoch, as in the reference (SPEC section 9).
+    epoch, as in the reference (Section 4.2).
 
     Args:
         initial_learning_rate: lr_0 (> 0).

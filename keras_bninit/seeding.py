@@ -1,4 +1,4 @@
-"""Seeds as the paper makes them (SPEC section 10)."""
+"""Seeds as the paper makes them (Section 4.3)."""
 
 import hashlib
 
@@ -10,7 +10,7 @@ def make_complex(seed):
 
     The value is the last 32 bits of the MD5 digest of `str(seed)`:
     `int(md5(str(seed).encode("utf-8")).hexdigest()[-8:], 16)`. It is unique
-    for seeds 0..88265 (SPEC section 10), and it is what seeds every random
+    for seeds 0..88265 (Section 4.3), and it is what seeds every random
     number generator of a run.
 
     Args:

@@ -83,7 +83,7 @@ def resolve_small_inputs(small_inputs, input_shape):
 
     Args:
         small_inputs: True, False, or None for automatic: on when height
-            and width are both <= 64 px (SPEC section 8).
+            and width are both <= 64 px (Section 4.1).
         input_shape: a checked (height, width, channels) tuple.
     """
     if small_inputs is not None:
@@ -129,10 +129,10 @@ def build_classifier(
             overall downsampling factor; smaller inputs are rejected.
         num_classes: number of classes, >= 2 (the logits' size).
         input_shape: (height, width, channels), channels last.
-        bn_gamma: the constant c every BN scale starts at (SPEC section 2;
+        bn_gamma: the constant c every BN scale starts at (Section 3.2;
             the paper's grid is 0.01 ... 1.0, 0.1 its suggested start).
         input_bn: prepend `keras_bninit.InputBatchNorm`, whose scale starts
-            at `bn_gamma * activation_std` (SPEC section 5).
+            at `bn_gamma * activation_std` (Section 3.4).
         activation_std: std of the activation of a unit Gaussian, for the
             input BN (0.58 for ReLU, as the paper), or an activation name.
         norm_layer: factory called as `norm_layer(gamma=c, name=...)` for

@@ -6,7 +6,7 @@ sees: Keras's `padding="same"` equals that for stride 1, but for stride 2 it
 pads only the bottom/right, so strided convolutions get an explicit
 `ZeroPadding2D` followed by a `"valid"` convolution.
 
-Initialization follows SPEC section 8 (the paper's Section 4.1):
+Initialization follows Section 4.1:
 convolution kernels Kaiming normal, fan-in, ReLU gain
 (std = sqrt(2 / fan_in)); dense kernels PyTorch's `nn.Linear` default
 U(-1/sqrt(fan_in), 1/sqrt(fan_in)); all biases 0; BN beta 0 and gamma c (set

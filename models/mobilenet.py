@@ -8,7 +8,7 @@ Names follow torchvision's modules: `features.0.0` (conv), `features.0.1`
 start at the depthwise conv); `features.18` (1x1 conv to 1280 channels);
 `classifier.0` (dropout 0.2) and `classifier.1` (dense).
 
-Small inputs (SPEC section 8; the paper's Section 4.4): the first conv and
+Small inputs (Sections 4.1, 4.4): the first conv and
 the second and third bottleneck stages (24 and 32 channels, torchvision's
 `inverted_residual_setting` rows 2 and 3) have stride 1, so a 32x32 input
 leaves an 8x8 map for the last stages.

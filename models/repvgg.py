@@ -9,7 +9,7 @@ A0 has width multipliers a = 0.75, b = 2.5 and (1, 2, 4, 14, 1) blocks, so
 stage widths (48, 48, 96, 192, 1280); the first block of each stage has
 stride 2.
 
-Small inputs (SPEC section 8; the paper's Section 4.4): stages 0 and 1 have
+Small inputs (Sections 4.1, 4.4): stages 0 and 1 have
 stride 1, so a 32x32 input leaves a 4x4 map for the last stage.
 
 `reparameterize(model)` turns the trained model into the inference form:
@@ -107,7 +107,7 @@ def repvgg(name, *, blocks, widths, deploy=False, **kwargs):
         )
 
     def strides(small):
-        # SPEC 8: stages 0 and 1 keep the resolution for small inputs.
+        # Section 4.1: stages 0 and 1 keep the resolution for small inputs.
         return [1 if small and i < 2 else 2 for i in range(len(blocks))]
 
     def features(x, norm, small):

@@ -8,7 +8,7 @@ classes. Convolutions have no bias; each residual branch ends in a BN
 whose output is added to the shortcut and then activated (torchvision's
 default `zero_init_residual=False`: every BN scale starts at c).
 
-Small inputs (SPEC section 8): the first conv is 3x3 with stride 1 and there
+Small inputs (Section 4.1): the first conv is 3x3 with stride 1 and there
 is no max-pool. The CIFAR ResNets of He et al. (2016, Section 4.2) are the
 same stages with widths 16/32/64, n basic blocks each (depth 6n + 2) and
 projection shortcuts (1x1 conv + BN) where the shape changes.
@@ -150,7 +150,7 @@ def resnet(
         )
 
     def features(x, norm, small):
-        if small:  # SPEC 8: 3x3 stride 1 padding 1, no max-pool
+        if small:  # Section 4.1: 3x3 stride 1 padding 1, no max-pool
             x = conv_bn_act(x, norm, stem_width, 3, ("conv1", "bn1", "relu"))
         else:
             x = conv_bn_act(

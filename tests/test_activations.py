@@ -10,7 +10,7 @@ import keras_bninit as kb
 
 
 def test_relu_closed_form():
-    # SPEC 4: sqrt(1/2 - 1/(2 pi)) = 0.5838...
+    # Section 3.3: sqrt(1/2 - 1/(2 pi)) = 0.5838...
     assert kb.activation_std("relu") == pytest.approx(
         math.sqrt(0.5 - 1 / (2 * math.pi)), abs=1e-10
     )

@@ -203,7 +203,7 @@ def test_large_values_known_fraction(k, tmp_path):
 
 
 def test_gradient_factors_cancel_at_init():
-    # SPEC section 4: with gamma_0 = c for every BN and fan-in kernels,
+    # Section 3.3: with gamma_0 = c for every BN and fan-in kernels,
     # var_B of an interior BN's input scales as c^2, so the factor
     # c / sqrt(var_B + eps) does not depend on c and is about equal across
     # interior layers.
@@ -217,7 +217,7 @@ def test_gradient_factors_cancel_at_init():
     interior = means[1.0]
     assert interior.max() / interior.min() < 1.04
     # Each is close to 1 / sqrt(2 sigma_act^2) = 1.211: the fan-in gain 2
-    # times the variance of a ReLU of a unit Gaussian (SPEC section 4);
+    # times the variance of a ReLU of a unit Gaussian (Section 3.3);
     # correlations between neighboring positions move it a little.
     sigma_act = keras_bninit.activation_std("relu")
     np.testing.assert_allclose(interior, 1 / np.sqrt(2 * sigma_act**2), 0.05)

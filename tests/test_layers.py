@@ -1,4 +1,4 @@
-"""batch_norm and InputBatchNorm against the formulas of SPEC 1, 2 and 5."""
+"""batch_norm and InputBatchNorm against the formulas of Sections 3.1-3.4."""
 
 import keras
 import numpy as np
@@ -8,7 +8,7 @@ import keras_bninit as kb
 
 
 def _np_bn(x, gamma, beta, eps=1e-5):
-    """SPEC 1: per channel (last axis) over all other axes, biased var."""
+    """Section 3.1: per channel (last axis) over all other axes, biased var."""
     axes = tuple(range(x.ndim - 1))
     mu = x.mean(axis=axes)
     var = ((x - mu) ** 2).mean(axis=axes)
@@ -69,7 +69,8 @@ def test_batch_norm_rejects_bool_and_gamma_initializer():
 def test_input_batch_norm_forward_no_shift(batch):
     layer = kb.InputBatchNorm(gamma=0.1)
     y = keras.ops.convert_to_numpy(layer(batch, training=True))
-    # SPEC 5: scale c * 0.58, no shift, one trainable parameter per channel.
+    # Section 3.4: scale c * 0.58, no shift, one trainable parameter per
+    # channel.
     np.testing.assert_allclose(layer.gamma.numpy(), [0.058] * 4, rtol=1e-6)
     assert layer.beta is None
     assert sum(int(np.prod(w.shape)) for w in layer.trainable_weights) == 4

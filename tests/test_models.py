@@ -194,7 +194,7 @@ def norm_layers(model):
 
 
 def check_init(model, c):
-    """SPEC 8 initialization: BN gamma c / beta 0, Kaiming normal fan-in
+    """Section 4.1 initialization: BN gamma c / beta 0, Kaiming normal fan-in
     conv kernels, PyTorch-uniform dense kernels, zero biases."""
     bns = norm_layers(model)
     assert bns

@@ -1,4 +1,4 @@
-"""Tests of the alternative BN formulations against SPEC sections 1, 6, 7."""
+"""Tests of the alternative BN formulations against Sections 3.1, 4.4, 4.5."""
 
 import keras
 import numpy as np
@@ -19,7 +19,7 @@ def _sigmoid(z):
 
 
 def _reference(kind, x, params, mean, var):
-    """SPEC sections 1, 6, 7 in NumPy (float64), channels last."""
+    """Sections 3.1, 4.4, 4.5 in NumPy (float64), channels last."""
     x = x.astype(np.float64)
     p = {k: v.astype(np.float64) for k, v in params.items()}
     x_hat = (x - mean) / np.sqrt(var + EPS)
@@ -42,7 +42,7 @@ def _reference(kind, x, params, mean, var):
 def _batch_moments(x):
     axes = tuple(range(x.ndim - 1))
     x = x.astype(np.float64)
-    return x.mean(axis=axes), x.var(axis=axes)  # biased, as SPEC section 1
+    return x.mean(axis=axes), x.var(axis=axes)  # biased, as Section 3.1
 
 
 def _data(shape, seed=0):

@@ -1,4 +1,4 @@
-"""ParamGroupOptimizer against NumPy optimizers written from SPEC 3."""
+"""ParamGroupOptimizer against NumPy optimizers written from Section 3.2."""
 
 import json
 import os
@@ -42,7 +42,7 @@ def _data(seed=1):
 
 
 def _reference_group(variable):
-    """SPEC 3 written independently of the library's rule."""
+    """Section 3.2 written independently of the library's rule."""
     name = variable.path.split("/")[-1]
     return {"gamma": "scale", "kernel": "decay"}.get(name, "no_decay")
 

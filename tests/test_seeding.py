@@ -1,4 +1,4 @@
-"""make_complex and set_seed (SPEC 10)."""
+"""make_complex and set_seed (Section 4.3)."""
 
 import keras
 import numpy as np

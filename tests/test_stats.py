@@ -1,4 +1,4 @@
-"""Statistics against values computed by hand (SPEC section 10)."""
+"""Statistics against values computed by hand (Section 4.3)."""
 
 import math
 import warnings

@@ -1,4 +1,4 @@
-"""Data sets, the validation split and tf.data pipelines (SPEC section 9).
+"""Data sets, the validation split and tf.data pipelines (Section 4.2).
 
 Design, in the order the data flows:
 
@@ -62,7 +62,7 @@ class DatasetUnavailableError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-    """How one named data set is loaded and augmented (SPEC section 9).
+    """How one named data set is loaded and augmented (Section 4.2).
 
     Attributes:
         name: the name `load_dataset` accepts.
@@ -107,7 +107,7 @@ _CARS_HOW_TO_GET = (
     "those files without internet access."
 )
 
-# The paper's protocol (SPEC section 9): CIFAR: batch 128, flip only;
+# The paper's protocol (Section 4.2): CIFAR: batch 128, flip only;
 # CUB/Cars: batch 64, resize to 256x256, random crop 224x224, flip.
 _SMALL = {"batch_size": 128}
 _LARGE = {"batch_size": 64, "resize": (256, 256), "crop": (224, 224)}
@@ -156,7 +156,7 @@ def available_datasets():
 def validation_split(labels, fraction=0.1, seed=0):
     """Splits example indices into training and held-out parts, stratified.
 
-    This is the reference's draw (SPEC section 9): scikit-learn's
+    This is the reference's draw (Section 4.2): scikit-learn's
     `train_test_split(np.arange(n), test_size=fraction, stratify=labels)`
     with NumPy's generator seeded from `make_complex(seed)`. It touches no
     global random state and gives the same indices on every call.
@@ -544,7 +544,7 @@ class DatasetSplits:
 
         Args:
             seed: non-negative integer run seed (1..15 in the paper); made
-                complex by MD5 (SPEC section 10).
+                complex by MD5 (Section 4.3).
             epoch: non-negative integer epoch number.
 
         Returns:
@@ -698,7 +698,7 @@ def load_dataset(
     stratified, seed `make_complex(0)`: `validation_split`). Data sets
     without a test split (digits, a directory without `train/` and `test/`)
     first hold out a stratified `TEST_FRACTION` (20 %) as test set, drawn the
-    same way. SPEC section 9.
+    same way. Section 4.2.
 
     Args:
         name: one of `available_datasets()` ("digits" needs no download and

@@ -284,7 +284,7 @@ def _plot_grad_factors(rows):
     ax.yaxis.set_minor_formatter(FuncFormatter(minor_label))
     ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_ylabel("|gamma| / sqrt(var_B + eps), per channel")
-    ax.set_title("BN gradient factor per layer (SPEC section 4)")
+    ax.set_title("BN gradient factor per layer (Section 3.3)")
     ax.legend(fontsize=8)
     _layer_axis(ax, layers)
     return figure

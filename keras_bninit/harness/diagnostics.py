@@ -6,10 +6,10 @@ The paper's motivation rests on two observations and one argument:
   (`BNParameterTracker`);
 - the BN head x_hat = (x - mu_B) / sqrt(var_B + eps) produces overly large
   values (|x_hat| of 6 and more) that pass forward (`LargeValueMonitor`,
-  SPEC section 1);
+  Section 3.1);
 - the gradient factor gamma / sqrt(var_B + eps) of every BN does not depend
   on the common initial scale c, and fan-in initialization balances it
-  across layers (`GradientFactorMonitor`, SPEC section 4).
+  across layers (`GradientFactorMonitor`, Section 3.3).
 
 The three are ordinary `keras.callbacks.Callback`s, usable in any
 `model.fit`. Each writes JSON lines to a run directory (one file each, the
@@ -34,7 +34,7 @@ overhead is smaller.
 
 BN layers are found recursively (nested models and layers included) as
 every instance of `keras.layers.BatchNormalization`, subclasses included
-(`InputBatchNorm`, the alternative formulations of SPEC sections 6, 7).
+(`InputBatchNorm`, the alternative formulations of Sections 4.4, 4.5).
 """
 
 import importlib.util
@@ -294,7 +294,7 @@ class LargeValueMonitor(_ProbeCallback):
     On a fixed probe batch, per BN layer, with batch statistics of the
     probe (as in training): the fraction of |x_hat| above each threshold
     and the max |x_hat|, x_hat = (x - mu_B) / sqrt(var_B + eps) on the
-    layer's input (SPEC section 1). For a unit Gaussian the fractions above
+    layer's input (Section 3.1). For a unit Gaussian the fractions above
     3 and 6 are 0.27 % and 2e-9; much more means heavy tails, values that a
     large gamma passes forward. See `probe_statistics` for how the inputs
     are captured.
@@ -372,7 +372,7 @@ class GradientFactorMonitor(_ProbeCallback):
     """Records the BN gradient factor gamma / sqrt(var_B + eps) per layer.
 
     Back-propagation through a BN multiplies the gradient by this factor
-    (SPEC section 4). var_B is the batch variance of the layer's input on
+    (Section 3.3). var_B is the batch variance of the layer's input on
     the probe batch. At initialization with one c for every BN and fan-in
     weights, the factors of interior layers are about equal and do not
     depend on c; this monitor lets you check that on your model and watch

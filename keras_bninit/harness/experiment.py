@@ -1,4 +1,4 @@
-"""One training run, end to end with model.fit (SPEC section 9).
+"""One training run, end to end with model.fit (Section 4.2).
 
 `run_experiment(RunConfig(...))` loads the data, builds the model through
 the model zoo, trains it with `ParamGroupOptimizer(SGD(momentum=0.9))` and a
@@ -40,14 +40,14 @@ from keras_bninit.schedules import EpochCosineDecay
 from keras_bninit.seeding import set_seed
 
 INPUT_NORMS = ("bn", "fixed", "offline", "none")
-# The proposal's defaults (SPEC 2-3), and the related methods' (SPEC 7: RBN
-# and IEBN are trained like BASE unless asked otherwise).
+# The proposal's defaults (Section 3.2), and the related methods'
+# (Section 4.5: RBN and IEBN are trained like BASE unless asked otherwise).
 PROPOSAL_DEFAULTS = {"gamma": 0.1, "gamma_lr_divisor": 100.0}
 RELATED = ("rbn", "rbn-", "iebn", "iebn-")
 RELATED_DEFAULTS = {"gamma": 1.0, "gamma_lr_divisor": 1.0}
 ABLATIONS = ("init-only", "lr-only")
 
-# The paper's settings per data set (SPEC sections 8, 9); digits is the
+# The paper's settings per data set (Sections 4.1, 4.2); digits is the
 # offline demo, sized for a CPU.
 DATASET_DEFAULTS = {
     "cifar10": {"model": "resnet18", "epochs": 180, "lr": 0.1},
@@ -69,20 +69,20 @@ class RunConfig:
         model: a model-zoo name; None takes the paper's model for the data
             set (ResNet-18 for CIFAR-10, ...).
         lr: the base learning rate alpha; None takes 0.1.
-        gamma: the constant c every BN scale starts at (SPEC 2); None takes
+        gamma: the constant c every BN scale starts at (Section 3.2); None takes
             0.1, or 1 for the related methods RBN/IEBN (trained like BASE
-            unless asked, SPEC 7).
-        gamma_lr_divisor: a, the BN scales' learning-rate divisor (SPEC 3);
+            unless asked, Section 4.5).
+        gamma_lr_divisor: a, the BN scales' learning-rate divisor (Section 3.2);
             None takes 100, or 1 for RBN/IEBN.
         weight_decay: coupled L2 on conv/dense kernels (1e-4).
         momentum: SGD momentum (0.9).
         epochs: None takes the data set's default (180 in the paper).
         batch_size: None takes the data set's default (128 or 64).
         seed: the run seed n; every generator is seeded with
-            `make_complex(n)` (SPEC 10).
+            `make_complex(n)` (Section 4.3).
         bn: the BN formulation: one of `keras_bninit.NORM_LAYERS`.
         input_norm: "bn" (InputBatchNorm, the paper's proposal), "fixed",
-            "offline" or "none" (SPEC 5).
+            "offline" or "none" (Section 3.4).
         activation_std: sigma_act for the InputBatchNorm scale (0.58).
         deterministic: turn on TensorFlow op determinism (and no XLA), so
             the same seed gives the same numbers.
@@ -118,7 +118,7 @@ class RunConfig:
 
     @classmethod
     def baseline(cls, **kwargs):
-        """BASE: c = 1, a = 1, standard BN, the input BN kept (SPEC 3)."""
+        """BASE: c = 1, a = 1, standard BN, the input BN kept (Section 3.2)."""
         return cls(**{**kwargs, **BASELINE_OVERRIDES})
 
     @classmethod
@@ -168,7 +168,7 @@ class RunConfig:
 
 
 def apply_ablation(config, ablation):
-    """The paper's ablations (SPEC 3): init only or LR only.
+    """The paper's ablations (Section 3.2): init only or LR only.
 
     Args:
         config: a `RunConfig`.

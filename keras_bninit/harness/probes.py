@@ -210,7 +210,7 @@ def probe_statistics(model, x, thresholds=DEFAULT_THRESHOLDS):
     (no dropout); the BN running statistics are restored afterwards, so the
     model is left unchanged. For each BN layer, on its input x:
     mu_B, var_B per channel (biased, over all axes but the channel axis),
-    x_hat = (x - mu_B) / sqrt(var_B + eps) (SPEC section 1).
+    x_hat = (x - mu_B) / sqrt(var_B + eps) (Section 3.1).
 
     The inputs are captured by wrapping each BN layer's `call` for the
     duration of the pass, so functional, sequential, nested and subclassed
@@ -320,8 +320,8 @@ def _head_statistics(layer, inputs, thresholds):
 def gradient_factors(model, x, scale_fn=None):
     """The BN gradient factor gamma / sqrt(var_B + eps) of every BN layer.
 
-    var_B is the batch variance of the layer's input on `x` (SPEC section
-    4): at initialization with one c for every BN and fan-in weights, the
+    var_B is the batch variance of the layer's input on `x` (Section 3.3):
+    at initialization with one c for every BN and fan-in weights, the
     factors of interior layers are about equal across layers and
     independent of c. The magnitude |gamma| is used: a negative scale
     flips the gradient's sign but does not change its size.

@@ -1,4 +1,4 @@
-"""Paper-style tables and plots from result records (SPEC sections 10, 11).
+"""Paper-style tables and plots from result records (Sections 4.3, 4.4).
 
 The table layout of the paper: one row per gamma value (+ a BASE row), one
 column per learning rate, cells "mean ± std" of test accuracy in percent

@@ -1,6 +1,6 @@
 """Tests of significance for multi-seed comparisons against BASE.
 
-The paper's protocol (SPEC section 10): every configuration runs with seeds
+The paper's protocol (Section 4.3): every configuration runs with seeds
 1..15; run `s` of a configuration and run `s` of BASE form a pair (same
 data order, same initial weights up to the changed scales). A configuration
 is significantly better than BASE when the one-sided paired t-test gives
@@ -48,7 +48,7 @@ WILCOXON_RESAMPLES = 2**16 - 1
 BOOTSTRAP_RESAMPLES = 10_000
 
 # BASE: c = 1, a = 1, standard BN; everything else (input normalization
-# included, SPEC section 3) is kept from the configuration compared.
+# included, Section 3.2) is kept from the configuration compared.
 BASELINE_OVERRIDES = {"gamma": 1.0, "gamma_lr_divisor": 1.0, "bn": "standard"}
 
 
@@ -254,7 +254,7 @@ def paired_ttest(ours, base):
 
 
 def one_sided_paired_ttest(ours, base):
-    """The paper's test (SPEC section 10): p-value of ours > base.
+    """The paper's test (Section 4.3): p-value of ours > base.
 
     `scipy.stats.ttest_rel(ours, base, alternative="greater")` over the runs
     paired by seed; significant when p <= 0.05. See `paired_ttest` for the
@@ -485,7 +485,7 @@ def compare(ours, base, confidence=0.95, seed=0):
 def baseline_config(config, overrides=None):
     """The BASE configuration a configuration is compared with.
 
-    BASE is c = 1, a = 1 with standard BN (SPEC section 3); the data set,
+    BASE is c = 1, a = 1 with standard BN (Section 3.2); the data set,
     model, learning rate, input normalization and all other fields are the
     configuration's own.
 

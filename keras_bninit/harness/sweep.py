@@ -1,4 +1,4 @@
-"""Multi-seed sweeps with a results store, resumable (SPEC sections 10-11).
+"""Multi-seed sweeps with a results store, resumable (Sections 4.3-4.4).
 
 A sweep is a list of (configuration, seed) runs of `run_experiment`. Each
 completed run is written to the sweep directory's `ResultStore` in one
