@@ -1,0 +1,216 @@
+"""Precise BN statistics: population means and variances as true averages.
+
+During training, BN keeps exponential moving averages of the batch
+statistics: with momentum m = 0.9 (the paper's PyTorch setting, Section 3.1)
+the running variance starts at 1 and keeps a share m^T of that start after T
+steps. With the paper's c < 1 the variance of a later BN's input is about
+c^2 (0.01 for c = 0.1), so a short run (tens of steps, a smoke test, a
+fine-tune) evaluates with statistics that are off by orders of magnitude.
+The paper never meets this (352 steps per CIFAR epoch); a short run does.
+
+`update_bn_stats` replaces the running statistics of every BN layer with the
+plain average, over N training batches, of the batch means and batch
+variances, the model being run in training mode (fvcore's `update_bn_stats`;
+Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021). `PreciseBNCallback`
+does it in `model.fit` after each epoch's training, before validation.
+"""
+
+import numbers
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_bninit.retrofit import batch_norm_layers
+
+# Wu & Johnson use a few hundred batches; more add little.
+DEFAULT_NUM_BATCHES = 200
+
+
+def _num_batches(num_batches):
+    if (
+        isinstance(num_batches, bool)
+        or not isinstance(num_batches, numbers.Integral)
+        or num_batches < 1
+    ):
+        raise ValueError(
+            "`num_batches` must be a positive integer. "
+            f"Received: num_batches={num_batches!r}"
+        )
+    return int(num_batches)
+
+
+def _inputs(batch):
+    """The model inputs of one batch: x of (x, y) / (x, y, w), or the batch."""
+    if isinstance(batch, tuple) and len(batch) in (2, 3):
+        return batch[0]
+    return batch
+
+
+def _batches(data, batch_size):
+    """An iterator of input batches from an array, a dataset or an iterable."""
+    if isinstance(data, np.ndarray) or (
+        batch_size is not None and hasattr(data, "shape")
+    ):
+        if batch_size is None:
+            raise ValueError(
+                "`batch_size` is needed when `data` is an array. Received: "
+                f"data of shape {tuple(data.shape)}, batch_size=None"
+            )
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, numbers.Integral)
+            or batch_size < 1
+        ):
+            raise ValueError(
+                "`batch_size` must be a positive integer. "
+                f"Received: batch_size={batch_size!r}"
+            )
+        data = np.asarray(data)
+        return (
+            data[start : start + batch_size]
+            for start in range(0, len(data), batch_size)
+        )
+    if batch_size is not None:
+        raise ValueError(
+            "`batch_size` applies to array data only; the batches of a "
+            f"{type(data).__name__} are given. Received: "
+            f"batch_size={batch_size!r}"
+        )
+    if hasattr(data, "as_numpy_iterator") and keras.backend.backend() != (
+        "tensorflow"
+    ):
+        # A tf.data.Dataset feeding a JAX or PyTorch model.
+        return iter(data.as_numpy_iterator())
+    try:
+        return iter(data)
+    except TypeError:
+        raise ValueError(
+            "`data` must be a NumPy array (with `batch_size`), a "
+            "tf.data.Dataset or an iterable of batches. Received: "
+            f"{type(data).__name__}"
+        ) from None
+
+
+def update_bn_stats(
+    model, data, num_batches=DEFAULT_NUM_BATCHES, batch_size=None
+):
+    """Recomputes the running statistics of every BN layer of `model`.
+
+    The model is called in training mode on up to `num_batches` batches of
+    `data`. For each BN layer (nested models and subclasses such as
+    `InputBatchNorm` and the formulations of `keras_bninit.norms` included)
+    the new `moving_mean` is the average of the batch means and the new
+    `moving_variance` the average of the batch variances, each batch counting
+    once. The batch variance is the biased one, which is what Keras's BN
+    computes and stores. Trainable weights are not changed; each layer's
+    momentum is restored afterwards. Layers that are frozen
+    (`trainable=False`) use their running statistics in training mode too,
+    so they are left as they are.
+
+    Call it on training data (with the training augmentation, as fvcore
+    does), after training or after each epoch (see `PreciseBNCallback`).
+
+    Args:
+        model: a built `keras.Model` (or layer) containing BN layers.
+        data: a NumPy array of inputs (with `batch_size`), a
+            `tf.data.Dataset` or any iterable of batches; a batch is the
+            inputs or an `(x, y)` / `(x, y, sample_weight)` tuple.
+        num_batches: the most batches to use, a positive int (200 by
+            default); fewer when `data` ends first.
+        batch_size: the batch size for array `data`; only for arrays.
+
+    Returns:
+        The number of batches used (0 when `model` has no BN layer to
+        update).
+
+    Raises:
+        ValueError: bad arguments, or `data` yields no batch.
+
+    Reference:
+        Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021, Section 3
+        (precise BN); fvcore `nn.precise_bn.update_bn_stats`.
+    """
+    num_batches = _num_batches(num_batches)
+    layers = [
+        layer
+        for layer in batch_norm_layers(model)
+        if layer.trainable and layer.built
+    ]
+    if not layers:
+        return 0
+    batches = _batches(data, batch_size)
+    sums = [
+        [np.zeros(layer.moving_mean.shape, np.float64) for _ in range(2)]
+        for layer in layers
+    ]
+    momenta = [layer.momentum for layer in layers]
+    count = 0
+    try:
+        # With momentum 0 the layer stores exactly the batch statistics of
+        # the call (Keras: moving = m * moving + (1 - m) * batch).
+        for layer in layers:
+            layer.momentum = 0.0
+        for batch in batches:
+            if count == num_batches:
+                break
+            model(_inputs(batch), training=True)
+            for layer, (mean, variance) in zip(layers, sums):
+                mean += ops.convert_to_numpy(layer.moving_mean)
+                variance += ops.convert_to_numpy(layer.moving_variance)
+            count += 1
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    if count == 0:
+        raise ValueError("`data` yielded no batch; BN statistics unchanged.")
+    for layer, (mean, variance) in zip(layers, sums):
+        layer.moving_mean.assign(mean / count)
+        layer.moving_variance.assign(variance / count)
+    return count
+
+
+class PreciseBNCallback(keras.callbacks.Callback):
+    """`update_bn_stats` in `model.fit`: after training an epoch, before
+    validating it.
+
+    Keras runs validation before `on_epoch_end`, so the statistics are
+    recomputed in `on_test_begin` (which `fit` calls for its validation)
+    once per trained epoch, and in `on_train_end` if the last epoch was not
+    validated. Callbacks that save the model at the end of an epoch
+    (checkpoints, best-epoch weights) therefore save the precise statistics,
+    and the validation metrics are measured with them. A later
+    `model.evaluate(...)` (without this callback) uses them too.
+
+    Args:
+        data: what `update_bn_stats` takes (an iterable is iterated afresh
+            each epoch), or a callable `data(epoch) -> data` to use e.g. the
+            epoch's own training batches.
+        num_batches: batches per recomputation, a positive int (200).
+        batch_size: the batch size when `data` gives arrays.
+    """
+
+    def __init__(self, data, num_batches=DEFAULT_NUM_BATCHES, batch_size=None):
+        super().__init__()
+        self.data = data
+        self.num_batches = _num_batches(num_batches)
+        self.batch_size = batch_size
+        self.epoch = None
+        self._stale = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+        self._stale = True
+
+    def _update(self):
+        if not self._stale:
+            return
+        data = self.data(self.epoch) if callable(self.data) else self.data
+        update_bn_stats(self.model, data, self.num_batches, self.batch_size)
+        self._stale = False
+
+    def on_test_begin(self, logs=None):
+        self._update()
+
+    def on_train_end(self, logs=None):
+        self._update()

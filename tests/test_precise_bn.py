@@ -1,0 +1,237 @@
+"""update_bn_stats / PreciseBNCallback against a NumPy forward pass.
+
+The reference runs the network in training mode in NumPy (float64) and
+averages each BN layer's batch means and biased batch variances, which is
+what precise BN (Wu & Johnson 2021; fvcore) stores. No TensorFlow import:
+these tests run on every Keras backend.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_bninit as kb
+
+EPS = 1e-5
+
+
+def _net(seed=0):
+    """InputBatchNorm -> Dense -> BN -> ReLU -> [nested: Dense -> A1 BN]."""
+    keras.utils.set_random_seed(seed)
+    inner = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(4, name="dense2"),
+            kb.A1BatchNorm(gamma=0.3, name="a1"),
+        ],
+        name="inner",
+    )
+    inputs = keras.Input((3,))
+    x = kb.InputBatchNorm(0.5, name="input_bn")(inputs)
+    x = keras.layers.Dense(5, name="dense1")(x)
+    x = kb.batch_norm(0.2, name="bn")(x)
+    x = keras.layers.ReLU()(x)
+    return keras.Model(inputs, inner(x))
+
+
+def _moments(x):
+    return x.mean(axis=0), x.var(axis=0)  # biased, as Keras's BN
+
+
+def _reference(model, batches):
+    """Per BN layer (model order): mean of batch means and of variances."""
+    get = {
+        w.path: keras.ops.convert_to_numpy(w).astype(np.float64)
+        for w in model.weights
+    }
+
+    def weight(layer, name):
+        (path,) = [p for p in get if p.split("/")[-2:] == [layer, name]]
+        return get[path]
+
+    stats = {name: [] for name in ("input_bn", "bn", "a1")}
+    for x in batches:
+        x = x.astype(np.float64)
+        m, v = _moments(x)
+        stats["input_bn"].append((m, v))
+        x = weight("input_bn", "gamma") * (x - m) / np.sqrt(v + EPS)
+        x = x @ weight("dense1", "kernel") + weight("dense1", "bias")
+        m, v = _moments(x)
+        stats["bn"].append((m, v))
+        x = (x - m) / np.sqrt(v + EPS)
+        x = weight("bn", "gamma") * x + weight("bn", "beta")
+        x = np.maximum(x, 0.0)
+        x = x @ weight("dense2", "kernel") + weight("dense2", "bias")
+        stats["a1"].append(_moments(x))
+    return [
+        tuple(np.mean([s[i] for s in stats[name]], axis=0) for i in (0, 1))
+        for name in ("input_bn", "bn", "a1")
+    ]
+
+
+def _stats(model):
+    return [
+        (
+            keras.ops.convert_to_numpy(layer.moving_mean),
+            keras.ops.convert_to_numpy(layer.moving_variance),
+        )
+        for layer in kb.batch_norm_layers(model)
+    ]
+
+
+def _data(n=40, seed=1):
+    rng = np.random.default_rng(seed)
+    return (
+        rng.normal(size=(n, 3)) * [1.0, 3.0, 0.2] + [2.0, -1.0, 0.5]
+    ).astype("float32")
+
+
+def test_matches_numpy_reference_nested_and_subclasses():
+    model = _net()
+    x = _data()
+    batches = [x[i : i + 8] for i in range(0, 40, 8)]
+    trainable = [keras.ops.convert_to_numpy(w) for w in model.trainable_weights]
+    expected = _reference(model, batches)
+
+    used = kb.update_bn_stats(model, x, num_batches=100, batch_size=8)
+
+    assert used == 5
+    assert [layer.name for layer in kb.batch_norm_layers(model)] == [
+        "input_bn",
+        "bn",
+        "a1",
+    ]
+    for (mean, var), (ref_mean, ref_var) in zip(_stats(model), expected):
+        np.testing.assert_allclose(mean, ref_mean, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(var, ref_var, rtol=1e-4, atol=1e-6)
+    # Only the running statistics change; momentum comes back.
+    for before, after in zip(trainable, model.trainable_weights):
+        np.testing.assert_array_equal(before, keras.ops.convert_to_numpy(after))
+    assert [layer.momentum for layer in kb.batch_norm_layers(model)] == [
+        0.9,
+        0.9,
+        0.9,
+    ]
+
+
+def test_iterable_of_tuples_num_batches_and_batch_variance_not_population():
+    model = _net()
+    x = _data(48)
+    batches = [(x[i : i + 16], np.zeros(16)) for i in range(0, 48, 16)]
+    expected = _reference(model, [b[0] for b in batches[:2]])
+
+    assert kb.update_bn_stats(model, iter(batches), num_batches=2) == 2
+
+    (mean, var), _, _ = _stats(model)
+    np.testing.assert_allclose(mean, expected[0][0], rtol=1e-5)
+    np.testing.assert_allclose(var, expected[0][1], rtol=1e-5)
+    # The average of batch variances, not the variance of the 32 examples.
+    assert not np.allclose(var, x[:32].var(axis=0), rtol=1e-3)
+
+
+def test_frozen_layer_and_models_without_bn_are_left_alone():
+    model = _net()
+    frozen = model.get_layer("bn")
+    frozen.trainable = False
+    before = keras.ops.convert_to_numpy(frozen.moving_mean)
+
+    kb.update_bn_stats(model, _data(), batch_size=20)
+
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(frozen.moving_mean), before
+    )
+    assert not np.allclose(_stats(model)[0][0], 0.0)  # input BN updated
+    plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    assert kb.update_bn_stats(plain, _data(), batch_size=8) == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_batches": 0}, "num_batches=0"),
+        ({"num_batches": 2.5}, "num_batches=2.5"),
+        ({}, "batch_size=None"),
+        ({"batch_size": 0}, "batch_size=0"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        kb.update_bn_stats(_net(), _data(), **kwargs)
+
+
+def test_empty_data_and_batch_size_with_batches_are_rejected():
+    with pytest.raises(ValueError, match="no batch"):
+        kb.update_bn_stats(_net(), [])
+    with pytest.raises(ValueError, match="batch_size=4"):
+        kb.update_bn_stats(_net(), [_data()], batch_size=4)
+
+
+class _StatsAtValidation(keras.callbacks.Callback):
+    """Records the running mean that validation starts with."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_test_begin(self, logs=None):
+        layer = kb.batch_norm_layers(self.model)[1]
+        self.seen.append(keras.ops.convert_to_numpy(layer.moving_mean))
+
+
+def test_callback_recomputes_before_validation():
+    model = _net()
+    model.compile("sgd", "mse")
+    x = _data(64)
+    y = np.ones((64, 4), "float32")
+    recorder = _StatsAtValidation()
+    precise = kb.PreciseBNCallback(x, num_batches=3, batch_size=16)
+
+    history = model.fit(
+        x,
+        y,
+        batch_size=16,
+        epochs=2,
+        validation_data=(x[:32], y[:32]),
+        callbacks=[precise, recorder],
+        verbose=0,
+    )
+
+    # Validation saw the statistics the callback computed from the final
+    # weights (a second update on the same data gives the same numbers) ...
+    final = _stats(model)
+    expected = _reference(model, [x[0:16], x[16:32], x[32:48]])
+    for (mean, var), (ref_mean, ref_var) in zip(final, expected):
+        np.testing.assert_allclose(mean, ref_mean, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(var, ref_var, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(recorder.seen[-1], final[1][0])
+    assert len(recorder.seen) == 2
+    # ... and the validation loss is the loss under those statistics.
+    loss = model.evaluate(x[:32], y[:32], verbose=0)
+    np.testing.assert_allclose(history.history["val_loss"][-1], loss, rtol=1e-5)
+
+
+def test_callback_without_validation_updates_at_train_end_and_takes_epochs():
+    model = _net()
+    model.compile("sgd", "mse")
+    x = _data(32)
+    seen_epochs = []
+
+    def data(epoch):
+        seen_epochs.append(epoch)
+        return [x[:16], x[16:]]
+
+    model.fit(
+        x,
+        np.zeros((32, 4), "float32"),
+        epochs=2,
+        batch_size=16,
+        callbacks=[kb.PreciseBNCallback(data)],
+        verbose=0,
+    )
+
+    assert seen_epochs == [1]  # once, for the final weights
+    for (mean, var), (ref_mean, ref_var) in zip(
+        _stats(model), _reference(model, [x[:16], x[16:]])
+    ):
+        np.testing.assert_allclose(mean, ref_mean, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(var, ref_var, rtol=1e-4, atol=1e-6)
