@@ -35,6 +35,7 @@ from keras_bninit.optimizers import (
     NO_DECAY,
     SCALE,
     ParamGroupOptimizer,
+    TorchSGD,
     default_group,
     tag_variable,
 )

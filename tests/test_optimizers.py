@@ -383,3 +383,71 @@ def test_mirrored_strategy_matches_single_device():
     assert result["iterations"] == 8
     assert result["max_diff"] < 1e-5
     assert result["gamma_moved"] > 0
+
+
+def _cosine(lr0, epochs, epoch, eta_min=1e-8):
+    return eta_min + (lr0 - eta_min) * (1 + np.cos(np.pi * epoch / epochs)) / 2
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_torch_sgd_matches_pytorch_form_under_cosine_schedule(nesterov):
+    """buf = m buf + g; w -= lr_t buf, with lr_t changing every epoch."""
+    rng = np.random.default_rng(3)
+    steps_per_epoch, epochs, m = 2, 5, 0.9
+    grads = rng.normal(size=(steps_per_epoch * epochs, 4)).astype("float32")
+    w0 = rng.normal(size=4).astype("float32")
+    schedule = kb.EpochCosineDecay(0.5, steps_per_epoch, epochs)
+
+    def run(optimizer):
+        w = keras.Variable(w0, name="w")
+        for g in grads:
+            optimizer.apply([g], [w])
+        return keras.ops.convert_to_numpy(w).astype("float64")
+
+    w, buf = w0.astype("float64"), np.zeros(4)
+    for step, g in enumerate(grads.astype("float64")):
+        lr = _cosine(0.5, epochs, step // steps_per_epoch)
+        buf = m * buf + g
+        w = w - lr * (g + m * buf if nesterov else buf)
+    torch_form = run(kb.TorchSGD(schedule, momentum=m, nesterov=nesterov))
+    np.testing.assert_allclose(torch_form, w, rtol=1e-5, atol=1e-6)
+    if not nesterov:  # Keras's form parts from it once the rate changes
+        keras_form = run(keras.optimizers.SGD(schedule, momentum=m))
+        assert np.abs(keras_form - w).max() > 1e-2
+
+
+def test_torch_sgd_in_param_groups_matches_numpy_and_round_trips():
+    x, y = _data()
+    model, ref = _conv_bn_net(), _conv_bn_net()
+    ref.set_weights(model.get_weights())
+    schedule = kb.EpochCosineDecay(0.1, 1, STEPS)  # a new rate every step
+    opt = kb.ParamGroupOptimizer(
+        kb.TorchSGD(schedule, momentum=0.9), gamma_lr_divisor=100.0
+    )
+    model.compile(opt, LOSS, jit_compile=False)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+
+    variables = ref.trainable_variables
+    groups = [_reference_group(v) for v in variables]
+    buffers = [np.zeros(v.shape) for v in variables]
+    for s in range(STEPS):
+        xb, yb = x[s * BATCH : (s + 1) * BATCH], y[s * BATCH : (s + 1) * BATCH]
+        with tf.GradientTape() as tape:
+            loss = LOSS(yb, ref(xb, training=True))
+        lr = _cosine(0.1, STEPS, s)
+        for i, (v, g) in enumerate(
+            zip(variables, tape.gradient(loss, variables))
+        ):
+            w = v.numpy().astype("float64")
+            g = g.numpy() + (1e-4 * w if groups[i] == "decay" else 0.0)
+            buffers[i] = 0.9 * buffers[i] + g
+            rate = lr / 100.0 if groups[i] == "scale" else lr
+            v.assign((w - rate * buffers[i]).astype("float32"))
+    for v, r in zip(model.trainable_variables, ref.trainable_variables):
+        np.testing.assert_allclose(
+            v.numpy(), r.numpy(), rtol=2e-5, atol=1e-6, err_msg=v.path
+        )
+    config = keras.optimizers.serialize(opt)
+    clone = keras.optimizers.deserialize(config)
+    assert type(clone.inner_optimizer) is kb.TorchSGD
+    assert clone.inner_optimizer.momentum == 0.9
