@@ -5,9 +5,19 @@ status ("ok" or "failed"), the failure reason, and a few indexed columns
 (data set, model, learning rate, gamma, ...) for quick queries. Every write
 is one transaction and rows are keyed by `(config_key, seed)`, so writing the
 same run again replaces it: a sweep killed at any moment and restarted any
-number of times ends with every (configuration, seed) exactly once.
+number of times ends with every (configuration, seed) exactly once. An "ok"
+row is never replaced by a "failed" one.
+
+Claims let several sweep processes share one directory: before training a
+run, a process claims it (`claim`, one `BEGIN IMMEDIATE` transaction) under
+an owner id `host:pid:token` and keeps the claim's heartbeat fresh; a claim
+whose owner died (same host and its pid is gone, or its heartbeat is older
+than `stale_after` seconds) is taken over. Writing the result and releasing
+the claim is one transaction (`finish`).
 
 The database runs in WAL mode, so reports can read it while a sweep writes.
+SQLite's locking needs a local disk: one store per directory on a local file
+system, not on a network file system.
 
 A result record (what one run of the experiment produces) is a dict:
 
@@ -26,9 +36,48 @@ import json
 import math
 import numbers
 import os
+import socket
 import sqlite3
+import threading
+import time
+import uuid
 
 STORE_FILENAME = "results.sqlite"
+
+# A claim whose heartbeat is older than this many seconds is taken over
+# (its owner is presumed dead or cut off); owners beat every
+# `HEARTBEAT_EVERY_S` seconds.
+STALE_AFTER_S = 120.0
+HEARTBEAT_EVERY_S = 10.0
+
+
+class StoreError(ValueError):
+    """The store file is not a SQLite results store, or it is damaged."""
+
+
+def new_owner_id():
+    """A claim owner id, `host:pid:token`, unique to this process and call."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def owner_alive(owner):
+    """Whether a claim's owner may be alive, as far as this host can tell.
+
+    On this host, a claim whose process id is gone is dead. Owners on other
+    hosts (and unparseable ids) count as alive; their heartbeat decides.
+    """
+    host, _, rest = str(owner).partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: exists, owned by another user
+        return True
+    return True
+
 
 STATUSES = ("ok", "failed")
 
@@ -164,6 +213,61 @@ def _text_or_none(value):
     return None if value is None else str(value)
 
 
+def _now_iso():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
+
+
+_KEY_COLUMNS = ("config_key", "seed")
+
+
+def _row(record):
+    """The `runs` column names and values of one result record."""
+    config = record.get("config")
+    if not isinstance(config, dict):
+        raise ValueError("A result record needs a 'config' dict.")
+    if "seed" not in config:
+        raise ValueError(
+            f"A result record's config needs a 'seed'. Received: {config}"
+        )
+    seed = config["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"`seed` must be an integer. Received: {seed!r}")
+    status = record.get("status")
+    if status not in STATUSES:
+        raise ValueError(
+            f"`status` must be one of {STATUSES}. Received: {status!r}"
+        )
+    full = {**CONFIG_DEFAULTS, **config}
+    indexed = [
+        _text_or_none(full.get(field))
+        if kind == "TEXT"
+        else _float_or_none(full.get(field))
+        for _, kind, field in _INDEXED
+    ]
+    names = [
+        *_KEY_COLUMNS,
+        "status",
+        "reason",
+        *(name for name, _, _ in _INDEXED),
+        "test_accuracy",
+        "config",
+        "record",
+        "written_at",
+    ]
+    row = [
+        config_key(config),
+        int(seed),
+        status,
+        record.get("reason"),
+        *indexed,
+        _float_or_none(record.get("test_accuracy")),
+        json.dumps(canonical_config(config), sort_keys=True),
+        json.dumps(record, default=_json_default),
+        _now_iso(),
+    ]
+    return names, row
+
+
 class ResultStore:
     """The SQLite results store of one sweep directory.
 
@@ -180,6 +284,10 @@ class ResultStore:
         path: the sweep directory (created if missing; the database is
             `STORE_FILENAME` inside it) or a path ending in `.sqlite`/`.db`.
         timeout: seconds a writer waits for another writer's lock.
+
+    Raises:
+        StoreError: the file is not a SQLite database, or it is damaged
+            (the message names the file).
     """
 
     def __init__(self, path, timeout=60.0):
@@ -190,15 +298,40 @@ class ResultStore:
         else:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.path = path
-        self._conn = sqlite3.connect(path, timeout=float(timeout))
+        # One connection, usable from the heartbeat thread too (a lock
+        # serializes its use).
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(
+            path, timeout=float(timeout), check_same_thread=False
+        )
         self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._create_schema()
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            check = self._conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+            self._create_schema()
+        except sqlite3.DatabaseError as error:
+            self._conn.close()
+            raise StoreError(
+                f"{path!r} is not a results store or is damaged "
+                f"(SQLite: {error}); move it away to start a new one"
+            ) from None
 
     def _create_schema(self):
         columns = ", ".join(f"{name} {kind}" for name, kind, _ in _INDEXED)
         with self._conn:
+            self._conn.execute(
+                """CREATE TABLE IF NOT EXISTS claims (
+                    config_key TEXT NOT NULL,
+                    seed INTEGER NOT NULL,
+                    owner TEXT NOT NULL,
+                    heartbeat REAL NOT NULL,
+                    claimed_at TEXT NOT NULL,
+                    PRIMARY KEY (config_key, seed)
+                )"""
+            )
             self._conn.execute(
                 f"""CREATE TABLE IF NOT EXISTS runs (
                     config_key TEXT NOT NULL,
@@ -225,7 +358,10 @@ class ResultStore:
     # -- writing ----------------------------------------------------------
 
     def put(self, record):
-        """Writes one result record, replacing any row of the same run.
+        """Writes one result record, replacing a row of the same run.
+
+        A "failed" record never replaces an "ok" row (the stored success
+        stays; the write is a no-op).
 
         Args:
             record: a result record (see the module docstring) with a
@@ -235,64 +371,144 @@ class ResultStore:
         Returns:
             The record's `(config_key, seed)`.
         """
-        config = record.get("config")
-        if not isinstance(config, dict):
-            raise ValueError("A result record needs a 'config' dict.")
-        if "seed" not in config:
-            raise ValueError(
-                f"A result record's config needs a 'seed'. Received: {config}"
-            )
-        seed = config["seed"]
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise ValueError(f"`seed` must be an integer. Received: {seed!r}")
-        status = record.get("status")
-        if status not in STATUSES:
-            raise ValueError(
-                f"`status` must be one of {STATUSES}. Received: {status!r}"
-            )
-        key = config_key(config)
-        full = {**CONFIG_DEFAULTS, **config}
-        indexed = [
-            _text_or_none(full.get(field))
-            if kind == "TEXT"
-            else _float_or_none(full.get(field))
-            for _, kind, field in _INDEXED
-        ]
-        names = [name for name, _, _ in _INDEXED]
-        row = [
-            key,
-            int(seed),
-            status,
-            record.get("reason"),
-            *indexed,
-            _float_or_none(record.get("test_accuracy")),
-            json.dumps(canonical_config(config), sort_keys=True),
-            json.dumps(record, default=_json_default),
-            datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        ]
-        all_names = [
-            "config_key",
-            "seed",
-            "status",
-            "reason",
-            *names,
-            "test_accuracy",
-            "config",
-            "record",
-            "written_at",
-        ]
-        placeholders = ", ".join("?" for _ in all_names)
-        with self._conn:  # one transaction per run
+        names, row = _row(record)
+        with self._lock, self._conn:  # one transaction per run
+            self._upsert(names, row)
+        return row[0], row[1]
+
+    def _upsert(self, names, row):
+        placeholders = ", ".join("?" for _ in names)
+        updates = ", ".join(
+            f"{n} = excluded.{n}" for n in names if n not in _KEY_COLUMNS
+        )
+        self._conn.execute(
+            f"INSERT INTO runs ({', '.join(names)}) VALUES ({placeholders}) "
+            f"ON CONFLICT (config_key, seed) DO UPDATE SET {updates} "
+            "WHERE runs.status != 'ok' OR excluded.status = 'ok'",
+            row,
+        )
+
+    # -- claims -----------------------------------------------------------
+
+    def claim(
+        self, config_key, seed, owner, retry_before=None, stale_after=None
+    ):
+        """Atomically claims one run for `owner`.
+
+        One `BEGIN IMMEDIATE` transaction reads the run's row and claim and
+        takes the claim when it is free, already `owner`'s, or held by a
+        dead owner (`owner_alive` false, or a heartbeat older than
+        `stale_after` seconds).
+
+        Args:
+            config_key, seed: the run.
+            owner: the claimant's id (`new_owner_id()`).
+            retry_before: None (a "failed" row counts as done) or a time
+                (`time.time()`): "failed" rows written before it are run
+                again (`--retry-failed`), newer ones count as done.
+            stale_after: seconds; defaults to `STALE_AFTER_S`.
+
+        Returns:
+            "claimed" (train it, then `finish` or `release`), "done" (the
+            store holds it) or "busy" (a live owner holds it). When a dead
+            owner's claim is taken over, "claimed" comes with the previous
+            owner in `self.last_takeover` (else None).
+        """
+        stale_after = STALE_AFTER_S if stale_after is None else stale_after
+        self.last_takeover = None
+        seed = int(seed)
+        now = time.time()
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = self._claim(
+                    config_key, seed, owner, retry_before, stale_after, now
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return result
+
+    def _claim(self, key, seed, owner, retry_before, stale_after, now):
+        run = self._conn.execute(
+            "SELECT status, written_at FROM runs "
+            "WHERE config_key = ? AND seed = ?",
+            (key, seed),
+        ).fetchone()
+        if run is not None:
+            if run["status"] == "ok" or retry_before is None:
+                return "done"
+            written = datetime.datetime.fromisoformat(run["written_at"])
+            if written.timestamp() >= retry_before:
+                return "done"  # failed again during this retry sweep
+        held = self._conn.execute(
+            "SELECT owner, heartbeat FROM claims "
+            "WHERE config_key = ? AND seed = ?",
+            (key, seed),
+        ).fetchone()
+        if held is not None and held["owner"] != owner:
+            fresh = now - held["heartbeat"] < stale_after
+            if fresh and owner_alive(held["owner"]):
+                return "busy"
+            self.last_takeover = held["owner"]
+        self._conn.execute(
+            "INSERT OR REPLACE INTO claims "
+            "(config_key, seed, owner, heartbeat, claimed_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (key, seed, owner, now, _now_iso()),
+        )
+        return "claimed"
+
+    def finish(self, record, owner):
+        """`put(record)` and the release of its claim, in one transaction."""
+        names, row = _row(record)
+        with self._lock, self._conn:
+            self._upsert(names, row)
             self._conn.execute(
-                f"INSERT OR REPLACE INTO runs ({', '.join(all_names)}) "
-                f"VALUES ({placeholders})",
-                row,
+                "DELETE FROM claims WHERE config_key = ? AND seed = ? "
+                "AND owner = ?",
+                (row[0], row[1], owner),
             )
-        return key, int(seed)
+        return row[0], row[1]
+
+    def release(self, config_key, seed, owner):
+        """Drops `owner`'s claim of one run (no error when it holds none)."""
+        with self._lock, self._conn:
+            self._conn.execute(
+                "DELETE FROM claims WHERE config_key = ? AND seed = ? "
+                "AND owner = ?",
+                (config_key, int(seed), owner),
+            )
+
+    def release_all(self, owner):
+        """Drops every claim of `owner`; returns how many it held."""
+        with self._lock, self._conn:
+            return self._conn.execute(
+                "DELETE FROM claims WHERE owner = ?", (owner,)
+            ).rowcount
+
+    def heartbeat(self, owner):
+        """Refreshes the heartbeat of every claim of `owner`."""
+        with self._lock, self._conn:
+            self._conn.execute(
+                "UPDATE claims SET heartbeat = ? WHERE owner = ?",
+                (time.time(), owner),
+            )
+
+    def claims(self):
+        """`{(config_key, seed): (owner, heartbeat)}` of every claim held."""
+        rows = self._query(
+            "SELECT config_key, seed, owner, heartbeat FROM claims"
+        )
+        return {
+            (r["config_key"], r["seed"]): (r["owner"], r["heartbeat"])
+            for r in rows
+        }
 
     def delete(self, config_key, seed):
         """Removes one run's row (no error when there is none)."""
-        with self._conn:
+        with self._lock, self._conn:
             self._conn.execute(
                 "DELETE FROM runs WHERE config_key = ? AND seed = ?",
                 (config_key, int(seed)),
@@ -302,10 +518,11 @@ class ResultStore:
 
     def status(self, config_key, seed):
         """The stored status of a run: "ok", "failed", or None if absent."""
-        row = self._conn.execute(
+        row = self._query(
             "SELECT status FROM runs WHERE config_key = ? AND seed = ?",
             (config_key, int(seed)),
-        ).fetchone()
+        )
+        row = row[0] if row else None
         return None if row is None else row["status"]
 
     def completed(self, config_key, seed):
@@ -318,10 +535,11 @@ class ResultStore:
 
     def get(self, config_key, seed):
         """The stored record of a run, or None if absent."""
-        row = self._conn.execute(
+        row = self._query(
             "SELECT record FROM runs WHERE config_key = ? AND seed = ?",
             (config_key, int(seed)),
-        ).fetchone()
+        )
+        row = row[0] if row else None
         return None if row is None else json.loads(row["record"])
 
     def runs(self, status=None):
@@ -332,10 +550,7 @@ class ResultStore:
         query, args = "SELECT config_key, seed FROM runs", ()
         if status is not None:
             query, args = query + " WHERE status = ?", (status,)
-        return {
-            (r["config_key"], r["seed"])
-            for r in self._conn.execute(query, args)
-        }
+        return {(r["config_key"], r["seed"]) for r in self._query(query, args)}
 
     def records(self, status="ok", config_key=None, **filters):
         """The stored records, ordered by (config_key, seed).
@@ -375,12 +590,14 @@ class ResultStore:
         if where:
             query += " WHERE " + " AND ".join(where)
         query += " ORDER BY config_key, seed"
-        return [
-            json.loads(r["record"]) for r in self._conn.execute(query, args)
-        ]
+        return [json.loads(r["record"]) for r in self._query(query, args)]
+
+    def _query(self, query, args=()):
+        with self._lock:
+            return self._conn.execute(query, args).fetchall()
 
     def __len__(self):
-        return self._conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        return self._query("SELECT COUNT(*) FROM runs")[0][0]
 
     def close(self):
         """Closes the connection (the file stays)."""

@@ -10,12 +10,15 @@ configurations of seed 1, then seed 2, ...), so a partial sweep already
 gives paired comparisons.
 """
 
+import collections
 import dataclasses
 import itertools
 import os
 import re
 import shutil
+import socket
 import sys
+import threading
 import time
 import traceback
 
@@ -28,7 +31,12 @@ from keras_bninit.harness.experiment import (
     run_experiment,
 )
 from keras_bninit.harness.stats import BASELINE_OVERRIDES
-from keras_bninit.harness.store import ResultStore
+from keras_bninit.harness.store import (
+    HEARTBEAT_EVERY_S,
+    STALE_AFTER_S,
+    ResultStore,
+    new_owner_id,
+)
 
 # Fields a grid may vary; every other RunConfig field is fixed per sweep.
 GRID_FIELDS = (
@@ -180,11 +188,21 @@ PRESETS = {
 }
 
 
+# Bounds that keep a typo from hanging or overflowing: seeds fit a signed
+# 32-bit integer, and one sweep holds at most `MAX_RUNS` runs.
+SEED_LIMIT = 2**31
+MAX_RUNS = 100_000
+
+
 def parse_seeds(text):
-    """Seeds from `"1-15"`, `"1,2,5"` or `"1-3,7"`, sorted and unique."""
+    """Seeds from `"1-15"`, `"1,2,5"` or `"1-3,7"`, sorted and unique.
+
+    Every seed is in `[0, SEED_LIMIT)` and there are at most `MAX_RUNS`
+    of them; the size is checked before anything is expanded.
+    """
     if isinstance(text, (list, tuple)):
         text = ",".join(str(s) for s in text)
-    seeds = set()
+    ranges, total = [], 0
     for part in str(text).split(","):
         match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
         if not match or (match[2] and int(match[2]) < int(match[1])):
@@ -192,8 +210,20 @@ def parse_seeds(text):
                 "Seeds must be non-negative integers as a list or ranges, "
                 f"e.g. '1-15' or '1,2,5' or '1-3,7'. Received: {text!r}"
             )
-        seeds.update(range(int(match[1]), int(match[2] or match[1]) + 1))
-    return sorted(seeds)
+        low, high = int(match[1]), int(match[2] or match[1])
+        if high >= SEED_LIMIT:
+            raise ValueError(
+                f"Seeds must be < 2**31 ({SEED_LIMIT}). Received: {high} "
+                f"in {text!r}"
+            )
+        total += high - low + 1
+        if total > MAX_RUNS:
+            raise ValueError(
+                f"Too many seeds: {text!r} gives more than {MAX_RUNS}; "
+                "give a smaller range"
+            )
+        ranges.append(range(low, high + 1))
+    return sorted(set(itertools.chain.from_iterable(ranges)))
 
 
 def _as_tuple(value):
@@ -230,6 +260,12 @@ def expand(grids, seeds, add_base=True, ablation=None, **fixed):
             points.append(dict(zip(names, values)))
     if add_base:
         points += [{**p, **BASELINE_OVERRIDES} for p in points]
+    if len(points) * len(seeds) > MAX_RUNS:
+        raise ValueError(
+            f"The sweep has {len(points)} configurations x {len(seeds)} seeds "
+            f"= {len(points) * len(seeds)} runs, more than {MAX_RUNS}; "
+            "give fewer values or seeds"
+        )
     configs, seen = [], set()
     for seed in seeds:
         for point in points:
@@ -260,85 +296,49 @@ def _clock(seconds):
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def run_sweep(
-    configs,
-    sweep_dir,
-    retry_failed=False,
-    quiet=False,
-    build_model=None,
-    row_key="gamma",
-):
-    """Runs every configuration not yet in the sweep's store.
+class EnvironmentFailure(RuntimeError):
+    """An error of the machine, not of the run: the sweep stops.
+
+    Disk full or read-only (OSError), missing data
+    (`DatasetUnavailableError`), MemoryError. The run stays unclaimed and
+    unstored, so the next sweep trains it. The message names the run.
+    """
+
+
+# Errors that stop a sweep instead of being stored as the run's failure.
+ENVIRONMENT_ERRORS = (OSError, MemoryError, DatasetUnavailableError)
+
+
+def execute_run(config, build_model=None):
+    """Trains one run in this process and returns its store record.
+
+    The run resumes from its run directory's checkpoint, if any
+    (`keras.backend.clear_session()` first). Failures of the run itself
+    (non-finite loss, a model that cannot be built, a bad value found at
+    build time) come back as a record with status "failed".
 
     Args:
-        configs: `RunConfig`s (e.g. from `expand` or `preset_runs`); their
-            `out` is replaced by `<sweep_dir>/runs`.
-        sweep_dir: the sweep directory; holds `results.sqlite`, `runs/` and
-            `sweep.json`.
-        retry_failed: run again the runs stored as failed (NaN, error);
-            otherwise they are skipped and stay failures.
-        quiet: print nothing (no progress line, no Keras bar).
+        config: a `RunConfig` whose `out` is the runs directory.
         build_model: passed to `run_experiment`.
-        row_key: the report's row field, remembered in `sweep.json`.
 
     Returns:
-        A dict of counts: total, skipped, ran, failed.
+        The result record (status "ok" or "failed").
+
+    Raises:
+        EnvironmentFailure: an error of the environment (see
+            `ENVIRONMENT_ERRORS`), naming the run; KeyboardInterrupt and
+            other `BaseException`s pass through unchanged.
     """
-    os.makedirs(sweep_dir, exist_ok=True)
-    runs_dir = os.path.join(sweep_dir, "runs")
-    configs = [
-        dataclasses.replace(c, out=runs_dir, verbose=0 if quiet else c.verbose)
-        for c in configs
-    ]
-    meta_path = os.path.join(sweep_dir, "sweep.json")
-    meta = _io.read_json(meta_path, {})
-    meta["row_key"] = row_key
-    _io.atomic_write_json(meta_path, meta)
-
-    counts = {"total": len(configs), "skipped": 0, "ran": 0, "failed": 0}
-    with ResultStore(sweep_dir) as store:
-        stored_ok = store.runs("ok")
-        stored_failed = store.runs("failed")
-        todo = []
-        for config in configs:
-            key = (config.key(), config.seed)
-            if key in stored_ok or (key in stored_failed and not retry_failed):
-                counts["skipped"] += 1
-            else:
-                todo.append(config)
-        start = time.perf_counter()
-        for i, config in enumerate(todo):
-            if not quiet:
-                elapsed = time.perf_counter() - start
-                eta = elapsed / i * (len(todo) - i) if i else float("nan")
-                print(
-                    f"[sweep] run {counts['skipped'] + i + 1}/{len(configs)} "
-                    f"({counts['skipped']} done before) elapsed "
-                    f"{_clock(elapsed)} remaining "
-                    f"{_clock(eta) if i else '?'}: {config.run_name()}",
-                    flush=True,
-                )
-            key = (config.key(), config.seed)
-            if key in stored_failed:  # --retry-failed: start from scratch
-                shutil.rmtree(
-                    os.path.join(runs_dir, config.run_name()),
-                    ignore_errors=True,
-                )
-            record = _run_one(config, build_model)
-            store.put(record)
-            counts["ran"] += 1
-            counts["failed"] += record["status"] == "failed"
-    return counts
-
-
-def _run_one(config, build_model):
     import keras
 
     keras.backend.clear_session()  # each run starts from a clean graph
     try:
         return run_experiment(config, build_model=build_model)
-    except DatasetUnavailableError:
-        raise  # not a failure of this run: no run of the sweep can start
+    except ENVIRONMENT_ERRORS as error:
+        raise EnvironmentFailure(
+            f"run {config.run_name()} stopped by the environment, not "
+            f"stored: {type(error).__name__}: {error}"
+        ) from error
     except Exception as error:  # noqa: BLE001 - stored as the run's failure
         traceback.print_exc(file=sys.stderr)
         return {
@@ -347,3 +347,244 @@ def _run_one(config, build_model):
             "reason": f"{type(error).__name__}: {error}",
             "test_accuracy": None,
         }
+
+
+class LocalExecutor:
+    """Runs claimed runs one after another in this process."""
+
+    def __init__(self, build_model=None):
+        self.build_model = build_model
+
+    def run(self, claim_next, on_record):
+        while (config := claim_next()) is not None:
+            start = time.perf_counter()
+            record = execute_run(config, build_model=self.build_model)
+            where = {
+                "node": socket.gethostname(),
+                "gpu": None,
+                "seconds": time.perf_counter() - start,
+            }
+            on_record(config, record, where)
+
+
+class _Heartbeat(threading.Thread):
+    """Keeps an owner's claims fresh while the sweep runs (own connection)."""
+
+    def __init__(self, store_path, owner, every):
+        super().__init__(name="sweep-heartbeat", daemon=True)
+        self.store_path, self.owner, self.every = store_path, owner, every
+        self.stop = threading.Event()
+
+    def run(self):
+        with ResultStore(self.store_path) as store:
+            while not self.stop.wait(self.every):
+                try:
+                    store.heartbeat(self.owner)
+                except Exception as error:  # noqa: BLE001 - retried
+                    print(f"[sweep] heartbeat: {error}", file=sys.stderr)
+
+
+def _read_result(path):
+    """A run's result.json, or None when it is missing or unreadable."""
+    try:
+        record = _io.read_json(path)
+    except (ValueError, UnicodeDecodeError):
+        print(
+            f"[sweep] {path} is unreadable (truncated?); the run is done again",
+            file=sys.stderr,
+        )
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def reconcile(store, configs, runs_dir):
+    """Makes the store agree with the run directories' result.json.
+
+    A run whose `result.json` says "ok" while the store has no row or a
+    "failed" row gets its row from the file (a process killed between the
+    two writes); a "failed" result.json without a row is stored too.
+
+    Returns:
+        How many rows were written.
+    """
+    stored = {k: "ok" for k in store.runs("ok")}
+    stored.update({k: "failed" for k in store.runs("failed")})
+    written = 0
+    for config in configs:
+        key = (config.key(), config.seed)
+        if stored.get(key) == "ok":
+            continue
+        path = os.path.join(runs_dir, config.run_name(), "result.json")
+        if not os.path.exists(path):
+            continue
+        record = _read_result(path)
+        if record is None or record.get("status") not in ("ok", "failed"):
+            continue
+        if record["status"] == "ok" or key not in stored:
+            store.put(record)
+            written += 1
+    return written
+
+
+def run_sweep(
+    configs,
+    sweep_dir,
+    retry_failed=False,
+    quiet=False,
+    build_model=None,
+    row_key="gamma",
+    executor=None,
+    stale_after=None,
+    heartbeat_every=None,
+    poll_every=2.0,
+):
+    """Runs every configuration not yet in the sweep's store, exactly once.
+
+    Several processes may run the same sweep on one directory: each run is
+    claimed in the store before it is trained (`ResultStore.claim`), so
+    every (configuration, seed) is trained once in total. A process waits
+    for runs that another live process holds, and takes over the claims of
+    dead ones. At start the store is reconciled with the run directories
+    (`reconcile`).
+
+    Args:
+        configs: `RunConfig`s (e.g. from `expand` or `preset_runs`); their
+            `out` is replaced by `<sweep_dir>/runs`.
+        sweep_dir: the sweep directory; holds `results.sqlite`, `runs/` and
+            `sweep.json`.
+        retry_failed: run again the runs stored as failed (NaN, error);
+            otherwise they are skipped and stay failures. A run whose
+            result.json is ok is never retried.
+        quiet: print nothing (no progress line, no Keras bar).
+        build_model: passed to `run_experiment`.
+        row_key: the report's row field, remembered in `sweep.json`.
+        executor: runs the claimed runs; `LocalExecutor(build_model)` by
+            default. See `LocalExecutor` for the interface.
+        stale_after: seconds after which another owner's claim is taken
+            over (`store.STALE_AFTER_S` by default).
+        heartbeat_every: seconds between heartbeats of this process's
+            claims (`store.HEARTBEAT_EVERY_S` by default).
+        poll_every: seconds between looks at runs other processes hold.
+
+    Returns:
+        A dict of counts: total, skipped (done before, or by another
+        process), ran, failed.
+
+    Raises:
+        EnvironmentFailure, KeyboardInterrupt: the sweep stopped; every
+            claim of this process is released first.
+    """
+    os.makedirs(sweep_dir, exist_ok=True)
+    runs_dir = os.path.join(sweep_dir, "runs")
+    configs = [
+        dataclasses.replace(c, out=runs_dir, verbose=0 if quiet else c.verbose)
+        for c in configs
+    ]
+    if executor is None:
+        executor = LocalExecutor(build_model)
+    stale_after = STALE_AFTER_S if stale_after is None else stale_after
+    heartbeat_every = (
+        HEARTBEAT_EVERY_S if heartbeat_every is None else heartbeat_every
+    )
+    owner = new_owner_id()
+    retry_before = time.time() if retry_failed else None
+    counts = {"total": len(configs), "skipped": 0, "ran": 0, "failed": 0}
+    with ResultStore(sweep_dir) as store:
+        meta_path = os.path.join(sweep_dir, "sweep.json")
+        try:
+            meta = _io.read_json(meta_path, {})
+        except ValueError:  # a torn sweep.json: rebuilt below
+            print(f"[sweep] {meta_path} is unreadable; rewriting it")
+            meta = {}
+        meta["row_key"] = row_key
+        _io.atomic_write_json(meta_path, meta)
+        reconcile(store, configs, runs_dir)
+        stored_ok = store.runs("ok")
+        stored_failed = store.runs("failed")
+        pending = collections.deque()
+        for config in configs:
+            key = (config.key(), config.seed)
+            if key in stored_ok or (key in stored_failed and not retry_failed):
+                counts["skipped"] += 1
+            else:
+                pending.append(config)
+        start = time.perf_counter()
+        started = 0
+
+        def claim_next():
+            nonlocal started
+            for _ in range(len(pending)):
+                config = pending.popleft()
+                key = (config.key(), config.seed)
+                state = store.claim(
+                    *key,
+                    owner,
+                    retry_before=retry_before,
+                    stale_after=stale_after,
+                )
+                if state == "done":
+                    counts["skipped"] += 1
+                    continue
+                if state == "busy":
+                    pending.append(config)  # another process trains it
+                    continue
+                if store.last_takeover and not quiet:
+                    print(
+                        f"[sweep] taking over {config.run_name()} from "
+                        f"{store.last_takeover} (dead)",
+                        flush=True,
+                    )
+                _prepare(config, key in stored_failed)
+                if not quiet:
+                    done = counts["skipped"] + counts["ran"]
+                    elapsed = time.perf_counter() - start
+                    eta = (
+                        _clock(elapsed / started * (len(pending) + 1))
+                        if started
+                        else "?"
+                    )
+                    print(
+                        f"[sweep] run {done + 1}/{len(configs)} "
+                        f"({counts['skipped']} done before or elsewhere) "
+                        f"elapsed {_clock(elapsed)} remaining {eta}: "
+                        f"{config.run_name()}",
+                        flush=True,
+                    )
+                started += 1
+                return config
+            return None
+
+        def on_record(config, record, where):
+            del where
+            store.finish(record, owner)
+            counts["ran"] += 1
+            counts["failed"] += record["status"] == "failed"
+
+        heartbeat = _Heartbeat(store.path, owner, heartbeat_every)
+        heartbeat.start()
+        try:
+            while True:
+                executor.run(claim_next, on_record)
+                if not pending:
+                    break
+                time.sleep(poll_every)  # runs other live processes hold
+        finally:
+            heartbeat.stop.set()
+            heartbeat.join()
+            store.release_all(owner)
+    return counts
+
+
+def _prepare(config, was_failed):
+    """Clears a claimed run's directory for a retry of a failed run.
+
+    Only a run stored as failed is cleared, and never one whose
+    result.json says ok.
+    """
+    if not was_failed:
+        return
+    run_dir = os.path.join(config.out, config.run_name())
+    record = _read_result(os.path.join(run_dir, "result.json"))
+    if record is not None and record.get("status") == "ok":
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
