@@ -55,7 +55,7 @@ class InputBatchNorm(keras.layers.BatchNormalization):
     networks, Section 3.4, Proposal 3) and is trained like every other BN
     scale (it gets the reduced learning rate of `ParamGroupOptimizer`).
     There is no shift (beta is fixed at 0), so it adds one trainable
-    parameter per input channel. It replaces fixed `(x - 0.5) / 0.5` and
+    parameter per input channel. It replaces fixed `(x - 128) / 128` and
     offline mean/std normalization.
 
     Args:

@@ -233,8 +233,10 @@ def test_input_normalization_statistics(digits, norm):
         np.testing.assert_array_equal(images, plain)
         assert splits.norm_mean is None
     elif norm == "fixed":
-        np.testing.assert_allclose(images, 2.0 * plain - 1.0, atol=1e-6)
-        assert images.min() >= -1.0 and images.max() <= 1.0
+        # The reference's (x - 128) / 128 for 8-bit pixels; digits has the
+        # 17 levels 0..16, so (x - 8.5) / 8.5.
+        np.testing.assert_allclose(images, (plain * 16 - 8.5) / 8.5, atol=1e-6)
+        assert images.min() == -1.0 and images.max() == 7.5 / 8.5
     else:
         np.testing.assert_allclose(splits.norm_mean, plain.mean(), rtol=1e-5)
         np.testing.assert_allclose(splits.norm_std, plain.std(), rtol=1e-4)

@@ -465,10 +465,13 @@ class DatasetSplits:
 
     def _finish(self, image):
         """uint8 -> float32 in [0, 1] -> the selected input normalization."""
-        image = tf.cast(image, tf.float32) / self._pixel_max
         if self.input_norm == "fixed":
-            image = (image - 0.5) / 0.5
-        elif self.input_norm == "offline":
+            # The reference's (x - 128) / 128 on 8-bit pixels: half the
+            # number of levels (256 / 2), here (pixel_max + 1) / 2.
+            half = (self._pixel_max + 1.0) / 2.0
+            return (tf.cast(image, tf.float32) - half) / half
+        image = tf.cast(image, tf.float32) / self._pixel_max
+        if self.input_norm == "offline":
             image = (image - self.norm_mean) / self.norm_std
         return image
 
@@ -714,8 +717,9 @@ def load_dataset(
         batch_size: positive int; None gives the data set's default (128,
             or 64 for CUB and Cars).
         input_norm: "bn" (pixels in [0, 1]; the network's `InputBatchNorm`
-            normalizes, the paper's proposal), "fixed" ((x - 0.5) / 0.5,
-            range [-1, 1]), "offline" (per-channel mean/std of the training
+            normalizes, the paper's proposal), "fixed" ((x - 128) / 128
+            on 8-bit pixels as in the reference, range [-1, 0.992]; with
+            L levels, (x - L/2) / (L/2)), "offline" (per-channel mean/std of the training
             split) or "none" (pixels in [0, 1]).
         flip: whether training uses random horizontal flips; None gives the
             data set's default (on, except digits).
