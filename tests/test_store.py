@@ -49,6 +49,17 @@ def test_config_key_is_canonical():
     assert len(key) == 16 and int(key, 16) >= 0
 
 
+def test_later_fields_keep_stored_keys_at_their_default():
+    key = config_key(CONFIG)  # a record written before the fields existed
+    assert key == config_key({**CONFIG, "precise_bn": 0})
+    assert key == config_key({**CONFIG, "torch_parity": False})
+    assert key != config_key({**CONFIG, "precise_bn": 200})
+    assert key != config_key({**CONFIG, "torch_parity": True})
+    assert config_key({**CONFIG, "precise_bn": 200}) != config_key(
+        {**CONFIG, "precise_bn": 50}
+    )
+
+
 def test_canonical_config_drops_seed_and_fills_defaults():
     canonical = canonical_config({**CONFIG, "seed": 3, "out_dir": "x"})
     assert "seed" not in canonical and "out_dir" not in canonical

@@ -6,7 +6,9 @@ per-epoch cosine schedule, keeps the weights of the epoch with the best
 validation accuracy, evaluates them on the test split and writes one result
 record. Everything that can be wrong with the arguments or the data is
 checked before anything is written. An interrupted run resumes from its
-last completed epoch when it is started again with the same configuration.
+last completed epoch when it is started again with the same configuration:
+checkpoints are committed atomically (`_RunState`), so a process killed at
+any moment, even inside a write, resumes or, at worst, restarts the run.
 """
 
 import dataclasses
@@ -14,8 +16,11 @@ import glob
 import math
 import os
 import platform
+import re
 import shutil
 import time
+import uuid
+import warnings
 
 import keras
 import numpy as np
@@ -34,8 +39,10 @@ from keras_bninit.harness.data import (
 )
 from keras_bninit.harness.stats import BASELINE_OVERRIDES
 from keras_bninit.harness.store import config_key
+from keras_bninit.layers import PAPER_MOMENTUM
 from keras_bninit.norms import NORM_LAYERS, norm_layer
-from keras_bninit.optimizers import ParamGroupOptimizer
+from keras_bninit.optimizers import ParamGroupOptimizer, TorchSGD
+from keras_bninit.precise_bn import PreciseBNCallback
 from keras_bninit.schedules import EpochCosineDecay
 from keras_bninit.seeding import set_seed
 
@@ -93,6 +100,13 @@ class RunConfig:
         verbose: Keras's verbosity: 1 progress bar, 2 a line per epoch,
             0 nothing.
         data_dir: tensorflow-datasets' data directory.
+        precise_bn: 0 (the paper's protocol: BN running statistics as
+            moving averages), or N > 0 to recompute them after each epoch,
+            before validation, as true averages over up to N training
+            batches (`keras_bninit.update_bn_stats`; for short runs).
+        torch_parity: train with `keras_bninit.TorchSGD`, PyTorch's
+            momentum form (lr outside the buffer), instead of Keras's SGD;
+            the two differ only when the learning rate changes.
     """
 
     dataset: str = "digits"
@@ -115,6 +129,8 @@ class RunConfig:
     diagnostics: bool = False
     verbose: int = 1
     data_dir: str | None = None
+    precise_bn: int = 0
+    torch_parity: bool = False
 
     @classmethod
     def baseline(cls, **kwargs):
@@ -210,6 +226,12 @@ def validate(config):
         if getattr(config, name) is not None:
             positive_int(name, getattr(config, name))
     non_negative_int("seed", config.seed)
+    non_negative_int("precise_bn", config.precise_bn)
+    if not isinstance(config.torch_parity, bool):
+        raise ValueError(
+            "`torch_parity` must be True or False. "
+            f"Received: torch_parity={config.torch_parity!r}"
+        )
     if config.bn not in NORM_LAYERS:
         raise ValueError(
             f"Unknown BN formulation {config.bn!r}. Valid: "
@@ -254,29 +276,55 @@ def _versions():
     }
 
 
-class _RunState(keras.callbacks.BackupAndRestore):
-    """Backup, per-epoch log and best-epoch weights, committed together.
+class _RunState(keras.callbacks.Callback):
+    """Checkpoints committed atomically, the epoch log and best weights.
 
-    Each epoch's log entry and (if it is the best so far) its weights are
-    written before the backup; the backup's metadata is the commit point.
-    On resume, log entries and best-weight files of epochs that the backup
-    does not cover are dropped, so the log, the best epoch and the backup
-    always agree, wherever the process was killed.
+    After every epoch, a checkpoint `backup/ckpt-EEEE/` (EEEE = completed
+    epochs) holds `weights.weights.h5` (the model's and the optimizer's
+    variables) and `state.json` (the epoch log so far). It is written aside
+    (`backup/.tmp-*`), every file flushed and fsynced, then renamed into
+    place: the rename is the commit point (the protocol of Orbax's
+    checkpoints). The previous checkpoint is removed only after the new one
+    is committed, and one older checkpoint is kept as a fallback.
+    `epochs.json` is a readable copy of the committed log; the weights of
+    the best epoch so far (`best-eEEEE.weights.h5`) are written aside and
+    renamed too, before the checkpoint that makes them the best commits.
+
+    `restore` (before `fit`) loads the newest checkpoint that reads back
+    whole; a torn or unreadable one is skipped with a warning naming it,
+    and with none left the run restarts from epoch 0, warned, never failed.
+    Whatever the moment the process was killed, the log, the best epoch
+    and the weights agree.
     """
 
+    KEEP = 2  # committed checkpoints kept: the newest and one fallback
+
     def __init__(self, run_dir):
-        super().__init__(
-            os.path.join(run_dir, "backup"), double_checkpoint=True
-        )
+        super().__init__()
         self.run_dir = run_dir
+        self.backup_dir = os.path.join(run_dir, "backup")
         self.log_path = os.path.join(run_dir, "epochs.json")
         self.entries = []  # the committed epochs, as in `log_path`
         self.failure = None
         self.session_epoch_time = 0.0
         self._epoch_start = None
 
+    # -- files -------------------------------------------------------------
+
     def _best_path(self, epoch):
         return os.path.join(self.run_dir, f"best-e{epoch:04d}.weights.h5")
+
+    def _checkpoints(self):
+        """Committed checkpoint directories, newest first."""
+        if not os.path.isdir(self.backup_dir):
+            return []
+        names = [
+            n
+            for n in os.listdir(self.backup_dir)
+            if re.fullmatch(r"ckpt-\d{4,}", n)
+        ]
+        names.sort(key=lambda n: int(n[5:]), reverse=True)
+        return [os.path.join(self.backup_dir, n) for n in names]
 
     def _prune_best(self):
         """Removes best-weight files other than the committed best's."""
@@ -286,25 +334,101 @@ class _RunState(keras.callbacks.BackupAndRestore):
             if path != keep:
                 os.remove(path)
 
+    def _clear_leftovers(self):
+        """Removes what a killed process left half-written."""
+        for directory in (self.run_dir, self.backup_dir):
+            if not os.path.isdir(directory):
+                continue
+            committed = set(self._checkpoints())
+            for name in os.listdir(directory):
+                path = os.path.join(directory, name)
+                stale = name.startswith(".tmp-") or (
+                    directory == self.backup_dir and path not in committed
+                )
+                if stale:
+                    _remove(path)
+
+    def delete(self):
+        """Removes checkpoints and best weights (once the result is written)."""
+        shutil.rmtree(self.backup_dir, ignore_errors=True)
+        self.entries = []
+        self._prune_best()
+
+    # -- restore -----------------------------------------------------------
+
+    def restore(self, model):
+        """Loads the newest readable checkpoint; returns its epoch count.
+
+        Must be called once before `fit`, with the model compiled.
+        """
+        self._clear_leftovers()
+        variables = None
+        for path in self._checkpoints():
+            try:
+                entries = _io.read_json(os.path.join(path, "state.json"))
+                epoch = int(os.path.basename(path)[5:])
+                if not isinstance(entries, list) or len(entries) != epoch:
+                    raise ValueError("state.json does not match its epoch")
+                if variables is None:  # to undo a half-applied load
+                    if not model.optimizer.built:
+                        model.optimizer.build(model.trainable_variables)
+                    variables = _snapshot(model)
+                model.load_weights(os.path.join(path, "weights.weights.h5"))
+                best = max(entries, key=_best_key, default=None)
+                if best is not None and not os.path.exists(
+                    self._best_path(best["epoch"])
+                ):
+                    raise ValueError("its best-epoch weights are missing")
+            except (OSError, ValueError, KeyError, TypeError) as error:
+                warnings.warn(
+                    f"Checkpoint {path} is unreadable ({type(error).__name__}"
+                    f": {error}); trying an earlier one",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                _remove(path)
+                continue
+            self.entries = entries
+            break
+        else:
+            if variables is not None:
+                warnings.warn(
+                    f"No readable checkpoint in {self.backup_dir}; the run "
+                    "restarts from epoch 0",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                _assign(model, variables)
+            self.entries = []
+        try:
+            logged = _io.read_json(self.log_path, [])
+        except ValueError:
+            logged = None
+        if logged is not None and logged != self.entries[: len(logged)]:
+            logged = None
+        if logged is None and os.path.exists(self.log_path):
+            warnings.warn(
+                f"{self.log_path} is unreadable or disagrees with the "
+                "checkpoint; rebuilt from it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        _io.atomic_write_json(self.log_path, self.entries)
+        self._prune_best()
+        return len(self.entries)
+
+    # -- training ----------------------------------------------------------
+
     def best(self):
         """(epoch, val_accuracy) of the best committed epoch, or None."""
         if not self.entries:
             return None
-        best = max(self.entries, key=lambda e: (e["val_accuracy"], -e["epoch"]))
+        best = max(self.entries, key=_best_key)
         return best["epoch"], best["val_accuracy"]
 
     def best_weights_path(self):
         best = self.best()
         return None if best is None else self._best_path(best[0])
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        done = self.model._initial_epoch or 0
-        self.entries = [
-            e for e in _io.read_json(self.log_path, []) if e["epoch"] < done
-        ]
-        _io.atomic_write_json(self.log_path, self.entries)
-        self._prune_best()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
@@ -325,15 +449,85 @@ class _RunState(keras.callbacks.BackupAndRestore):
         self.session_epoch_time += entry["epoch_time_s"]
         best = self.best()
         if best is None or entry["val_accuracy"] > best[1]:
-            self.model.save_weights(self._best_path(epoch), overwrite=True)
-        self.entries.append(entry)
-        _io.atomic_write_json(self.log_path, self.entries)
-        super().on_epoch_end(epoch, logs)  # the commit point
+            self._save_weights(self._best_path(epoch), self.run_dir)
+        entries = [*self.entries, entry]
+        _io.atomic_write_json(self.log_path, entries)
+        self._commit(entries)
+        self.entries = entries
         self._prune_best()
 
-    def on_train_end(self, logs=None):
-        if self.failure is None and not self.model.stop_training:
-            super().on_train_end(logs)  # deletes the backup
+    def _save_weights(self, path, directory):
+        """`save_weights` aside, fsynced, renamed to `path`."""
+        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}.weights.h5")
+        try:
+            self.model.save_weights(tmp)
+            _fsync_file(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            _remove(tmp)
+            raise
+        _fsync_dir(directory)
+
+    def _commit(self, entries):
+        """Writes the checkpoint of `len(entries)` epochs; rename commits."""
+        os.makedirs(self.backup_dir, exist_ok=True)
+        final = os.path.join(self.backup_dir, f"ckpt-{len(entries):04d}")
+        tmp = os.path.join(self.backup_dir, f".tmp-{uuid.uuid4().hex}")
+        try:
+            os.makedirs(tmp)
+            weights = os.path.join(tmp, "weights.weights.h5")
+            self.model.save_weights(weights)
+            _fsync_file(weights)
+            _io.atomic_write_json(os.path.join(tmp, "state.json"), entries)
+            _fsync_dir(tmp)
+            if os.path.exists(final):  # a stale copy of the same epoch
+                _remove(final)
+            os.rename(tmp, final)  # the commit point
+        except BaseException:
+            _remove(tmp)
+            raise
+        _fsync_dir(self.backup_dir)
+        for old in self._checkpoints()[self.KEEP :]:
+            _remove(old)
+
+
+def _best_key(entry):
+    return entry["val_accuracy"], -entry["epoch"]
+
+
+def _snapshot(model):
+    return [
+        keras.ops.convert_to_numpy(v)
+        for v in [*model.variables, *model.optimizer.variables]
+    ]
+
+
+def _assign(model, values):
+    variables = [*model.variables, *model.optimizer.variables]
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+
+
+def _fsync_file(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path):
+    try:
+        _fsync_file(path)
+    except OSError:  # some file systems cannot fsync a directory
+        pass
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
 
 
 def _history(entries):
@@ -374,7 +568,7 @@ def run_experiment(config, build_model=None, callbacks=()):
             )
     run_dir = os.path.join(config.out, config.run_name())
     result_path = os.path.join(run_dir, "result.json")
-    done = _io.read_json(result_path)
+    done = _read_result(result_path)
     if done is not None:
         return done
 
@@ -398,8 +592,9 @@ def run_experiment(config, build_model=None, callbacks=()):
     schedule = EpochCosineDecay(
         config.lr, splits.steps_per_epoch, config.epochs, eta_min=1e-8
     )
+    sgd = TorchSGD if config.torch_parity else keras.optimizers.SGD
     optimizer = ParamGroupOptimizer(
-        keras.optimizers.SGD(schedule, momentum=config.momentum),
+        sgd(schedule, momentum=config.momentum),
         gamma_lr_divisor=config.gamma_lr_divisor,
         weight_decay=config.weight_decay,
     )
@@ -417,6 +612,18 @@ def run_experiment(config, build_model=None, callbacks=()):
     )
     tracker = EpochTracker()
     state = _RunState(run_dir)
+    initial_epoch = state.restore(model)
+    if config.precise_bn:
+        # Each epoch's own (augmented) training batches, up to N of them.
+        callbacks = [
+            PreciseBNCallback(
+                lambda epoch: splits.train_dataset(config.seed, epoch),
+                num_batches=config.precise_bn,
+            ),
+            *callbacks,
+        ]
+    else:
+        _warn_short_statistics(config, splits.steps_per_epoch)
     if config.diagnostics:
         from keras_bninit.harness.diagnostics import diagnostic_callbacks
 
@@ -431,6 +638,7 @@ def run_experiment(config, build_model=None, callbacks=()):
         splits.fit_train_dataset(config.seed, tracker),
         validation_data=splits.val_dataset(),
         epochs=config.epochs,
+        initial_epoch=initial_epoch,
         shuffle=False,
         verbose=config.verbose,
         callbacks=[
@@ -475,12 +683,31 @@ def run_experiment(config, build_model=None, callbacks=()):
         model.save(os.path.join(run_dir, "model.keras"))
         if config.export:
             model.export(os.path.join(run_dir, "saved_model"), verbose=False)
-        os.remove(state.best_weights_path())
     # Epochs of earlier, interrupted invocations count; this invocation's
     # own epochs are inside its elapsed time already.
     elapsed = time.perf_counter() - start
     record["wall_time_s"] = elapsed + train_time - state.session_epoch_time
     _io.atomic_write_json(result_path, record)
-    if record["status"] == "failed":
-        shutil.rmtree(os.path.join(run_dir, "backup"), ignore_errors=True)
+    state.delete()  # only now: the result is committed
+    return record
+
+
+def _read_result(path):
+    """A run's result.json; None (and a warning naming it) when torn."""
+    try:
+        record = _io.read_json(path)
+    except (ValueError, UnicodeDecodeError) as error:
+        warnings.warn(
+            f"{path} is unreadable ({error}); the run is done again",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    if record is not None and not isinstance(record, dict):
+        warnings.warn(
+            f"{path} holds no result record; the run is done again",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
     return record

@@ -111,6 +111,11 @@ NON_RESULT_FIELDS = frozenset(
 # default out and one that leaves it implicit get the same key.
 CONFIG_DEFAULTS = {"bn": "standard", "input_norm": "bn"}
 
+# Fields added after results were first stored, with the value that means
+# "as before": left out of the key at that value, so stored runs keep
+# their keys (precise BN off, Keras's SGD form).
+LATER_FIELDS = {"precise_bn": 0, "torch_parity": False}
+
 # The indexed columns: (column, SQL type, config field).
 _INDEXED = (
     ("dataset", "TEXT", "dataset"),
@@ -154,8 +159,8 @@ def canonical_config(config):
     """The configuration that `config_key` hashes, as a sorted dict.
 
     Fields in `NON_RESULT_FIELDS` (the seed, output directories, verbosity,
-    sweep flags) are dropped, `CONFIG_DEFAULTS` are filled in and every
-    number becomes a float.
+    sweep flags) and `LATER_FIELDS` at their default are dropped,
+    `CONFIG_DEFAULTS` are filled in and every number becomes a float.
 
     Args:
         config: mapping of configuration fields (a record's "config").
@@ -168,7 +173,12 @@ def canonical_config(config):
             f"`config` must be a dict. Received: {type(config).__name__}"
         )
     full = {**CONFIG_DEFAULTS, **config}
-    kept = {k: v for k, v in full.items() if k not in NON_RESULT_FIELDS}
+    kept = {
+        k: v
+        for k, v in full.items()
+        if k not in NON_RESULT_FIELDS
+        and not (k in LATER_FIELDS and v == LATER_FIELDS[k])
+    }
     return _canonical(kept)
 
 
