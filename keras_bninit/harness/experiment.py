@@ -432,6 +432,11 @@ class _RunState(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start = time.perf_counter()
+        # The rate this epoch trains with (read after the epoch, a
+        # per-epoch schedule has already moved on to the next one).
+        self._epoch_lr = float(
+            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+        )
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
@@ -442,9 +447,7 @@ class _RunState(keras.callbacks.Callback):
             return  # nothing of a diverged epoch is committed
         entry = {k: float(v) for k, v in logs.items()}
         entry["epoch"] = epoch
-        entry["lr"] = float(
-            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
-        )
+        entry["lr"] = self._epoch_lr
         entry["epoch_time_s"] = time.perf_counter() - self._epoch_start
         self.session_epoch_time += entry["epoch_time_s"]
         best = self.best()
@@ -528,6 +531,29 @@ def _remove(path):
         shutil.rmtree(path, ignore_errors=True)
     elif os.path.lexists(path):
         os.remove(path)
+
+
+# A share momentum^T of the running variance's start (1) is left after T
+# steps; relative to the variance it should estimate (about c^2 in later
+# layers, Section 3.2) it must fall below 10 %: T > log(0.1 c^2) / log(0.9),
+# 66 steps for c = 0.1.
+_STALE_SHARE = 0.1
+
+
+def _warn_short_statistics(config, steps_per_epoch):
+    """Warns when the BN running statistics cannot have settled."""
+    if config.gamma >= 1.0:
+        return
+    steps = steps_per_epoch * config.epochs
+    needed = math.log(_STALE_SHARE * config.gamma**2) / math.log(PAPER_MOMENTUM)
+    if steps < needed:
+        warnings.warn(
+            f"{steps} optimizer steps are too few for the BN running "
+            f"statistics with c = {config.gamma:g} (about {math.ceil(needed)} "
+            "needed): evaluation may be near chance. Use --precise-bn "
+            "(RunConfig(precise_bn=200)) to recompute them after each epoch.",
+            stacklevel=3,
+        )
 
 
 def _history(entries):
