@@ -482,6 +482,8 @@ def run_sweep(
     ]
     if executor is None:
         executor = LocalExecutor(build_model)
+    elif getattr(executor, "build_model", False) is None:
+        executor.build_model = build_model  # e.g. a RayExecutor's tasks
     stale_after = STALE_AFTER_S if stale_after is None else stale_after
     heartbeat_every = (
         HEARTBEAT_EVERY_S if heartbeat_every is None else heartbeat_every
@@ -554,11 +556,21 @@ def run_sweep(
                 return config
             return None
 
+        places = collections.defaultdict(list)  # node (and GPU) -> seconds
+
         def on_record(config, record, where):
-            del where
             store.finish(record, owner)
             counts["ran"] += 1
             counts["failed"] += record["status"] == "failed"
+            place = _place(where)
+            places[place].append(where["seconds"])
+            if not quiet:
+                print(
+                    f"[sweep] finished {config.run_name()} "
+                    f"({record['status']}) on {place} in "
+                    f"{_clock(where['seconds'])}",
+                    flush=True,
+                )
 
         heartbeat = _Heartbeat(store.path, owner, heartbeat_every)
         heartbeat.start()
@@ -572,7 +584,22 @@ def run_sweep(
             heartbeat.stop.set()
             heartbeat.join()
             store.release_all(owner)
+    if not quiet:
+        for place, seconds in sorted(places.items()):
+            print(
+                f"[sweep] ran on {place}: {len(seconds)} run"
+                f"{'s' if len(seconds) != 1 else ''}, "
+                f"{_clock(sum(seconds) / len(seconds))} each on average "
+                f"({_clock(min(seconds))} to {_clock(max(seconds))})",
+                flush=True,
+            )
     return counts
+
+
+def _place(where):
+    """Where an executor ran a run: "node" or "node GPU 0,1"."""
+    gpu = where.get("gpu")
+    return f"{where['node']} GPU {gpu}" if gpu else str(where["node"])
 
 
 def _prepare(config, was_failed):
