@@ -1,5 +1,7 @@
 """Batch normalization as the paper configures it (Sections 3.1, 3.2, 3.4)."""
 
+import numbers
+
 import keras
 
 from keras_bninit._validation import positive_float, reject_arguments
@@ -90,6 +92,21 @@ class InputBatchNorm(keras.layers.BatchNormalization):
     ):
         gamma = positive_float("gamma", gamma)
         std = _resolve_activation_std(activation_std)
+        epsilon = positive_float("epsilon", epsilon)
+        if (
+            isinstance(momentum, bool)
+            or not isinstance(momentum, numbers.Real)
+            or not 0.0 <= float(momentum) <= 1.0
+        ):
+            raise ValueError(
+                "`momentum` must be a real number in [0, 1]. "
+                f"Received: momentum={momentum!r}"
+            )
+        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+            raise ValueError(
+                "`axis` must be an integer (the channel axis). "
+                f"Received: axis={axis!r}"
+            )
         reject_arguments(
             "InputBatchNorm",
             kwargs,
@@ -110,6 +127,16 @@ class InputBatchNorm(keras.layers.BatchNormalization):
         self.gamma_value = gamma
         self.activation_std = activation_std
         self.activation_std_value = std
+
+    def build(self, input_shape):
+        rank = len(input_shape)
+        if not -rank <= self.axis < rank:
+            raise ValueError(
+                f"`axis` must be in [{-rank}, {rank}) for inputs of rank "
+                f"{rank} (shape {tuple(input_shape)}). Received: "
+                f"axis={self.axis}"
+            )
+        super().build(input_shape)
 
     def get_config(self):
         config = super().get_config()

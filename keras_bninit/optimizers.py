@@ -224,6 +224,13 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
                 "keras.optimizers.SGD(0.1, momentum=0.9) (not a "
                 f"LossScaleOptimizer). Received: optimizer={optimizer!r}"
             )
+        if isinstance(optimizer, ParamGroupOptimizer):
+            raise ValueError(
+                "`optimizer` is already a ParamGroupOptimizer; wrap the inner "
+                "optimizer once (its groups would apply twice). Received: "
+                f"optimizer={optimizer.name!r} wrapping "
+                f"{optimizer.inner_optimizer.name!r}"
+            )
         if optimizer.built:
             raise ValueError(
                 "`optimizer` must not be built yet: the wrapper builds it on "

@@ -1,8 +1,30 @@
 """The model registry: names -> builder functions (as timm's registry)."""
 
 import fnmatch
+import inspect
 
 _MODELS = {}
+
+# The arguments every builder takes (`models._common.build_classifier`).
+COMMON_ARGS = (
+    "num_classes",
+    "input_shape",
+    "bn_gamma",
+    "input_bn",
+    "activation_std",
+    "norm_layer",
+    "small_inputs",
+)
+
+
+def _accepted(builder):
+    """The keyword arguments `builder` takes: its own and `COMMON_ARGS`."""
+    own = [
+        p.name
+        for p in inspect.signature(builder).parameters.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    return [*COMMON_ARGS, *(n for n in own if n not in COMMON_ARGS)]
 
 
 def register_model(builder):
@@ -43,5 +65,13 @@ def build(name, **kwargs):
         raise ValueError(
             f"Unknown model name. Expected one of {available()}. "
             f"Received: name={name!r}"
+        )
+    accepted = _accepted(_MODELS[name])
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        raise ValueError(
+            f"The model builder {name!r} does not take the argument "
+            f"{unknown[0]!r}. Valid: {', '.join(accepted)}. Received: "
+            f"{unknown[0]}={kwargs[unknown[0]]!r}"
         )
     return _MODELS[name](**kwargs)

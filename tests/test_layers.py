@@ -121,3 +121,28 @@ def test_input_batch_norm_config_and_keras_round_trip(tmp_path, batch):
 def test_input_batch_norm_rejects(kwargs, match):
     with pytest.raises(ValueError, match=match):
         kb.InputBatchNorm(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"epsilon": 0.0}, r"`epsilon` must be a finite real number > 0\. "),
+        ({"epsilon": -1e-5}, r"epsilon=-1e-05"),
+        ({"momentum": 1.5}, r"`momentum` must be a real number in \[0, 1\]"),
+        ({"momentum": -0.1}, r"momentum=-0.1"),
+        ({"momentum": "fast"}, r"momentum='fast'"),
+        ({"axis": 1.5}, r"`axis` must be an integer .* axis=1.5"),
+        ({"axis": True}, r"axis=True"),
+    ],
+)
+def test_input_batch_norm_validates_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        kb.InputBatchNorm(0.1, **kwargs)
+
+
+def test_input_batch_norm_axis_out_of_range():
+    layer = kb.InputBatchNorm(0.1, axis=4)
+    with pytest.raises(ValueError, match=r"\[-4, 4\) for inputs of rank 4"):
+        layer(np.zeros((2, 3, 3, 3), np.float32))
+    for ok in (0.0, 1.0):
+        kb.InputBatchNorm(0.1, momentum=ok)

@@ -451,3 +451,11 @@ def test_torch_sgd_in_param_groups_matches_numpy_and_round_trips():
     clone = keras.optimizers.deserialize(config)
     assert type(clone.inner_optimizer) is kb.TorchSGD
     assert clone.inner_optimizer.momentum == 0.9
+
+
+def test_param_group_optimizer_is_not_wrapped_twice():
+    inner = kb.ParamGroupOptimizer(keras.optimizers.SGD(0.1))
+    with pytest.raises(
+        ValueError, match="already a ParamGroupOptimizer; wrap the inner"
+    ):
+        kb.ParamGroupOptimizer(inner)

@@ -1,7 +1,9 @@
 """The SQLite results store: one row per (configuration, seed)."""
 
+import os
 import sqlite3
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -155,3 +157,104 @@ def test_concurrent_writers_never_duplicate(tmp_path):
         assert sorted(r["config"]["seed"] for r in store.records()) == list(
             range(1, 11)
         )
+
+
+def test_failed_never_replaces_ok(tmp_path):
+    with ResultStore(tmp_path) as store:
+        key, _ = store.put(_record(1, 0.91))
+        store.put(_record(1, None, status="failed", reason="FileNotFoundError"))
+        assert store.status(key, 1) == "ok"
+        assert store.get(key, 1)["test_accuracy"] == 0.91
+        store.put(_record(2, None, status="failed", reason="NaN"))
+        store.put(_record(2, 0.8))  # ok replaces failed
+        assert store.get(key, 2)["test_accuracy"] == 0.8
+
+
+def _dead_pid():
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_claims_exactly_one_owner_and_takeover(tmp_path):
+    import socket
+
+    from keras_bninit.harness.store import new_owner_id, owner_alive
+
+    host = socket.gethostname()
+    me = new_owner_id()
+    assert me.startswith(f"{host}:{os.getpid()}:") and owner_alive(me)
+    other = f"{host}:{os.getppid()}:x"  # alive: our parent process
+    dead = f"{host}:{_dead_pid()}:x"
+    assert owner_alive(other) and not owner_alive(dead)
+    key = config_key(CONFIG)
+    with ResultStore(tmp_path) as store:
+        assert store.claim(key, 1, me) == "claimed"
+        assert store.claim(key, 1, me) == "claimed"  # idempotent
+        assert store.claim(key, 1, other) == "busy"
+        ((owner, beat),) = store.claims().values()
+        assert owner == me and abs(beat - time.time()) < 5
+        store.finish(_record(1), me)
+        assert store.claims() == {}
+        assert store.claim(key, 1, other) == "done"
+        # A dead owner on this host: taken over at once.
+        assert store.claim(key, 2, dead) == "claimed"
+        assert store.claim(key, 2, me) == "claimed"
+        assert store.last_takeover == dead
+        # Another host: alive until its heartbeat is stale.
+        remote = "elsewhere:1:x"
+        assert store.claim(key, 3, remote) == "claimed"
+        assert store.claim(key, 3, me) == "busy"
+        assert store.claim(key, 3, me, stale_after=0.0) == "claimed"
+        assert store.last_takeover == remote
+        store.heartbeat(me)
+        assert store.release_all(me) == 2
+        assert store.claims() == {}
+
+
+def test_claim_of_failed_runs_and_retry(tmp_path):
+    key = config_key(CONFIG)
+    with ResultStore(tmp_path) as store:
+        store.put(_record(1, None, status="failed", reason="NaN"))
+        assert store.claim(key, 1, "h:1:a") == "done"
+        start = time.time()
+        assert store.claim(key, 1, "h:1:a", retry_before=start) == "claimed"
+        store.finish(_record(1, None, status="failed", reason="NaN"), "h:1:a")
+        # Failed again during this retry sweep: not retried a second time.
+        assert store.claim(key, 1, "h:1:b", retry_before=start) == "done"
+
+
+def test_heartbeat_refreshes_only_own_claims(tmp_path):
+    key = config_key(CONFIG)
+    with ResultStore(tmp_path) as store:
+        store.claim(key, 1, "elsewhere:1:a")
+        store.claim(key, 2, "elsewhere:1:b")
+        time.sleep(0.05)
+        before = store.claims()
+        store.heartbeat("elsewhere:1:a")
+        after = store.claims()
+        assert after[(key, 1)][1] > before[(key, 1)][1]
+        assert after[(key, 2)][1] == before[(key, 2)][1]
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_damaged_store_is_named(tmp_path, damage):
+    from keras_bninit.harness.store import StoreError
+
+    path = tmp_path / "results.sqlite"
+    if damage == "garbage":
+        path.write_bytes(b"this is not a database" * 100)
+    else:
+        with ResultStore(tmp_path) as store:
+            for seed in range(200):
+                store.put(_record(seed))
+        con = sqlite3.connect(path)
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        con.close()
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StoreError, match=f"'{path}' is not a results store"):
+        ResultStore(tmp_path)

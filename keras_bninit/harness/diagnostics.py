@@ -77,6 +77,12 @@ class _RunLogCallback(keras.callbacks.Callback):
     `every` completed epochs, and after the last epoch of each `fit` if it
     was not already recorded. `epoch` in the records counts completed
     epochs (0 = initialization).
+
+    A file already in `run_dir` is the log of the run being resumed (e.g.
+    by `keras.callbacks.BackupAndRestore` or `fit(initial_epoch=...)`):
+    when the first epoch E begins, the rows of epochs after E (written by
+    a process killed before its checkpoint) are dropped, so a resumed run
+    has one row per (epoch, step, layer, ...) as an uninterrupted one.
     """
 
     filename = None
@@ -95,6 +101,7 @@ class _RunLogCallback(keras.callbacks.Callback):
         self.tensorboard_dir = tensorboard_dir
         self.path = os.path.join(self.run_dir, self.filename)
         self._started = False
+        self._resuming = False
         self._last_recorded = None
         self._last_epoch = None
         self._writer = None
@@ -104,13 +111,54 @@ class _RunLogCallback(keras.callbacks.Callback):
             return
         self._started = True
         os.makedirs(self.run_dir, exist_ok=True)
+        if os.path.exists(self.path) and os.path.getsize(self.path) > 0:
+            # A resumed run: the first epoch Keras begins says where.
+            self._resuming = True
+            return
         open(self.path, "w").close()
         self._record_now(0)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._resuming:
+            return
+        self._resuming = False
+        self._resume(epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         self._last_epoch = epoch + 1
         if self._last_epoch % self.every == 0:
             self._record_now(self._last_epoch)
+
+    def _resume(self, epoch):
+        """Keeps the rows of epochs <= `epoch`, drops those of re-run ones.
+
+        A process killed after writing the rows of an epoch whose
+        checkpoint did not commit trains that epoch again; its rows are
+        replaced, so the file has one row per (epoch, step, layer, ...).
+        """
+        kept = []
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:  # a line torn by a kill
+                    continue
+                if isinstance(row, dict) and row.get("epoch", 0) <= epoch:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        self._restore(epoch)
+        if not any(json.loads(line).get("epoch") == epoch for line in kept):
+            self._record_now(epoch)
+        else:
+            self._last_recorded = epoch
+
+    def _restore(self, epoch):
+        """Subclass hook: reload state kept across a resume."""
 
     def on_train_end(self, logs=None):
         if self._last_epoch is not None and (
@@ -260,8 +308,24 @@ class BNParameterTracker(_RunLogCallback):
             "init": as_lists(self._initial),
             "end": as_lists(self._current),
         }
-        with open(self.vectors_path, "w") as f:
-            json.dump(content, f)
+        tmp = self.vectors_path + ".tmp"  # written aside, then renamed
+        with open(tmp, "w") as f:
+            json.dump(content, f)  # layer order kept: no sorted keys
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.vectors_path)
+
+    def _restore(self, epoch):
+        # Drifts are from the initialization, not from the resumed state.
+        try:
+            with open(self.vectors_path) as f:
+                init = json.load(f)["init"]
+        except (OSError, ValueError, KeyError):
+            return  # drifts then count from the resumed state
+        self._initial = {
+            name: {k: np.asarray(v, np.float64) for k, v in weights.items()}
+            for name, weights in init.items()
+        }
 
     def _tensorboard_values(self, row):
         tag = f"bn/{row['layer']}/{row['weight']}"
