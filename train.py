@@ -1,6 +1,7 @@
 """keras_bninit command line: one run, multi-seed sweeps, reports, plots.
 
-    python train.py                       # the offline demo sweep + report
+    python train.py                       # no arguments: the offline demo
+                                          # (sweep --preset demo, runs/demo)
     python train.py run --dataset digits --model resnet8 --epochs 3
     python train.py sweep --preset table1a --dry-run
     python train.py report runs/demo
@@ -14,10 +15,67 @@ work is done by keras_bninit.harness.experiment / sweep / report.
 import argparse
 import os
 import sys
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DEMO_DIR = os.path.join("runs", "demo")
+
+# The valid values, listed in --help. Help answers before TensorFlow and
+# Keras load, so these are copies; tests/test_train_cli.py checks them
+# against the registries (models.available(), keras_bninit.NORM_LAYERS,
+# harness.data.available_datasets(), harness.sweep.PRESETS, ...).
+MODELS = (
+    "mobilenet_v2",
+    "repvgg_a0",
+    "resnet8",
+    "resnet18",
+    "resnet20",
+    "resnet32",
+    "resnet34",
+    "resnet44",
+    "resnet50",
+    "resnet56",
+    "resnet101",
+    "resnet110",
+    "resnet152",
+    "resnext50_32x4d",
+)
+DATASETS = ("digits", "cifar10", "cifar100", "caltech_birds2011", "cars196")
+BN_KINDS = ("standard", "a1", "a2", "rbn", "iebn", "rbn-", "iebn-")
+INPUT_NORMS = ("bn", "fixed", "offline", "none")
+ABLATIONS = ("init-only", "lr-only")
+PRESETS = (
+    "demo",
+    "table1a",
+    "table1b",
+    "table2a",
+    "table2b",
+    "ablation-a1a2",
+    "ablation-init-lr",
+    "input-norm",
+)
+PRECISE_BN_BATCHES = 200
+
+
+class _Formatter(
+    argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter
+):
+    """Shows "(default: ...)" where argparse holds a real default.
+
+    Options whose default depends on others (the data set's model, epochs,
+    ...) default to None so that a sweep can tell them apart; their help
+    text states the default in words.
+    """
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or action.const is not None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _warning_line(message, category, filename, lineno, line=None):
+    return f"train.py: warning: {message}\n"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,23 +98,104 @@ def _fail(message):
 def _add_run_config_args(parser, many):
     """The RunConfig fields; `many` lets grid fields take several values."""
     nargs = "+" if many else None
-    grid = parser.add_argument_group("configuration")
-    grid.add_argument("--dataset", nargs=nargs, help="data set or directory")
-    grid.add_argument("--model", nargs=nargs, help="model zoo name")
-    grid.add_argument("--lr", type=float, nargs=nargs, help="learning rate")
-    grid.add_argument("--gamma", type=float, nargs=nargs, help="BN scale c")
-    grid.add_argument(
-        "--gamma-lr-divisor", type=float, nargs=nargs, help="divisor a"
+    grid = parser.add_argument_group(
+        "configuration" + (" (each takes one or more values)" if many else "")
     )
-    grid.add_argument("--bn", nargs=nargs, help="BN formulation")
-    grid.add_argument("--input-norm", nargs=nargs, help="input normalization")
+    grid.add_argument(
+        "--dataset",
+        nargs=nargs,
+        metavar="NAME|DIR",
+        help=f"{', '.join(DATASETS)}, or a directory of class subfolders "
+        "(default: digits)",
+    )
+    grid.add_argument(
+        "--model",
+        nargs=nargs,
+        metavar="NAME",
+        help=f"{', '.join(MODELS)} (default: the data set's: resnet8 "
+        "digits, resnet18 cifar10, resnet34 cifar100, resnet50 birds/cars)",
+    )
+    grid.add_argument(
+        "--lr",
+        type=float,
+        nargs=nargs,
+        help="base learning rate alpha, cosine-decayed per epoch "
+        "(default: 0.1)",
+    )
+    grid.add_argument(
+        "--gamma",
+        type=float,
+        nargs=nargs,
+        help="c, the initial value of every BN scale (default: 0.1; 1 for "
+        "rbn/iebn)",
+    )
+    grid.add_argument(
+        "--gamma-lr-divisor",
+        type=float,
+        nargs=nargs,
+        metavar="A",
+        help="a, the BN scales' learning-rate divisor (default: 100; 1 for "
+        "rbn/iebn)",
+    )
+    grid.add_argument(
+        "--bn",
+        nargs=nargs,
+        choices=BN_KINDS,
+        metavar="KIND",
+        help=f"BN formulation: {', '.join(BN_KINDS)} (default: standard)",
+    )
+    grid.add_argument(
+        "--input-norm",
+        nargs=nargs,
+        choices=INPUT_NORMS,
+        metavar="KIND",
+        help="input normalization: bn (InputBatchNorm), fixed "
+        "((x-128)/128), offline (mean/std), none (default: bn)",
+    )
     other = parser.add_argument_group("training")
-    other.add_argument("--epochs", type=int)
-    other.add_argument("--batch-size", type=int)
-    other.add_argument("--weight-decay", type=float)
-    other.add_argument("--momentum", type=float)
-    other.add_argument("--activation-std", type=float)
-    other.add_argument("--data-dir")
+    other.add_argument(
+        "--epochs",
+        type=int,
+        help="epochs (default: the data set's: 15 digits, 180 otherwise)",
+    )
+    other.add_argument(
+        "--batch-size",
+        type=int,
+        help="batch size (default: 128; 64 for birds and cars)",
+    )
+    other.add_argument(
+        "--weight-decay",
+        type=float,
+        help="coupled L2 on conv/dense kernels (default: 0.0001)",
+    )
+    other.add_argument(
+        "--momentum", type=float, help="SGD momentum (default: 0.9)"
+    )
+    other.add_argument(
+        "--activation-std",
+        type=float,
+        help="sigma_act, InputBatchNorm's scale is c times it (default: 0.58)",
+    )
+    other.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="tensorflow-datasets data directory (default: its own)",
+    )
+    other.add_argument(
+        "--precise-bn",
+        type=int,
+        nargs="?",
+        const=PRECISE_BN_BATCHES,
+        metavar="N",
+        help="recompute BN statistics before each validation as averages "
+        f"over N training batches (N default: {PRECISE_BN_BATCHES}, or "
+        "the epoch's batches if fewer); off: the paper's moving averages",
+    )
+    other.add_argument(
+        "--torch-parity",
+        action="store_true",
+        help="PyTorch's SGD momentum form (lr outside the buffer)",
+    )
     other.add_argument(
         "--deterministic",
         action="store_true",
@@ -77,6 +216,10 @@ def _fixed_fields(args):
         "data_dir": args.data_dir,
     }
     fields = {k: v for k, v in fields.items() if v is not None}
+    if args.precise_bn is not None:
+        fields["precise_bn"] = args.precise_bn
+    if args.torch_parity:
+        fields["torch_parity"] = True
     if args.deterministic:
         fields["deterministic"] = True
     if args.no_jit:
@@ -87,43 +230,97 @@ def _fixed_fields(args):
 
 
 def _parser():
-    from keras_bninit.harness.sweep import PRESETS
+    parser = _Parser(
+        prog="train.py",
+        description=__doc__.split("\n\n")[0],
+        epilog="With no arguments, train.py runs the offline demo:\n"
+        f"  train.py sweep --preset demo --out {DEMO_DIR}\n"
+        "(digits, resnet8, BASE vs c = 0.1, a = 100, 8 seeds) and its "
+        "report.\n`train.py COMMAND --help` lists a command's options.",
+        formatter_class=_Formatter,
+    )
+    commands = parser.add_subparsers(
+        dest="command", parser_class=_Parser, metavar="COMMAND"
+    )
 
-    parser = _Parser(prog="train.py", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+    def command(name, help):
+        return commands.add_parser(
+            name, help=help, description=help, formatter_class=_Formatter
+        )
 
-    run = commands.add_parser("run", help="train one configuration")
+    run = command("run", "train one configuration (c = 0.1, a = 100 default)")
     _add_run_config_args(run, many=False)
-    run.add_argument("--seed", type=int, default=1)
-    run.add_argument("--ablation", help="init-only or lr-only")
-    run.add_argument("--out", default="runs", help="output directory")
-    run.add_argument("--export", action="store_true", help="SavedModel too")
+    run.add_argument("--seed", type=int, default=1, help="the run seed n")
+    run.add_argument(
+        "--ablation",
+        choices=ABLATIONS,
+        metavar="KIND",
+        help="init-only (c kept, a = 1) or lr-only (c = 1, a kept)",
+    )
+    run.add_argument(
+        "--out", default="runs", metavar="DIR", help="output directory"
+    )
+    run.add_argument(
+        "--export", action="store_true", help="also export a SavedModel"
+    )
     run.add_argument(
         "--diagnostics", action="store_true", help="record BN diagnostics"
     )
 
-    sweep = commands.add_parser("sweep", help="multi-seed grid or preset")
+    sweep = command("sweep", "a multi-seed grid (with BASE) or a preset")
     _add_run_config_args(sweep, many=True)
-    sweep.add_argument("--preset", help=f"one of {', '.join(PRESETS)}")
-    sweep.add_argument("--ablation", help="init-only or lr-only, every run")
-    sweep.add_argument("--seeds", help="e.g. 1-15 or 1,2,5")
-    sweep.add_argument("--out", help="sweep directory")
-    sweep.add_argument("--no-base", action="store_true", help="no BASE runs")
-    sweep.add_argument("--retry-failed", action="store_true")
+    sweep.add_argument(
+        "--preset",
+        choices=PRESETS,
+        metavar="NAME",
+        help=f"a paper experiment: {', '.join(PRESETS)}",
+    )
+    sweep.add_argument(
+        "--ablation",
+        choices=ABLATIONS,
+        metavar="KIND",
+        help="init-only or lr-only, for every run",
+    )
+    sweep.add_argument(
+        "--seeds",
+        help="seeds, e.g. 1-15 or 1,2,5 (default: 1-15, or the preset's)",
+    )
+    sweep.add_argument(
+        "--out",
+        metavar="DIR",
+        help="sweep directory (default: runs/sweep-PRESET or runs/sweep-grid)",
+    )
+    sweep.add_argument(
+        "--no-base", action="store_true", help="no BASE runs (c = 1, a = 1)"
+    )
+    sweep.add_argument(
+        "--retry-failed", action="store_true", help="run failed runs again"
+    )
     sweep.add_argument(
         "--dry-run", action="store_true", help="list the runs, train nothing"
     )
-    sweep.add_argument("--row-key", help="report rows (default per preset)")
-
-    report = commands.add_parser("report", help="tables of a sweep")
-    report.add_argument("sweep_dir")
-    report.add_argument("--row-key", help="gamma, bn, input_norm, ...")
-    report.add_argument(
-        "--decision", choices=("raw", "holm"), default="raw", help="bold by"
+    sweep.add_argument(
+        "--row-key",
+        metavar="FIELD",
+        help="report rows by this field (default: the preset's, or gamma)",
     )
 
-    plot = commands.add_parser("plot", help="diagnostics plots of a run")
-    plot.add_argument("run_dir")
+    report = command("report", "tables and plots of a sweep")
+    report.add_argument("sweep_dir", help="a sweep's output directory")
+    report.add_argument(
+        "--row-key",
+        metavar="FIELD",
+        help="rows by gamma, bn, input_norm, ... (default: the sweep's)",
+    )
+    report.add_argument(
+        "--decision",
+        choices=("raw", "holm"),
+        default="raw",
+        help="bold a row when its raw or its Holm-adjusted p < alpha",
+    )
+
+    plot = command("plot", "diagnostics plots of a run")
+    plot.add_argument("run_dir", help="a run directory (with --diagnostics)")
     return parser
 
 
@@ -347,12 +544,14 @@ def _import_quietly():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    _import_quietly()
     if not argv:  # the embedded default: a small real sweep, offline
         argv = ["sweep", "--preset", "demo", "--out", DEMO_DIR]
+    # Parsing (and --help) comes before TensorFlow and Keras load.
     args = _parser().parse_args(argv)
     if args.command is None:
         _fail("choose a command: run, sweep, report or plot")
+    warnings.formatwarning = _warning_line
+    _import_quietly()
     if args.command == "run":
         return _run(args)
     if args.command == "sweep":

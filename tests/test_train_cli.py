@@ -47,11 +47,13 @@ def _result(out_dir):
         (["run", "--seed", "one"], "invalid int value: 'one'"),
         (["run", "--dataset", "mnist"], "'mnist'. Valid: caltech_birds2011"),
         (["run", "--model", "vgg"], "'vgg'; valid: mobilenet_v2"),
-        (["run", "--bn", "ln"], "'ln'. Valid: standard, a1, a2"),
-        (["run", "--input-norm", "x"], "'x'. Valid: bn, fixed"),
+        (["run", "--bn", "ln"], "'ln' (choose from 'standard', 'a1', 'a2'"),
+        (["run", "--input-norm", "x"], "'x' (choose from 'bn', 'fixed'"),
+        (["run", "--ablation", "both"], "'both' (choose from 'init-only'"),
+        (["run", "--precise-bn", "-1"], "precise_bn=-1"),
         (["run", "--dataset", "cars196"], "downloads/manual"),
         (["run", "--dataset", "cifar10"], "cannot be loaded offline"),
-        (["sweep", "--preset", "table9"], "'table9'. Valid: table1a"),
+        (["sweep", "--preset", "table9"], "'table9' (choose from 'demo'"),
         (["sweep", "--seeds", "1-x", "--gamma", "0.1"], "'1-x'"),
         (["report", "nowhere"], "holds no sweep results"),
         (["bogus"], "invalid choice: 'bogus'"),
@@ -147,3 +149,90 @@ def test_demo_sweep_short_mode_then_report_and_plot(tmp_path):
     assert plots and all(
         p.endswith(".png") and os.path.isfile(p) for p in plots
     )
+
+
+_HELP_IMPORTS = """
+import sys
+import train
+for argv in (["--help"], ["run", "--help"], ["sweep", "--help"]):
+    try:
+        train.main(argv)
+    except SystemExit as exit:
+        assert exit.code == 0, exit.code
+heavy = sorted(m for m in ("tensorflow", "keras", "jax", "torch")
+               if m in sys.modules)
+print("loaded:", heavy)
+"""
+
+
+def test_help_answers_before_tensorflow_and_keras_load():
+    start = time.perf_counter()
+    result = _train("--help")
+    elapsed = time.perf_counter() - start
+    assert "no arguments" in result.stdout and "--preset demo" in result.stdout
+    assert elapsed < 2.0, elapsed  # importing TensorFlow alone takes ~3 s
+    out = subprocess.run(
+        [sys.executable, "-c", _HELP_IMPORTS],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().endswith("loaded: []")
+
+
+def test_help_lists_choices_and_defaults_of_every_option():
+    import train
+
+    parser = train._parser()
+    subparsers = parser._subparsers._group_actions[0].choices
+    for name, sub in subparsers.items():
+        for action in sub._actions:
+            assert action.help, (name, action.dest)
+    text = subparsers["run"].format_help()
+    for expected in (
+        "resnet8",
+        "caltech_birds2011",
+        "iebn-",
+        "offline",
+        "init-only",
+        "(default: 0.1;",  # c
+        "(default: 100;",  # a
+        "--seed SEED           the run seed n (default: 1)",
+        "--precise-bn [N]",
+    ):
+        assert expected in text, expected
+    assert "table1a" in subparsers["sweep"].format_help()
+
+
+def test_help_choices_equal_the_registries():
+    import keras_bninit
+    import models
+    import train
+    from keras_bninit.harness import data, experiment, sweep
+
+    assert sorted(train.MODELS) == sorted(models.available())
+    assert sorted(train.DATASETS) == sorted(
+        d for d in data.available_datasets() if d != "directory"
+    )
+    assert train.BN_KINDS == tuple(keras_bninit.NORM_LAYERS)
+    assert train.INPUT_NORMS == experiment.INPUT_NORMS
+    assert train.ABLATIONS == experiment.ABLATIONS
+    assert sorted(train.PRESETS) == sorted(sweep.PRESETS)
+    assert (
+        train.PRECISE_BN_BATCHES == keras_bninit.precise_bn.DEFAULT_NUM_BATCHES
+    )
+
+
+def test_precise_bn_and_torch_parity_reach_the_config():
+    import train
+
+    def config(*argv):
+        return train._run_config(train._parser().parse_args(["run", *argv]))
+
+    assert config().precise_bn == 0 and config().torch_parity is False
+    assert config("--precise-bn").precise_bn == 200
+    assert config("--precise-bn", "50").precise_bn == 50
+    assert config("--torch-parity").torch_parity is True
