@@ -62,11 +62,11 @@ def test_record_and_files(finished):
 
 
 def test_cosine_schedule_per_epoch(finished):
-    # lr(epoch) = eta_min + (lr0 - eta_min) (1 + cos(pi e / T)) / 2, read at
-    # the end of each epoch, i.e. the rate the next epoch will use.
+    # lr(epoch) = eta_min + (lr0 - eta_min) (1 + cos(pi e / T)) / 2: the
+    # rate each epoch trained with (0.1, 0.075, 0.025), not the next one's.
     lrs = finished["history"]["lr"]
     expected = [
-        1e-8 + (0.1 - 1e-8) * (1 + math.cos(math.pi * (e + 1) / 3)) / 2
+        1e-8 + (0.1 - 1e-8) * (1 + math.cos(math.pi * e / 3)) / 2
         for e in range(3)
     ]
     np.testing.assert_allclose(lrs, expected, rtol=1e-5, atol=1e-9)
@@ -255,3 +255,50 @@ def test_diagnostics_are_recorded(tmp_path):
         "large_values.jsonl",
         "grad_factors.jsonl",
     } <= set(files)
+
+
+def test_short_run_warns_once_and_precise_bn_does_not(tmp_path, recwarn):
+    # 3 epochs of 11 steps leave 0.9^33 = 3 % of the running variance's
+    # start (1) against c^2 = 0.01: the warning names the fix.
+    with pytest.warns(UserWarning, match="33 optimizer steps.*--precise-bn"):
+        run_experiment(_config(tmp_path / "plain"), build_model=tiny_builder)
+    recwarn.clear()
+    for config in (
+        _config(tmp_path / "c1", gamma=1.0),  # no c < 1: no warning
+        _config(tmp_path / "long", epochs=6),  # 66 steps: enough
+    ):
+        run_experiment(config, build_model=tiny_builder)
+    assert not [w for w in recwarn if "precise-bn" in str(w.message)]
+
+
+def test_precise_bn_run_saves_the_recomputed_statistics(tmp_path, recwarn):
+    from keras_bninit import batch_norm_layers, update_bn_stats
+    from keras_bninit.harness.data import load_dataset
+
+    record = run_experiment(
+        _config(tmp_path, precise_bn=5), build_model=tiny_builder
+    )
+    assert not [w for w in recwarn if "precise-bn" in str(w.message)]
+    assert record["config"]["precise_bn"] == 5
+    model = keras.models.load_model(
+        os.path.join(record["run_dir"], "model.keras")
+    )
+    saved = [
+        keras.ops.convert_to_numpy(v)
+        for layer in batch_norm_layers(model)
+        for v in (layer.moving_mean, layer.moving_variance)
+    ]
+    # The best epoch's own first 5 training batches give the same numbers.
+    splits = load_dataset("digits")
+    epoch = record["best_epoch"] - 1
+    assert update_bn_stats(model, splits.train_dataset(2, epoch), 5) == 5
+    again = [
+        keras.ops.convert_to_numpy(v)
+        for layer in batch_norm_layers(model)
+        for v in (layer.moving_mean, layer.moving_variance)
+    ]
+    for a, b in zip(saved, again):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    # ... and the validation accuracy is measured with them.
+    val = model.evaluate(splits.val_dataset(), verbose=0, return_dict=True)
+    assert val["accuracy"] == pytest.approx(record["val_accuracy"])
