@@ -2,6 +2,7 @@
 
 import os
 import sqlite3
+import stat
 import threading
 import time
 
@@ -258,3 +259,21 @@ def test_damaged_store_is_named(tmp_path, damage):
         path.write_bytes(data[: len(data) // 2])
     with pytest.raises(StoreError, match=f"'{path}' is not a results store"):
         ResultStore(tmp_path)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_json_outputs_follow_the_umask(tmp_path, umask):
+    from keras_bninit.harness import _io
+
+    old = os.umask(umask)
+    try:
+        path = tmp_path / "out.json"
+        _io.atomic_write_json(path, {"a": 1})
+        _io.atomic_write_json(path, {"a": 2})  # replacing keeps the rule
+        plain = tmp_path / "plain"
+        plain.write_text("")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(os.stat(plain).st_mode) == 0o666 & ~umask
+    assert _io.read_json(path) == {"a": 2}

@@ -11,6 +11,9 @@ def atomic_write_json(path, obj):
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
     try:
+        # mkstemp creates the file 0600; give it the mode `open` would
+        # (0666 less the umask), so collaborators can read the results.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable)
             f.flush()
@@ -20,6 +23,24 @@ def atomic_write_json(path, obj):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _umask():
+    """The process umask, read without changing it where Linux allows.
+
+    Setting it to read it back (the portable way) would briefly give other
+    threads (e.g. a sweep's heartbeat) a umask of 0.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_json(path, default=None):
