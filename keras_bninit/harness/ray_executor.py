@@ -54,6 +54,9 @@ GPU_SHARING_ENV = {
 _PASSED_ENV = ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL", "TFDS_DATA_DIR")
 
 
+_SETUP_HOOK = "keras_bninit.harness.ray_executor._worker_setup"
+
+
 class RayUnavailableError(ImportError):
     """Ray is not installed; the message says how to install it."""
 
@@ -128,31 +131,28 @@ def _node_out(driver_out):
     )
 
 
-def _import_execute_run():
-    """`execute_run`, imported with TensorFlow's start-up notes muted.
+def _worker_setup():
+    """Imports the harness in a new worker, TensorFlow's notes muted.
 
     TensorFlow writes its C++ start-up notes (oneDNN, no CUDA driver)
     straight to file descriptor 2; with TF_CPP_MIN_LOG_LEVEL >= 2 (as
     train.py sets it) they would fill the driver's console once per worker.
     """
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") < "2":
-        from keras_bninit.harness.sweep import execute_run
-
-        return execute_run
+        return
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
         import tensorflow as tf
 
-        from keras_bninit.harness.sweep import execute_run
+        import keras_bninit.harness.sweep  # noqa: F401
 
         tf.config.list_physical_devices()
     finally:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
-    return execute_run
 
 
 def _execute(config, build_model, ship_files, run_fn):
@@ -161,7 +161,7 @@ def _execute(config, build_model, ship_files, run_fn):
 
     start = time.perf_counter()
     if run_fn is None:
-        run_fn = _import_execute_run()
+        from keras_bninit.harness.sweep import execute_run as run_fn
     driver_out = config.out
     if ship_files:
         config = dataclasses.replace(config, out=_node_out(driver_out))
@@ -327,7 +327,10 @@ class RayExecutor:
             num_gpus=self.num_gpus_per_run,
             max_retries=self.max_retries,
             retry_exceptions=False,
-            runtime_env={"env_vars": self.task_env()},
+            runtime_env={
+                "env_vars": self.task_env(),
+                "worker_process_setup_hook": _SETUP_HOOK,
+            },
         ).remote(config, self.build_model, self.ship_files, self.run_fn)
 
     def _write_shipped(self, config, record, files):

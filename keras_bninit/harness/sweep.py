@@ -538,16 +538,21 @@ def run_sweep(
                     )
                 _prepare(config, key in stored_failed)
                 if not quiet:
-                    done = counts["skipped"] + counts["ran"]
+                    # Executors may train several runs at once (Ray):
+                    # `running` were started and have not come back yet.
+                    done = counts["skipped"] + started
+                    running = started - counts["ran"]
                     elapsed = time.perf_counter() - start
+                    left = len(pending) + 1 + running
                     eta = (
-                        _clock(elapsed / started * (len(pending) + 1))
-                        if started
+                        _clock(elapsed / counts["ran"] * left)
+                        if counts["ran"]
                         else "?"
                     )
                     print(
                         f"[sweep] run {done + 1}/{len(configs)} "
-                        f"({counts['skipped']} done before or elsewhere) "
+                        f"({counts['skipped']} done before or elsewhere"
+                        f"{f', {running} running' if running else ''}) "
                         f"elapsed {_clock(elapsed)} remaining {eta}: "
                         f"{config.run_name()}",
                         flush=True,

@@ -1,0 +1,272 @@
+"""RayExecutor: a sweep's runs as Ray tasks, on a local Ray of 2 CPUs."""
+
+import dataclasses
+import functools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import keras
+import pytest
+
+from keras_bninit.harness.ray_executor import GPU_SHARING_ENV, RayExecutor
+from keras_bninit.harness.store import ResultStore
+from keras_bninit.harness.sweep import expand, run_sweep
+from tests._tiny import tiny_builder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module (start-up ~3 s, workers import TF once).
+
+    Executors find it running and use it without stopping it.
+    """
+    ray = pytest.importorskip("ray")
+    import logging
+
+    # pytest imports this file as a top-level module that Ray's workers
+    # cannot import: its functions (run_fn, builders) travel by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+    yield ray
+    ray.shutdown()
+
+
+def _runs(seeds="1-2", epochs=2):
+    runs = expand(
+        [{"dataset": "digits", "gamma": 0.1}],
+        seeds,
+        epochs=epochs,
+        batch_size=32,
+    )
+    return [dataclasses.replace(r, model="tiny") for r in runs]
+
+
+def _by_run(sweep_dir):
+    with ResultStore(sweep_dir) as store:
+        assert store.claims() == {}
+        return {
+            (r["config"]["gamma"], r["config"]["seed"]): r
+            for r in store.records(status=None)
+        }
+
+
+class _KillWorker(keras.callbacks.Callback):
+    def __init__(self, marker):
+        super().__init__()
+        self.marker = marker
+
+    def on_epoch_end(self, epoch, logs=None):
+        with open(self.marker, "a") as f:
+            f.write(f"killed after epoch {epoch + 1}\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _die_once(marker, name, **kwargs):
+    """The tiny model; the first run to train kills its worker once.
+
+    The worker dies by SIGKILL right after its run's first epoch is
+    committed (this callback comes after the run's checkpoint callback), so
+    Ray's retry must resume from that checkpoint: a fit that starts past
+    epoch 0 notes it in `marker`.
+    """
+    model = tiny_builder(name, **kwargs)
+    fit = model.fit
+
+    def fit_with_hook(*args, callbacks=(), initial_epoch=0, **kw):
+        if initial_epoch:
+            with open(marker, "a") as f:
+                f.write(f"resumed at epoch {initial_epoch}\n")
+        try:
+            os.close(os.open(f"{marker}.lock", os.O_CREAT | os.O_EXCL))
+            callbacks = [*callbacks, _KillWorker(marker)]
+        except FileExistsError:
+            pass  # the worker was killed once already
+        return fit(
+            *args, callbacks=callbacks, initial_epoch=initial_epoch, **kw
+        )
+
+    model.fit = fit_with_hook
+    return model
+
+
+@pytest.mark.slow
+def test_same_accuracies_as_local_and_killed_worker_resumes(
+    local_ray, tmp_path, capsys
+):
+    runs = _runs()
+    local = tmp_path / "local"
+    run_sweep(runs, local, build_model=tiny_builder, quiet=True)
+
+    marker = tmp_path / "killed.txt"
+    sweep = tmp_path / "ray"
+    executor = RayExecutor(workers=2)
+    counts = run_sweep(
+        runs,
+        sweep,
+        build_model=functools.partial(_die_once, str(marker)),
+        executor=executor,
+    )
+    assert counts == {"total": 4, "skipped": 0, "ran": 4, "failed": 0}
+    # The killed run was retried by Ray and resumed after its first epoch.
+    assert marker.read_text() == "killed after epoch 1\nresumed at epoch 1\n"
+    expected, got = _by_run(local), _by_run(sweep)
+    assert sorted(got) == [(0.1, 1), (0.1, 2), (1.0, 1), (1.0, 2)]
+    for key, record in got.items():
+        assert record["status"] == "ok"
+        assert record["test_accuracy"] == expected[key]["test_accuracy"]
+        assert (
+            record["history"]["val_loss"]
+            == (expected[key]["history"]["val_loss"])
+        )
+    # Real learning, so equal accuracies are not equal chance levels.
+    assert max(r["test_accuracy"] for r in got.values()) > 0.3
+    out = capsys.readouterr().out
+    host = socket.gethostname()
+    assert out.count("[sweep] finished ") == 4
+    assert f"(ok) on {host} in 0:00:" in out
+    assert f"[sweep] ran on {host}: 4 runs, " in out
+    # Two runs in flight from the start: the second is run 2/4.
+    assert "[sweep] run 2/4 (0 done before or elsewhere, 1 running) " in out
+    assert "[sweep] run 4/4 " in out and "remaining 0:00:" in out
+
+
+@pytest.mark.slow
+def test_ship_files_writes_run_folders_on_the_driver(local_ray, tmp_path):
+    runs = _runs(seeds="1", epochs=1)
+    executor = RayExecutor(workers=2, ship_files=True)
+    run_sweep(runs, tmp_path, build_model=tiny_builder, executor=executor)
+    for (gamma, seed), record in _by_run(tmp_path).items():
+        config = next(r for r in runs if (r.gamma, r.seed) == (gamma, seed))
+        run_dir = tmp_path / "runs" / config.run_name()
+        assert record["run_dir"] == str(run_dir)
+        assert record["config"]["out"] == str(tmp_path / "runs")
+        names = {p.name for p in run_dir.iterdir()}
+        assert {"result.json", "config.json", "epochs.json"} <= names
+        assert "model.keras" in names
+        model = keras.saving.load_model(run_dir / "model.keras")
+        assert model.count_params() > 0
+    # Nothing is left in the workers' node-local folders.
+    from keras_bninit.harness.ray_executor import _node_out
+
+    node_runs = _node_out(str(tmp_path / "runs"))
+    assert not os.path.isdir(node_runs) or not os.listdir(node_runs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_cpus_per_run": 0}, "num_cpus_per_run` must be a finite number"),
+        ({"num_cpus_per_run": "2"}, "num_cpus_per_run` must be a number"),
+        ({"num_gpus_per_run": -0.5}, "num_gpus_per_run` must be a finite"),
+        ({"num_gpus_per_run": 1.5}, "above 1 must be a whole number"),
+        ({"workers": 0}, "`workers` must be an integer >= 1. Received: 0"),
+        ({"workers": 1.5}, "`workers` must be an integer"),
+        ({"max_retries": -1}, "`max_retries` must be an integer >= 0"),
+        ({"address": ""}, "'auto' or 'HOST:PORT'"),
+    ],
+)
+def test_bad_options_name_the_value(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        RayExecutor(**kwargs)
+
+
+def test_gpu_memory_env_only_for_runs_sharing_a_gpu(monkeypatch):
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    shared = RayExecutor(num_gpus_per_run=0.5).task_env()
+    assert shared == {**GPU_SHARING_ENV, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    assert shared["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert shared["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    for whole in (0, 1, 2):
+        env = RayExecutor(num_gpus_per_run=whole).task_env()
+        assert env == {"TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+@pytest.mark.slow
+def test_no_run_fits_the_cluster(local_ray):
+    executor = RayExecutor(num_gpus_per_run=1)
+    with pytest.raises(ValueError, match="needs 1 CPUs and 1 GPUs; the clu"):
+        executor.start()
+    with pytest.raises(ValueError, match="needs 3 CPUs and 0 GPUs"):
+        RayExecutor(num_cpus_per_run=3).start()
+
+
+_NO_RAY = """
+import sys
+class NoRay:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+sys.meta_path.insert(0, NoRay())
+sys.argv = ["train.py", *sys.argv[1:]]
+import runpy
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_executor_ray_without_ray_says_how_to_install(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-c", _NO_RAY, "sweep", "--gamma", "0.1",
+         "--seeds", "1", "--epochs", "1", "--executor", "ray",
+         "--out", str(tmp_path / "s")],
+        capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "train.py: error: the Ray executor needs Ray, which is not "
+        'installed: pip install "keras_bninit[ray]"'
+    ]
+    assert not (tmp_path / "s").exists()
+
+
+def _sleep(config, build_model=None):
+    del build_model
+    path = os.path.join(config.out, f"started-{config.run_name()}")
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(60)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_tasks_and_releases_claims(local_ray, tmp_path):
+    # Last in this module: the cancelled tasks' worker processes are killed.
+    runs = _runs(seeds="1")
+    os.makedirs(tmp_path / "runs")
+    started = tmp_path / "runs"
+
+    def press_ctrl_c():
+        deadline = time.time() + 60
+        while len(list(started.glob("started-*"))) < 2:
+            if time.time() > deadline:
+                break
+            time.sleep(0.1)
+        signal.raise_signal(signal.SIGINT)
+
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    executor = RayExecutor(workers=2, run_fn=_sleep)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(runs, tmp_path, quiet=True, executor=executor)
+    pids = [int(p.read_text()) for p in started.glob("started-*")]
+    with ResultStore(tmp_path) as store:
+        assert store.claims() == {} and len(store) == 0
+    # ray.cancel(force=True) killed the tasks' worker processes.
+    deadline = time.time() + 10
+    while any(map(_alive, pids)) and time.time() < deadline:
+        time.sleep(0.1)
+    assert len(pids) == 2 and not any(map(_alive, pids))
