@@ -10,6 +10,7 @@ import glob
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -448,3 +449,47 @@ def test_two_concurrent_sweeps_split_the_runs(tmp_path):
         trained = [json.loads(line) for line in f]
     assert len(trained) == 4
     _check_exactly_once(sweep_dir)
+
+
+def _diagnostic_rows(run_dir, name):
+    with open(os.path.join(run_dir, "diagnostics", name)) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_diagnostics_keep_one_row_per_epoch_after_a_resume(tmp_path):
+    from keras_bninit.harness import diagnostics as diag
+
+    config = _config(tmp_path, diagnostics=True)
+    with pytest.raises(_Crash):
+        run_experiment(
+            config, build_model=tiny_builder, callbacks=[_CrashAt(3)]
+        )
+    run_dir = os.path.join(str(tmp_path), config.resolved().run_name())
+    # Rows of epoch 3 are written, but its checkpoint is lost: epoch 3 is
+    # trained again after the resume, and its rows must not be repeated.
+    shutil.rmtree(os.path.join(run_dir, "backup", "ckpt-0003"))
+    rows = _diagnostic_rows(run_dir, diag.BN_PARAMS_FILE)
+    assert sorted({r["epoch"] for r in rows}) == [0, 1, 2, 3]
+    record = run_experiment(config, build_model=tiny_builder)
+    assert record["status"] == "ok"
+    fresh = run_experiment(
+        dataclasses.replace(config, out=str(tmp_path / "fresh")),
+        build_model=tiny_builder,
+    )
+    for name in (diag.BN_PARAMS_FILE, diag.LARGE_VALUES_FILE):
+        rows = _diagnostic_rows(run_dir, name)
+        keys = [
+            (r["epoch"], r["step"], r["layer"], r.get("weight")) for r in rows
+        ]
+        assert len(keys) == len(set(keys))  # one row per (epoch, step, ...)
+        expected = _diagnostic_rows(fresh["run_dir"], name)
+        assert keys == [
+            (r["epoch"], r["step"], r["layer"], r.get("weight"))
+            for r in expected
+        ]
+    # Drifts count from the initialization, also after the resume.
+    resumed = _diagnostic_rows(run_dir, diag.BN_PARAMS_FILE)
+    expected = _diagnostic_rows(fresh["run_dir"], diag.BN_PARAMS_FILE)
+    assert [r["drift"] for r in resumed] == pytest.approx(
+        [r["drift"] for r in expected], rel=1e-3, abs=1e-7
+    )

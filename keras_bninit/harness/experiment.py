@@ -404,8 +404,9 @@ class _RunState(keras.callbacks.Callback):
             logged = _io.read_json(self.log_path, [])
         except ValueError:
             logged = None
-        if logged is not None and logged != self.entries[: len(logged)]:
-            logged = None
+        n = min(len(self.entries), len(logged or []))
+        if logged is not None and logged[:n] != self.entries[:n]:
+            logged = None  # epochs.json may run ahead of the checkpoint
         if logged is None and os.path.exists(self.log_path):
             warnings.warn(
                 f"{self.log_path} is unreadable or disagrees with the "
