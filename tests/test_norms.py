@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from _backend import gradients
 
 from keras_bninit import batch_norm, norms, optimizers
 
@@ -213,14 +213,17 @@ def test_initial_values():
 @pytest.mark.parametrize("shape", SHAPES[::2])
 @pytest.mark.parametrize("kind", NEW_KINDS)
 def test_gradients_finite_and_reach_every_parameter(kind, shape):
-    x = tf.constant(_data(shape))
+    x = keras.Variable(_data(shape), name="x")
     layer = _make(kind, gamma=0.1)
+    layer.build(shape)
     rng = np.random.default_rng(2)
-    weights = tf.constant(rng.normal(size=shape).astype("float32"))
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        loss = tf.reduce_sum(layer(x, training=True) * weights)
-    grads = tape.gradient(loss, layer.trainable_weights + [x])
+    weights = rng.normal(size=shape).astype("float32")
+    _, grads = gradients(
+        lambda: keras.ops.sum(
+            keras.ops.multiply(layer(x.value, training=True), weights)
+        ),
+        layer.trainable_weights + [x],
+    )
     for variable, grad in zip(layer.trainable_weights + [x], grads):
         assert grad is not None, variable.name
         grad = np.array(grad)
@@ -312,6 +315,9 @@ def test_fit_one_step_compiled(kind):
     model.compile(optimizer="sgd", loss="mse", jit_compile=True)
     before = [np.array(v) for v in model.weights]
     history = model.fit(x, target, epochs=1, batch_size=8, verbose=0)
+    # Keras falls back to jit_compile=False (with a warning) when it cannot
+    # compile, e.g. under TensorFlow op determinism.
+    assert model.jit_compile is True
     assert np.isfinite(history.history["loss"][0])
     changed = [not np.array_equal(b, v) for b, v in zip(before, model.weights)]
     assert all(changed)

@@ -112,6 +112,7 @@ def test_fit_matches_numpy_optimizer(make_inner, reference, jit):
     )
     model.compile(opt, LOSS, jit_compile=jit)
     model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+    assert model.jit_compile is jit  # no silent fallback from XLA
     _run_reference(ref, x, y, reference(lr, 100.0, 1e-4))
     assert int(opt.iterations.numpy()) == STEPS
     for v, r in zip(model.trainable_variables, ref.trainable_variables):
