@@ -125,7 +125,8 @@ def test_markdown(table):
     assert f"| gamma=0.1 | **<u>{best}</u>** |" in lines["| gamma=0.1"]
     assert f"| <u>{noisy} (n=4)</u> |" in lines["| gamma=0.5"]
     assert f"| BASE | {base} |" in lines["| BASE"]
-    assert text.count("**") == 2 + 2  # the title and one bold cell
+    # the title, one bold cell and its bold p in the statistics table
+    assert text.count("**") == 2 + 2 + 2
     assert text.count("<u>") == 2
     assert text.startswith("**dataset=cifar10, model=resnet18, epochs=2**")
 
@@ -139,7 +140,7 @@ def test_markdown_p_values(table):
 
 
 def test_latex(table):
-    text = report.to_latex(table)
+    text = report.to_latex(table, comparisons=False)
     best = _mean_std([_accuracy(0.1, 0.1, s) for s in SEEDS])
     assert r"\textbf{\underline{" + best.replace("±", "$\\pm$") in text
     assert text.count(r"\textbf") == 1
@@ -151,8 +152,72 @@ def test_latex(table):
 def test_text(table):
     text = report.to_text(table)
     best = _mean_std([_accuracy(0.1, 0.1, s) for s in SEEDS])
-    assert f"{best}*^ (p=" in text
+    assert f"{best}*^" in text
     assert "*: better than BASE" in text
+    assert "p (t-test)" in text and "p Wilcoxon" in text
+    assert f"{best}*^ (p=" in report.to_text(table, show_p=True)
+
+
+def _comparison_rows(table):
+    return {r["configuration"]: r for r in table.comparisons()}
+
+
+def test_comparisons_carry_every_statistic(table):
+    rows = _comparison_rows(table)
+    assert list(rows) == [
+        "gamma=0.1, lr=0.1",
+        "gamma=0.1, lr=0.01",
+        "gamma=0.5, lr=0.1",
+        "gamma=0.5, lr=0.01",
+        "BASE, lr=0.1",
+        "BASE, lr=0.01",
+    ]
+    ours = {s: _accuracy(0.1, 0.1, s) for s in SEEDS}
+    base = {s: _accuracy(0.1, None, s) for s in SEEDS}
+    sample = stats.pair_on_common_seeds(ours, base)
+    expected = stats.compare(sample, None)
+    _, holm = stats.holm(
+        [
+            stats.one_sided_paired_ttest(ours, base),
+            stats.one_sided_paired_ttest(
+                {s: _accuracy(0.1, 0.5, s) for s in SEEDS}, base
+            ),
+        ]
+    )
+    best = rows["gamma=0.1, lr=0.1"]
+    assert best["mean_std"] == _mean_std(list(ours.values()))
+    assert best["n"] == "5" and best["significant"]
+    assert best["difference"] == (
+        f"{expected.mean_difference * 100:+.2f} "
+        f"[{expected.ci_low * 100:+.2f}, {expected.ci_high * 100:+.2f}]"
+    )
+    assert best["dz"] == f"{expected.effect_size_dz:.2f}"
+    assert best["p"] == f"{expected.p_value:.3g}"
+    assert best["p_holm"] == f"{holm[0]:.3g}"
+    assert best["p_wilcoxon"] == f"{expected.wilcoxon_p:.3g}"
+    assert best["p_outperform"] == "1.00"
+    assert rows["gamma=0.5, lr=0.01"]["n"] == "4"  # pairs: seed 5 failed
+    assert rows["BASE, lr=0.1"]["difference"] == "BASE"
+    assert [k for k, r in rows.items() if r["significant"]] == [
+        "gamma=0.1, lr=0.1"
+    ]
+
+
+def test_comparisons_in_markdown_text_and_latex(table, store):
+    p = _comparison_rows(table)["gamma=0.1, lr=0.1"]["p"]
+    markdown = report.to_markdown(table)
+    assert f"| **{p}** |" in markdown and markdown.count(f"**{p}**") == 1
+    assert "| configuration | mean ± std | n | ours - BASE [95% CI] |" in (
+        markdown
+    )
+    text = report.to_text(table)
+    assert f" {p}* " in text
+    latex = report.to_latex(table)
+    assert rf"\textbf{{{p}}}" in latex
+    assert r"$P$($>$ BASE)" in latex and "(ours $>$ BASE)" in latex
+    (holm,) = report.build_tables(store, decision="holm")
+    p_holm = _comparison_rows(holm)["gamma=0.1, lr=0.1"]["p_holm"]
+    assert f"| **{p_holm}** |" in report.to_markdown(holm)
 
 
 def test_csv_columns_and_values(table):
@@ -192,6 +257,9 @@ def test_csv_columns_and_values(table):
     assert float(best["mean_difference"]) == pytest.approx(mean_diff)
     assert by_cell["gamma=0.5", "lr=0.01"]["missing_seeds"] == "5"
     assert by_cell["BASE", "lr=0.1"]["is_base"] == "True"
+    # Counts and integer fields are written as integers.
+    assert (best["epochs"], best["n"], best["n_failed"]) == ("2", "5", "0")
+    assert by_cell["gamma=0.5", "lr=0.01"]["n_ours"] == "4"
 
 
 def test_holm_decision_can_drive_bold(store):
@@ -244,3 +312,9 @@ def test_plot_and_write_report(store, tmp_path):
     for name in ("markdown", "latex", "csv"):
         with open(paths[name], encoding="utf-8") as f:
             assert "gamma=0.1" in f.read()
+    with open(paths["latex"], encoding="utf-8") as f:
+        assert f.readline().startswith(
+            r"% keras_bninit report. Needs \usepackage{booktabs}"
+        )
+    with open(paths["markdown"], encoding="utf-8") as f:
+        assert "p Wilcoxon" in f.read()

@@ -101,6 +101,8 @@ class Table:
         cells: `(row_index, column_index) -> Cell`; absent when not run.
         common: fields shared by every non-BASE row but not shown per row.
         decimals, alpha, decision: how cells were formatted and marked.
+        scale: the factor applied to accuracies (100: percent).
+        holm_family: the family of Holm's correction ("base", "dataset").
     """
 
     fixed: dict
@@ -115,6 +117,8 @@ class Table:
     decimals: int
     alpha: float
     decision: str
+    scale: float = 100.0
+    holm_family: str = "base"
 
     @property
     def title(self):
@@ -137,6 +141,61 @@ class Table:
             text += f" ($n={n}$)" if latex else f" (n={n})"
         return text
 
+    def seed_counts(self):
+        """(fewest, most) seeds of a cell of this table."""
+        counts = [c.stats["n_ours"] for c in self.cells.values()]
+        return (min(counts), max(counts)) if counts else (0, 0)
+
+    def comparisons(self):
+        """One row of statistics per configuration, in table order.
+
+        Each row is a dict of display strings: "configuration", "mean_std",
+        "n" (pairs with BASE; a BASE row its seeds), "difference" (mean of
+        ours - BASE with its 95 % t interval, in the table's unit), "dz"
+        (Cohen's d_z), "p" (one-sided paired t-test), "p_holm",
+        "p_wilcoxon", "p_outperform" (P(ours > BASE)), plus "significant"
+        (by the table's decision), "is_base" and "compared" (whether the
+        statistics exist: False for BASE rows and rows without a BASE).
+        """
+        d = self.decimals
+        rows = []
+        for i, label in enumerate(self.row_labels):
+            for j, column in enumerate(self.column_labels):
+                cell = self.cells.get((i, j))
+                if cell is None:
+                    continue
+                s = cell.stats
+                mean_std = f"{cell.mean:.{d}f}"
+                if not math.isnan(cell.std):
+                    mean_std += f" ± {cell.std:.{d}f}"
+                row = {
+                    "configuration": f"{label}, {column}",
+                    "mean_std": mean_std,
+                    "n": str(s["n_ours"] if s["is_base"] else s["n"]),
+                    "is_base": bool(s["is_base"]),
+                    "significant": cell.bold,
+                    "compared": False,
+                }
+                if s["is_base"] or math.isnan(s["mean_difference"]):
+                    note = "BASE" if s["is_base"] else s["note"] or "–"
+                    row.update(dict.fromkeys(_COMPARISON_KEYS[3:], "–"))
+                    row["difference"] = note
+                else:
+                    scale = self.scale
+                    row.update(
+                        compared=True,
+                        difference=f"{s['mean_difference'] * scale:+.{d}f} "
+                        f"[{s['ci_low'] * scale:+.{d}f}, "
+                        f"{s['ci_high'] * scale:+.{d}f}]",
+                        dz=_number(s["effect_size_dz"], ".2f"),
+                        p=_number(s["p_value"], ".3g"),
+                        p_holm=_number(s["p_holm"], ".3g"),
+                        p_wilcoxon=_number(s["wilcoxon_p"], ".3g"),
+                        p_outperform=_number(s["p_outperform"], ".2f"),
+                    )
+                rows.append(row)
+        return rows
+
     def legend(self):
         """What bold, underline and n mean in this table."""
         test = "Holm-corrected " if self.decision == "holm" else ""
@@ -151,6 +210,110 @@ class Table:
             common = ", ".join(f"{k}={_fmt(v)}" for k, v in self.common.items())
             parts.insert(0, f"rows other than BASE: {common}")
         return "; ".join(parts) + "."
+
+
+# The columns of `Table.comparisons()`: key, plain header, LaTeX header.
+_COMPARISON_COLUMNS = (
+    ("configuration", "configuration", "configuration"),
+    ("mean_std", "mean ± std", r"mean $\pm$ std"),
+    ("n", "n", "$n$"),
+    ("difference", "ours - BASE [95% CI]", r"ours $-$ BASE [95\% CI]"),
+    ("dz", "d_z", "$d_z$"),
+    ("p", "p (t-test)", "$p$ ($t$-test)"),
+    ("p_holm", "p Holm", "$p$ Holm"),
+    ("p_wilcoxon", "p Wilcoxon", "$p$ Wilcoxon"),
+    ("p_outperform", "P(> BASE)", "$P$($>$ BASE)"),
+)
+_COMPARISON_KEYS = tuple(c[0] for c in _COMPARISON_COLUMNS)
+
+
+def _number(value, spec):
+    return "–" if value is None or math.isnan(value) else format(value, spec)
+
+
+def _comparison_legend(table):
+    test = "p Holm" if table.decision == "holm" else "p (t-test)"
+    family = {
+        "base": "the configurations sharing a BASE",
+        "dataset": "the configurations of a data set",
+    }.get(table.holm_family, table.holm_family)
+    return (
+        "Each configuration against its BASE, paired by seed: n pairs; "
+        "ours - BASE: mean difference and its 95% t interval; d_z: mean "
+        "difference / std of the differences; p (t-test): one-sided paired "
+        f"t-test (ours > BASE); p Holm: adjusted over {family}; p Wilcoxon: "
+        "one-sided signed-rank test; P(> BASE): share of seeds where ours "
+        f"is higher (ties half). Marked: {test} <= {table.alpha:g}."
+    )
+
+
+def _decision_key(table):
+    return "p_holm" if table.decision == "holm" else "p"
+
+
+def comparisons_markdown(table):
+    """`Table.comparisons()` as a Markdown table; significant p in bold."""
+    marked = _decision_key(table)
+    lines = [
+        "| " + " | ".join(c[1] for c in _COMPARISON_COLUMNS) + " |",
+        "|---|" + "---:|" * (len(_COMPARISON_COLUMNS) - 1),
+    ]
+    for row in table.comparisons():
+        texts = [row[k] for k in _COMPARISON_KEYS]
+        if row["significant"]:
+            k = _COMPARISON_KEYS.index(marked)
+            texts[k] = f"**{texts[k]}**"
+        lines.append("| " + " | ".join(texts) + " |")
+    return "\n".join([*lines, "", _comparison_legend(table)]) + "\n"
+
+
+def comparisons_latex(table):
+    """`Table.comparisons()` as a booktabs tabular; significant p bold."""
+    marked = _decision_key(table)
+    lines = [
+        r"\begin{tabular}{l" + "r" * (len(_COMPARISON_COLUMNS) - 1) + "}",
+        r"\toprule",
+        " & ".join(c[2] for c in _COMPARISON_COLUMNS) + r" \\",
+        r"\midrule",
+    ]
+    for row in table.comparisons():
+        texts = []
+        for key in _COMPARISON_KEYS:
+            text = row[key]
+            if key in ("difference", "dz") and row["compared"]:
+                text = f"${text}$" if text != "–" else text
+            else:
+                text = _latex_escape(text).replace("±", r"$\pm$")
+            text = text.replace("–", "--")
+            if key == marked and row["significant"]:
+                text = rf"\textbf{{{text}}}"
+            texts.append(text)
+        lines.append(" & ".join(texts) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def comparisons_text(table):
+    """`Table.comparisons()` aligned for a terminal; `*` marks p."""
+    marked = _decision_key(table)
+    header = [c[1] for c in _COMPARISON_COLUMNS]
+    body = []
+    for row in table.comparisons():
+        texts = [row[k] for k in _COMPARISON_KEYS]
+        k = _COMPARISON_KEYS.index(marked)
+        texts[k] += "*" if row["significant"] else " "
+        body.append(texts)
+    widths = [max(len(r[k]) for r in [header, *body]) for k in range(9)]
+    lines = [
+        "  ".join(
+            [r[0].ljust(widths[0])]
+            + [t.rjust(w) for t, w in zip(r[1:], widths[1:])]
+        ).rstrip()
+        for r in [header, *body]
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    legend = textwrap.fill(_comparison_legend(table), 79)
+    return "\n".join([*lines, legend]) + "\n"
 
 
 # ---------------------------------------------------------------------------
@@ -249,6 +412,8 @@ def build_tables(
         "decimals": decimals,
         "alpha": alpha,
         "decision": decision,
+        "scale": scale,
+        "holm_family": holm_family,
     }
     return [
         _build_table(fixed, members, row_fields, scale, options)
@@ -372,15 +537,18 @@ def _p_suffix(cell):
     return "" if math.isnan(p) else f" (p={p:.3g})"
 
 
-def to_markdown(table, show_p=False):
+def to_markdown(table, show_p=False, comparisons=True):
     """The table in Markdown: bold `**`, underline `<u>`.
 
     Args:
         table: a `Table`.
         show_p: append each cell's raw t-test p-value.
+        comparisons: add the statistics of each configuration against its
+            BASE (`comparisons_markdown`) below the table.
 
     Returns:
-        A string: a title line, the table, and a legend line.
+        A string: a title line, the table, a legend line, and the
+        statistics table with its legend.
     """
     header = [table.row_key, *table.column_labels]
     lines = [
@@ -404,6 +572,8 @@ def to_markdown(table, show_p=False):
             texts.append(text + (_p_suffix(cell) if show_p else ""))
         lines.append("| " + " | ".join([label, *texts]) + " |")
     lines += ["", table.legend()]
+    if comparisons:
+        lines += ["", comparisons_markdown(table).rstrip("\n")]
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
@@ -418,18 +588,34 @@ _LATEX_SPECIAL = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    "<": r"$<$",
+    ">": r"$>$",
 }
+
+
+_LATEX_PREAMBLE = (
+    "% keras_bninit report. Needs \\usepackage{booktabs} (\\toprule,\n"
+    "% \\midrule, \\bottomrule); \\input{report.tex} where the tables go.\n\n"
+)
 
 
 def _latex_escape(text):
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 
-def to_latex(table):
-    """The table as a LaTeX `tabular` (booktabs): `\\textbf`, `\\underline`.
+def to_latex(table, comparisons=True):
+    """The table as a LaTeX `tabular`: `\\textbf`, `\\underline`.
+
+    Needs `\\usepackage{booktabs}` (`\\toprule`, `\\midrule`,
+    `\\bottomrule`) in the document's preamble.
+
+    Args:
+        table: a `Table`.
+        comparisons: add the statistics of each configuration against its
+            BASE (`comparisons_latex`) as a second tabular.
 
     Returns:
-        A string with a `% title` comment line and the tabular.
+        A string with a `% title` comment line and the tabular(s).
     """
     lines = [
         f"% {_latex_escape(table.title)}",
@@ -458,15 +644,23 @@ def to_latex(table):
             texts.append(text)
         lines.append(" & ".join(texts) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
+    if comparisons:
+        lines += [
+            "",
+            "% " + _latex_escape(_comparison_legend(table)),
+            comparisons_latex(table).rstrip("\n"),
+        ]
     return "\n".join(lines) + "\n"
 
 
-def to_text(table, show_p=True):
+def to_text(table, show_p=False, comparisons=True):
     """The table for a terminal: `*` marks bold, `^` underline.
 
     Args:
         table: a `Table`.
         show_p: append each cell's raw t-test p-value.
+        comparisons: add the statistics of each configuration against its
+            BASE (`comparisons_text`) below the table.
 
     Returns:
         A string with aligned columns, a title line and a legend.
@@ -496,7 +690,9 @@ def to_text(table, show_p=True):
     legend = table.legend().replace("bold:", "*:").replace("underlined:", "^:")
     lines = [table.title, line(header), "-" * len(line(header))]
     lines += [line(texts) for texts in body]
-    lines.append(legend)
+    lines.append(textwrap.fill(legend, 79))
+    if comparisons:
+        lines += ["", comparisons_text(table).rstrip("\n")]
     return "\n".join(lines) + "\n"
 
 
@@ -545,13 +741,16 @@ def to_csv(tables, path=None, scale=100.0):
                     value = stats[name]
                 if name in _SCALED:
                     value = value * scale
-                values.append(value)
+                values.append(_csv_value(name, value))
             writer.writerow(
                 [
                     table.title,
                     table.row_labels[i],
                     table.column_labels[j],
-                    *[_csv_field(table, i, j, f) for f in fields],
+                    *[
+                        _csv_value(f, _csv_field(table, i, j, f))
+                        for f in fields
+                    ],
                     *values,
                 ]
             )
@@ -560,6 +759,33 @@ def to_csv(tables, path=None, scale=100.0):
         with open(path, "w", newline="", encoding="utf-8") as f:
             f.write(text)
     return text
+
+
+# Counts and integer configuration fields: written as integers ("180", not
+# "180.0"; stored configurations hold every number as a float).
+_INTEGER_FIELDS = frozenset(
+    {
+        "n_ours",
+        "n_base",
+        "n",
+        "n_failed",
+        "epochs",
+        "batch_size",
+        "seed",
+        "precise_bn",
+    }
+)
+
+
+def _csv_value(name, value):
+    if (
+        name in _INTEGER_FIELDS
+        and isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and float(value).is_integer()
+    ):
+        return int(value)
+    return value
 
 
 def _csv_field(table, i, j, field):
@@ -718,9 +944,9 @@ def write_report(records, out_dir, row_key="gamma", col_key="lr", **kwargs):
         "plots": [],
     }
     with open(paths["markdown"], "w", encoding="utf-8") as f:
-        f.write("\n".join(to_markdown(t, show_p=True) for t in tables))
+        f.write("\n".join(to_markdown(t) for t in tables))
     with open(paths["latex"], "w", encoding="utf-8") as f:
-        f.write("\n".join(to_latex(t) for t in tables))
+        f.write(_LATEX_PREAMBLE + "\n".join(to_latex(t) for t in tables))
     to_csv(tables, paths["csv"], scale=scale)
     if row_key == "gamma":
         for k, table in enumerate(tables):
