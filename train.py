@@ -13,6 +13,7 @@ work is done by keras_bninit.harness.experiment / sweep / report.
 """
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
@@ -56,6 +57,7 @@ PRESETS = (
     "input-norm",
 )
 PRECISE_BN_BATCHES = 200
+EXECUTORS = ("local", "ray")
 
 
 class _Formatter(
@@ -229,6 +231,58 @@ def _fixed_fields(args):
     return fields
 
 
+def _add_executor_args(sweep):
+    """Where a sweep's runs train: this process, or Ray tasks."""
+    where = sweep.add_argument_group("executor (where the runs train)")
+    where.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help="local: one run after another in this process; ray: every run "
+        'a Ray task (pip install "keras_bninit[ray]")',
+    )
+    where.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="auto or HOST:PORT of a running Ray cluster (default: start a "
+        "local Ray)",
+    )
+    where.add_argument(
+        "--cpus-per-run",
+        type=float,
+        metavar="N",
+        help="CPUs Ray reserves for each run (default: 1)",
+    )
+    where.add_argument(
+        "--gpus-per-run",
+        type=float,
+        metavar="N",
+        help="GPUs Ray reserves for each run; a fraction such as 0.5 shares "
+        "a GPU (memory only, no speed-up) (default: 0, the run sees no GPU)",
+    )
+    where.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="runs training at once (default: as many as the Ray cluster "
+        "holds; a local Ray gets N x cpus-per-run CPUs); with --dry-run: "
+        "the estimate for N workers",
+    )
+    where.add_argument(
+        "--ship-files",
+        action="store_true",
+        help="for Ray nodes without a shared filesystem: runs write on "
+        "their node and their files come back into the sweep directory",
+    )
+    where.add_argument(
+        "--images-per-second",
+        type=float,
+        metavar="X",
+        help="with --dry-run: one GPU's measured training throughput, for "
+        "estimated hours (e.g. from benchmarks/throughput.py)",
+    )
+
+
 def _parser():
     parser = _Parser(
         prog="train.py",
@@ -304,6 +358,7 @@ def _parser():
         metavar="FIELD",
         help="report rows by this field (default: the preset's, or gamma)",
     )
+    _add_executor_args(sweep)
 
     report = command("report", "tables and plots of a sweep")
     report.add_argument("sweep_dir", help="a sweep's output directory")
@@ -339,6 +394,60 @@ def _checked(function, *args):
         _fail(str(error).replace("\n", " "))
 
 
+# Exit statuses: 0 done, 1 a run failed or the environment stopped the
+# work (disk full or read-only, data unavailable, out of memory; nothing
+# stored, rerun to resume), 2 bad arguments, 130 interrupted (Ctrl-C).
+EXIT_ENVIRONMENT = 1
+EXIT_INTERRUPTED = 130
+
+
+def _guarded(function, *args, **kwargs):
+    """Runs training; an environment error or Ctrl-C is one line."""
+    from keras_bninit.harness.sweep import (
+        ENVIRONMENT_ERRORS,
+        EnvironmentFailure,
+    )
+
+    try:
+        return function(*args, **kwargs)
+    except KeyboardInterrupt:
+        sys.stderr.write(
+            "train.py: interrupted; nothing half-done is stored, rerun the "
+            "same command to resume\n"
+        )
+        sys.exit(EXIT_INTERRUPTED)
+    except (EnvironmentFailure, *ENVIRONMENT_ERRORS) as error:
+        message = str(error).replace("\n", " ")
+        if not isinstance(error, EnvironmentFailure):
+            message = f"{type(error).__name__}: {message}"
+        sys.stderr.write(
+            f"train.py: stopped by the environment: {message}; rerun the "
+            "same command to resume\n"
+        )
+        sys.exit(EXIT_ENVIRONMENT)
+
+
+def _check_store(sweep_dir):
+    """A damaged or foreign results.sqlite: one line, status 2."""
+    from keras_bninit.harness.store import STORE_FILENAME, ResultStore
+
+    if os.path.exists(os.path.join(sweep_dir, STORE_FILENAME)):
+        ResultStore(sweep_dir).close()  # raises StoreError (a ValueError)
+
+
+def _check_row_key(row_key):
+    import dataclasses
+
+    from keras_bninit.harness.experiment import RunConfig
+
+    fields = [f.name for f in dataclasses.fields(RunConfig)]
+    if row_key is not None and row_key not in fields:
+        raise ValueError(
+            f"Unknown --row-key {row_key!r}; valid: the configuration "
+            f"fields {', '.join(fields)}"
+        )
+
+
 def _run_config(args):
     from keras_bninit.harness.experiment import RunConfig, apply_ablation
 
@@ -367,7 +476,7 @@ def _run(args):
     from keras_bninit.harness.experiment import run_experiment
 
     config = _checked(_run_config, args)
-    record = run_experiment(config, build_model=_build_model())
+    record = _guarded(run_experiment, config, build_model=_build_model())
     if record["status"] != "ok":
         print(f"run failed: {record['reason']} ({record['run_dir']})")
         return 1
@@ -394,6 +503,8 @@ def _sweep_runs(args):
         f: getattr(args, f) for f in GRID_FIELDS if getattr(args, f) is not None
     }
     fixed = _fixed_fields(args)
+    if args.seeds is not None and not args.seeds.strip():
+        _fail("--seeds is empty; give e.g. 1-15 or 1,2,5 or 1-3,7")
     if args.preset is not None:
         if grid:
             _fail(
@@ -417,34 +528,141 @@ def _sweep_runs(args):
 
 
 def _sweep(args):
+    from keras_bninit.harness.experiment import check_output_dir
     from keras_bninit.harness.sweep import run_sweep
 
+    _checked(_check_row_key, args.row_key)
     runs, row_key, name = _checked(_sweep_runs, args)
     row_key = args.row_key or row_key
     _check_models(runs)
+    _check_executor_args(args)
     if args.dry_run:
         for config in runs:
             print(config.run_name())
-        print(f"{len(runs)} runs")
+        _print_estimate(runs, args.images_per_second, args.workers)
         return 0
     sweep_dir = args.out or os.path.join("runs", f"sweep-{name}")
     if os.path.exists(sweep_dir) and not os.path.isdir(sweep_dir):
         _fail(f"the output path {sweep_dir!r} is a file; give a directory")
+    _checked(check_output_dir, sweep_dir)
+    _checked(_check_store, sweep_dir)
     _checked(_check_data, runs)
-    counts = run_sweep(
-        runs,
-        sweep_dir,
-        retry_failed=args.retry_failed,
-        quiet=args.quiet,
-        build_model=_build_model(),
-        row_key=row_key,
-    )
+    executor = _executor(args)  # Ray started and checked, nothing written
+    with executor or contextlib.nullcontext():
+        counts = _guarded(
+            run_sweep,
+            runs,
+            sweep_dir,
+            retry_failed=args.retry_failed,
+            quiet=args.quiet,
+            build_model=_build_model(),
+            row_key=row_key,
+            executor=executor,
+        )
     if not args.quiet:
         print(
             f"[sweep] {counts['total']} runs: {counts['skipped']} already "
             f"done, {counts['ran']} ran ({counts['failed']} failed)"
         )
-    return _report_dir(sweep_dir, row_key, "raw", quiet=args.quiet)
+    return _checked(_report_dir, sweep_dir, row_key, "raw", args.quiet)
+
+
+_RAY_ONLY = ("ray_address", "cpus_per_run", "gpus_per_run", "ship_files")
+# RayExecutor's argument names in its messages -> this command's options.
+_RAY_OPTIONS = {
+    "`address`": "--ray-address",
+    "`num_cpus_per_run`": "--cpus-per-run",
+    "`num_gpus_per_run`": "--gpus-per-run",
+    "`workers`": "--workers",
+}
+
+
+def _check_executor_args(args):
+    """Options of the other executor, and dry-run-only options, rejected."""
+    if args.executor != "ray":
+        for name in _RAY_ONLY:
+            if getattr(args, name) not in (None, False):
+                option = "--" + name.replace("_", "-")
+                _fail(f"{option} needs --executor ray")
+        if args.workers is not None and not args.dry_run:
+            _fail(
+                "--workers needs --executor ray (the local executor trains "
+                "one run at a time)"
+            )
+    if args.images_per_second is not None:
+        if not args.dry_run:
+            _fail("--images-per-second needs --dry-run")
+        if not args.images_per_second > 0:
+            _fail(
+                "--images-per-second must be > 0. Received: "
+                f"{args.images_per_second:g}"
+            )
+    if args.workers is not None and args.workers < 1:
+        _fail(f"--workers must be an integer >= 1. Received: {args.workers}")
+    if args.executor == "ray":
+        _ray_executor(args)  # validates the values; starts nothing
+
+
+def _ray_executor(args):
+    from keras_bninit.harness.ray_executor import RayExecutor
+
+    try:
+        return RayExecutor(
+            address=args.ray_address,
+            num_cpus_per_run=1
+            if args.cpus_per_run is None
+            else args.cpus_per_run,
+            num_gpus_per_run=args.gpus_per_run or 0,
+            workers=args.workers,
+            ship_files=args.ship_files,
+        )
+    except ValueError as error:
+        message = str(error)
+        for name, option in _RAY_OPTIONS.items():
+            message = message.replace(name, option)
+        _fail(message)
+
+
+def _executor(args):
+    """None (the local executor) or a started RayExecutor."""
+    if args.executor != "ray":
+        return None
+    from keras_bninit.harness.ray_executor import RayUnavailableError
+
+    executor = _ray_executor(args)
+    try:
+        executor.start()
+    except (RayUnavailableError, ValueError) as error:
+        _fail(str(error))
+    except ConnectionError as error:
+        _fail(
+            f"cannot reach a Ray cluster at --ray-address "
+            f"{args.ray_address}: {error}".replace("\n", " ")
+        )
+    return executor
+
+
+def _print_estimate(runs, images_per_second, workers):
+    """The work of a sweep, and its hours at a measured throughput."""
+    from keras_bninit.harness.sweep import estimate
+
+    plan = estimate(runs, images_per_second, workers or 1)
+    images = (
+        f"{plan['images']:,} training images"
+        if plan["images"] is not None
+        else "training images unknown (a directory data set)"
+    )
+    print(f"{plan['runs']} runs, {plan['epochs']:,} epochs, {images}")
+    if plan["hours"] is not None:
+        print(
+            f"estimated {plan['hours']:.1f} hours on one GPU at "
+            f"{images_per_second:,.0f} images/s (training steps only)"
+        )
+        if workers and workers > 1:
+            print(
+                f"estimated {plan['hours_workers']:.1f} hours for {workers} "
+                f"workers, one GPU each"
+            )
 
 
 def _report_dir(sweep_dir, row_key, decision, quiet=False):
@@ -557,6 +775,7 @@ def main(argv=None):
     if args.command == "sweep":
         return _sweep(args)
     if args.command == "report":
+        _checked(_check_row_key, args.row_key)
         return _checked(
             _report_dir, args.sweep_dir, args.row_key, args.decision
         )

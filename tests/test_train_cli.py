@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -236,3 +237,106 @@ def test_precise_bn_and_torch_parity_reach_the_config():
     assert config("--precise-bn").precise_bn == 200
     assert config("--precise-bn", "50").precise_bn == 50
     assert config("--torch-parity").torch_parity is True
+
+
+def _one_error_line(result, message, status=2):
+    assert result.returncode == status, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+GRID = ["sweep", "--dataset", "digits", "--gamma", "0.1"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--seed", "99999999999999999999"], "< 2**31"),
+        ([*GRID, "--seeds", "2147483648"], "Seeds must be < 2**31"),
+        ([*GRID, "--seeds", "1-100000000", "--dry-run"], "Too many seeds"),
+        ([*GRID, "--seeds", ""], "--seeds is empty"),
+        ([*GRID, "--seeds", " "], "--seeds is empty"),
+        (["run", "--activation-std", "-1"], "activation_std=-1.0"),
+        (["run", "--activation-std", "nan"], "activation_std=nan"),
+        (["run", "--gamma", "1e39"], "representable in float32"),
+        (["run", "--lr", "1e-50"], "lr=1e-50"),
+        ([*GRID, "--row-key", "colour", "--dry-run"], "--row-key 'colour'"),
+    ],
+)
+def test_bounds_exit_2_with_one_line(tmp_path, args, message):
+    out = tmp_path / "out"
+    start = time.perf_counter()
+    result = _train(*args, "--out", str(out), check=False)
+    _one_error_line(result, message)
+    assert time.perf_counter() - start < 60  # no hang on a huge range
+    assert not out.exists()
+
+
+def test_report_row_key_is_a_config_field(tmp_path):
+    result = _train("report", str(tmp_path), "--row-key", "colour", check=False)
+    _one_error_line(result, "valid: the configuration fields dataset")
+
+
+@pytest.mark.parametrize("command", [["run"], GRID])
+def test_out_inside_a_file_is_refused(tmp_path, command):
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "runs"
+    result = _train(*command, "--epochs", "1", "--out", str(out), check=False)
+    _one_error_line(result, "is inside the file")
+
+
+@pytest.mark.parametrize("damage", [b"", b"SQLite format 3\0" + b"\xff" * 200])
+def test_damaged_store_exits_2_naming_it(tmp_path, damage):
+    store = tmp_path / "results.sqlite"
+    store.write_bytes(b"not a database, " * 64 if not damage else damage)
+    for args in (
+        [*GRID, "--seeds", "1", "--epochs", "1", "--out", str(tmp_path)],
+        ["report", str(tmp_path)],
+    ):
+        result = _train(*args, check=False)
+        _one_error_line(result, f"'{store}' is not a results store")
+    assert sorted(os.listdir(tmp_path)) == ["results.sqlite"]
+
+
+@pytest.mark.parametrize(
+    "error, shown",
+    [
+        ("OSError(28, 'No space left on device')", "No space left on device"),
+        ("PermissionError(13, 'Permission denied')", "Permission denied"),
+        ("MemoryError('host memory')", "MemoryError: host memory"),
+    ],
+)
+def test_environment_error_stops_the_sweep_with_status_1(
+    tmp_path, error, shown
+):
+    # The model zoo's builder fails as the machine would; train.py itself
+    # runs unchanged.
+    code = textwrap.dedent(
+        f"""
+        import sys
+        import train
+        train._import_quietly()  # TensorFlow's start-up notes muted
+        import models
+        def build(*args, **kwargs):
+            raise {error}
+        models.build = build
+        sys.exit(train.main(sys.argv[1:]))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, *GRID, "--no-base", "--seeds", "1-2"]
+        + ["--epochs", "1", "--quiet", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=ROOT,
+        timeout=900,
+    )
+    _one_error_line(result, "train.py: stopped by the environment: run ", 1)
+    assert shown in result.stderr and "rerun the same command" in result.stderr
+    from keras_bninit.harness.store import ResultStore
+
+    with ResultStore(tmp_path) as store:  # nothing stored, nothing claimed
+        assert len(store) == 0 and store.claims() == {}

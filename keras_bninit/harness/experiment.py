@@ -30,6 +30,7 @@ from keras_bninit._validation import (
     positive_float,
     positive_int,
 )
+from keras_bninit.activations import activation_std
 from keras_bninit.harness import _io
 from keras_bninit.harness.data import (
     DATASETS,
@@ -219,13 +220,20 @@ def validate(config):
         )
     for name in ("gamma", "gamma_lr_divisor", "lr"):
         if getattr(config, name) is not None:
-            positive_float(name, getattr(config, name))
-    positive_float("weight_decay", config.weight_decay, allow_zero=True)
-    positive_float("momentum", config.momentum, allow_zero=True)
+            _float32(name, positive_float(name, getattr(config, name)))
+    for name in ("weight_decay", "momentum"):
+        value = positive_float(name, getattr(config, name), allow_zero=True)
+        _float32(name, value)
+    _float32("activation_std", activation_std(config.activation_std))
     for name in ("epochs", "batch_size"):
         if getattr(config, name) is not None:
             positive_int(name, getattr(config, name))
     non_negative_int("seed", config.seed)
+    if config.seed >= SEED_LIMIT:
+        raise ValueError(
+            f"`seed` must be < 2**31 ({SEED_LIMIT}). Received: "
+            f"seed={config.seed}"
+        )
     non_negative_int("precise_bn", config.precise_bn)
     if not isinstance(config.torch_parity, bool):
         raise ValueError(
@@ -245,6 +253,51 @@ def validate(config):
     if os.path.exists(config.out) and not os.path.isdir(config.out):
         raise ValueError(
             f"The output path {config.out!r} is a file; give a directory."
+        )
+    check_output_dir(config.out)
+
+
+# Seeds fit a signed 32-bit integer (TensorFlow's and NumPy's seeds).
+SEED_LIMIT = 2**31
+
+
+def _float32(name, value):
+    """Checks that `value` stays finite, and non-zero, in float32."""
+    with np.errstate(over="ignore", under="ignore"):
+        single = np.float32(value)
+    if not np.isfinite(single) or (value != 0 and single == 0):
+        raise ValueError(
+            f"`{name}` must be representable in float32 (finite, and "
+            f"non-zero when non-zero: about 1e-38 to 3.4e38). Received: "
+            f"{name}={value!r}"
+        )
+    return value
+
+
+def check_output_dir(path):
+    """Raises `ValueError` unless `path` is, or can be made, a directory.
+
+    The nearest existing ancestor must be a writable directory: an output
+    path inside a file, or under a directory this user cannot write, is
+    refused before anything is loaded or written.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(
+            f"The output path {path!r} is a file; give a directory."
+        )
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(
+            f"The output path {path!r} is inside the file {parent!r}; "
+            "give a directory."
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(
+            f"The output path {path!r} cannot be written: {parent!r} is not "
+            "writable by this user."
         )
 
 
