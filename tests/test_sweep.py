@@ -148,3 +148,61 @@ def test_failed_runs_are_stored_and_retried_only_when_asked(tmp_path):
     with ResultStore(tmp_path) as store:
         assert len(store.records(status="ok")) == 2
         assert store.records(status="failed") == []
+
+
+def test_seeds_and_sweep_size_are_bounded():
+    import time
+
+    assert parse_seeds("2147483647") == [2**31 - 1]
+    with pytest.raises(ValueError, match=r"Seeds must be < 2\*\*31"):
+        parse_seeds("99999999999999999999")
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="Too many seeds: '1-100000000'"):
+        parse_seeds("1-100000000")
+    with pytest.raises(ValueError, match="more than 100000"):
+        parse_seeds("1-60000,100001-160000")
+    assert time.perf_counter() - start < 1.0  # checked before expanding
+    assert len(parse_seeds("1-100000")) == 100_000
+    with pytest.raises(ValueError, match=r"= 120000 runs, more than 100000"):
+        expand([{"dataset": "digits", "gamma": 0.1}], "1-60000")
+
+
+def test_claim_order_and_contract_names(tmp_path):
+    # The executor interface (used by the Ray executor): claim_next hands
+    # out claimed configs with `out` set, on_record stores and releases.
+    from keras_bninit.harness.sweep import LocalExecutor
+
+    runs = expand([{"dataset": "digits", "gamma": 0.1}], "1-2", epochs=1)
+    runs = [dataclasses.replace(r, model="tiny") for r in runs]
+    seen = []
+
+    class Recording(LocalExecutor):
+        def run(self, claim_next, on_record):
+            def claim():
+                config = claim_next()
+                if config is not None:
+                    with ResultStore(tmp_path) as store:
+                        assert store.claims()[(config.key(), config.seed)][
+                            0
+                        ].endswith(tuple("0123456789abcdef"))
+                    seen.append((config.seed, config.gamma, config.out))
+                return config
+
+            super().run(claim, on_record)
+
+    counts = run_sweep(
+        runs,
+        tmp_path,
+        quiet=True,
+        executor=Recording(tiny_builder),
+    )
+    assert counts == {"total": 4, "skipped": 0, "ran": 4, "failed": 0}
+    runs_dir = str(tmp_path / "runs")
+    assert seen == [
+        (1, 0.1, runs_dir),
+        (1, 1.0, runs_dir),
+        (2, 0.1, runs_dir),
+        (2, 1.0, runs_dir),
+    ]
+    with ResultStore(tmp_path) as store:
+        assert store.claims() == {} and len(store.records()) == 4
