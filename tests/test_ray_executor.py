@@ -270,3 +270,113 @@ def test_ctrl_c_cancels_tasks_and_releases_claims(local_ray, tmp_path):
     while any(map(_alive, pids)) and time.time() < deadline:
         time.sleep(0.1)
     assert len(pids) == 2 and not any(map(_alive, pids))
+
+
+def _train(*args):
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), *args],
+        capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+
+
+def _accuracies(sweep_dir):
+    with ResultStore(sweep_dir) as store:
+        return {
+            (r["config"]["gamma"], r["config"]["seed"]): r["test_accuracy"]
+            for r in store.records(status=None)
+        }
+
+
+@pytest.mark.slow
+def test_cli_ray_sweep_gives_the_local_sweeps_rows(tmp_path):
+    pytest.importorskip("ray")
+    args = ("sweep", "--preset", "demo", "--seeds", "1", "--epochs", "1")
+    local = _train(*args, "--out", str(tmp_path / "local"))
+    assert local.returncode == 0, local.stderr[-3000:]
+    ray = _train(*args, "--out", str(tmp_path / "ray"), "--executor", "ray",
+                 "--workers", "2")  # fmt: skip
+    assert ray.returncode == 0, ray.stderr[-3000:]
+    expected = _accuracies(tmp_path / "local")
+    assert sorted(expected) == [(0.1, 1), (1.0, 1)]
+    assert _accuracies(tmp_path / "ray") == expected
+    out = ray.stdout
+    assert "[sweep] run 2/2 (0 done before or elsewhere, 1 running)" in out
+    assert f"[sweep] ran on {socket.gethostname()}: 2 runs, " in out
+    assert "[sweep] 2 runs: 0 already done, 2 ran (0 failed)" in out
+    # The same report; TensorFlow's start-up notes of the workers muted.
+    assert out[out.index("[sweep] 2 runs:") :] == (
+        local.stdout[local.stdout.index("[sweep] 2 runs:") :].replace(
+            str(tmp_path / "local"), str(tmp_path / "ray")
+        )
+    )
+    assert "absl::InitializeLog" not in ray.stderr + out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--workers", "2"], "--workers needs --executor ray"),
+        (["--executor", "ray", "--gpus-per-run", "-1"],
+         "--gpus-per-run must be a finite number >= 0. Received: -1.0"),
+        (["--executor", "ray", "--cpus-per-run", "0"],
+         "--cpus-per-run must be a finite number > 0. Received: 0.0"),
+        (["--executor", "ray", "--workers", "0"],
+         "--workers must be an integer >= 1. Received: 0"),
+        (["--dry-run", "--images-per-second", "0"],
+         "--images-per-second must be > 0. Received: 0"),
+    ],
+)  # fmt: skip
+def test_cli_bad_executor_options_exit_2_writing_nothing(
+    tmp_path, args, message
+):
+    out = tmp_path / "s"
+    result = _train("sweep", "--gamma", "0.1", "--seeds", "1", "--out",
+                    str(out), *args)  # fmt: skip
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("train.py") and message in line
+    assert not out.exists()
+
+
+def test_dry_run_prints_work_and_estimated_hours():
+    result = _train(
+        *("sweep", "--preset", "table1a", "--dry-run"),
+        *("--images-per-second", "27600", "--workers", "4"),
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 360 + 3
+    # 360 runs of 180 epochs of 45,000 images (CIFAR-10 less validation).
+    assert lines[-3] == "360 runs, 64,800 epochs, 2,916,000,000 training images"
+    hours = 2_916_000_000 / 27_600 / 3600  # 29.3
+    assert lines[-2] == (
+        f"estimated {hours:.1f} hours on one GPU at 27,600 images/s "
+        "(training steps only)"
+    )
+    # 360 equal runs on 4 workers: 90 each.
+    assert (
+        lines[-1]
+        == f"estimated {hours / 4:.1f} hours for 4 workers, one GPU each"
+    )
+
+
+def test_estimate_counts_images_and_schedules_runs_in_order():
+    from keras_bninit.harness.data import load_dataset
+    from keras_bninit.harness.sweep import estimate, train_images
+
+    assert train_images("digits") == load_dataset("digits").num_train == 1293
+    assert train_images("cifar10") == 45_000
+    assert train_images("/some/folder") is None
+    runs = expand([{"dataset": "digits", "gamma": 0.1}], "1", epochs=3)
+    long = expand([{"dataset": "digits", "gamma": 0.5}], "1", epochs=9,
+                  add_base=False)  # fmt: skip
+    plan = estimate(runs + long, images_per_second=1293, workers=2)
+    # One second per epoch: runs of 3, 3 and 9 s; two workers: 3 | 3 + 9.
+    assert plan == {
+        "runs": 3,
+        "epochs": 15,
+        "images": 15 * 1293,
+        "hours": 15 / 3600,
+        "hours_workers": 12 / 3600,
+    }
+    assert estimate(runs)["hours"] is None

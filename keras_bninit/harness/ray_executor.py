@@ -54,9 +54,6 @@ GPU_SHARING_ENV = {
 _PASSED_ENV = ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL", "TFDS_DATA_DIR")
 
 
-_SETUP_HOOK = "keras_bninit.harness.ray_executor._worker_setup"
-
-
 class RayUnavailableError(ImportError):
     """Ray is not installed; the message says how to install it."""
 
@@ -153,6 +150,13 @@ def _worker_setup():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+# Ray would import a hook named by its module before calling it, and
+# importing any module of keras_bninit imports Keras, and so TensorFlow's
+# notes, first: the hook travels by value instead (cloudpickle copies
+# functions of __main__).
+_worker_setup.__module__ = "__main__"
 
 
 def _execute(config, build_model, ship_files, run_fn):
@@ -273,6 +277,8 @@ class RayExecutor:
                 "include_dashboard": False,
                 "logging_level": logging.ERROR,
                 "log_to_driver": True,
+                # Merged into every task's runtime environment.
+                "runtime_env": {"worker_process_setup_hook": _worker_setup},
             }
             if self.address is None:
                 cpus = os.cpu_count() or 1
@@ -327,10 +333,7 @@ class RayExecutor:
             num_gpus=self.num_gpus_per_run,
             max_retries=self.max_retries,
             retry_exceptions=False,
-            runtime_env={
-                "env_vars": self.task_env(),
-                "worker_process_setup_hook": _SETUP_HOOK,
-            },
+            runtime_env={"env_vars": self.task_env()},
         ).remote(config, self.build_model, self.ship_files, self.run_fn)
 
     def _write_shipped(self, config, record, files):

@@ -12,7 +12,9 @@ gives paired comparisons.
 
 import collections
 import dataclasses
+import heapq
 import itertools
+import math
 import os
 import re
 import shutil
@@ -23,7 +25,7 @@ import time
 import traceback
 
 from keras_bninit.harness import _io
-from keras_bninit.harness.data import DatasetUnavailableError
+from keras_bninit.harness.data import TEST_FRACTION, DatasetUnavailableError
 from keras_bninit.harness.experiment import (
     RELATED,
     RunConfig,
@@ -289,6 +291,68 @@ def preset_runs(name, seeds=None, **fixed):
     preset = PRESETS[name]
     fixed = {**dict(preset.fixed), **fixed}
     return expand(preset.grids, seeds or preset.seeds, **fixed)
+
+
+# The named data sets' training splits as stored (tensorflow-datasets'
+# "train"; scikit-learn's 1,797 digits, 20 % of which are held out as the
+# test set first). An epoch trains on what the 10 % validation split leaves.
+_TRAIN_SPLIT_SIZES = {
+    "cifar10": 50_000,
+    "cifar100": 50_000,
+    "caltech_birds2011": 5_994,
+    "cars196": 8_144,
+    "digits": 1_797 - math.ceil(TEST_FRACTION * 1_797),
+}
+
+
+def train_images(dataset):
+    """Images one epoch of `dataset` trains on; None for a directory.
+
+    scikit-learn's split holds out `ceil(0.1 * n)` of n examples for
+    validation, so this is exact (`DatasetSplits.num_train`).
+    """
+    n = _TRAIN_SPLIT_SIZES.get(dataset)
+    return None if n is None else n - math.ceil(0.1 * n)
+
+
+def estimate(configs, images_per_second=None, workers=1):
+    """The work of a sweep, and its duration at a measured throughput.
+
+    Args:
+        configs: the sweep's `RunConfig`s.
+        images_per_second: one GPU's training throughput (e.g. from
+            benchmarks/throughput.py), or None.
+        workers: runs training at once, each at `images_per_second`; runs
+            start in order whenever a worker is free, as the executors
+            claim them.
+
+    Returns:
+        A dict: runs, epochs, images (training images over all epochs;
+        None when a data set's size is unknown), hours (one after another
+        on one GPU) and hours_workers (on `workers` GPUs), None without a
+        throughput. Only training steps count: validation, testing and
+        start-up add to them.
+    """
+    configs = [c.resolved() for c in configs]
+    per_run = [(c.epochs, train_images(c.dataset)) for c in configs]
+    plan = {
+        "runs": len(configs),
+        "epochs": sum(e for e, _ in per_run),
+        "images": None,
+        "hours": None,
+        "hours_workers": None,
+    }
+    if any(n is None for _, n in per_run):
+        return plan
+    plan["images"] = sum(e * n for e, n in per_run)
+    if images_per_second:
+        free = [0.0] * max(1, int(workers))  # when each worker is free
+        for epochs, n in per_run:
+            seconds = epochs * n / images_per_second
+            heapq.heapreplace(free, free[0] + seconds)
+        plan["hours"] = plan["images"] / images_per_second / 3600
+        plan["hours_workers"] = max(free) / 3600
+    return plan
 
 
 def _clock(seconds):
