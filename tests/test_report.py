@@ -318,3 +318,21 @@ def test_plot_and_write_report(store, tmp_path):
         )
     with open(paths["markdown"], encoding="utf-8") as f:
         assert "p Wilcoxon" in f.read()
+
+
+def test_accuracy_plot_title_band_and_seeds(table):
+    figure = report.accuracy_vs_gamma_figure(table)
+    (ax,) = figure.axes
+    title = ax.get_title()
+    assert "4-5 seeds per point" in title  # seed 5 of one cell failed
+    assert max(len(line) for line in title.splitlines()) <= 80
+    # Each BASE band (mean +- std) takes a minor part of the y range.
+    low, high = ax.get_ylim()
+    for lr in BASE_MEAN:
+        values = np.array([_accuracy(lr, None, s) for s in SEEDS]) * 100
+        band = 2 * values.std(ddof=1)
+        assert low < values.mean() - band / 2 < values.mean() + band / 2 < high
+        assert band < 0.25 * (high - low)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "BASE, lr=0.1 (band: ±1 std)" in labels
+    assert "better than BASE (p <= 0.05)" in labels

@@ -89,6 +89,8 @@ def _layer_axis(ax, layers):
 
 
 def _plot_init_vs_end(data):
+    from matplotlib.ticker import MaxNLocator
+
     init, end = data["init"], data["end"]
     layers = list(init)
     weights = list(dict.fromkeys(k for layer in layers for k in init[layer]))
@@ -118,9 +120,11 @@ def _plot_init_vs_end(data):
             ax.plot([], [], "s", color=color, label=label)
         _layer_axis(ax, have)
         ax.set_ylabel(f"{key} (per channel)")
+        # Two short lines: one long line is wider than the axes and
+        # constrained layout clips its start ("amma per layer").
         ax.set_title(
-            f"{key} per layer, initialization vs end "
-            "(box: quartiles, whiskers: min to max)",
+            f"{key} per layer, initialization vs end\n"
+            "box: quartiles, whiskers: min to max",
             fontsize=10,
         )
         ax.legend(fontsize=8)
@@ -139,6 +143,7 @@ def _plot_init_vs_end(data):
             alpha=0.6,
             label=f"epoch {epoch}",
         )
+        hist.xaxis.set_major_locator(MaxNLocator(6))  # labels apart
         hist.set_xlabel(f"{key} value")
         hist.set_ylabel("channels (all layers)")
         hist.set_title(f"{key}, all layers pooled")
