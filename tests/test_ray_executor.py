@@ -178,16 +178,21 @@ def test_bad_options_name_the_value(kwargs, message):
         RayExecutor(**kwargs)
 
 
-def test_gpu_memory_env_only_for_runs_sharing_a_gpu(monkeypatch):
+def test_task_env_hides_gpus_or_shares_their_memory(monkeypatch):
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
     shared = RayExecutor(num_gpus_per_run=0.5).task_env()
     assert shared == {**GPU_SHARING_ENV, "TF_CPP_MIN_LOG_LEVEL": "2"}
     assert shared["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
     assert shared["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
-    for whole in (0, 1, 2):
+    for whole in (1, 2):
         env = RayExecutor(num_gpus_per_run=whole).task_env()
         assert env == {"TF_CPP_MIN_LOG_LEVEL": "2"}
+    # No GPU asked for: none visible (Ray would leave them all visible).
+    assert RayExecutor().task_env() == {
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
 
 
 @pytest.mark.slow

@@ -254,7 +254,11 @@ class RayExecutor:
     def task_env(self):
         """Environment variables set in every task's worker process."""
         env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
-        if 0 < self.num_gpus_per_run < 1:
+        if self.num_gpus_per_run == 0:
+            # Ray leaves CUDA_VISIBLE_DEVICES alone for tasks that ask for
+            # no GPU: unset, every such run would take every GPU's memory.
+            env["CUDA_VISIBLE_DEVICES"] = ""
+        elif self.num_gpus_per_run < 1:
             env.update(GPU_SHARING_ENV)
         return env
 
