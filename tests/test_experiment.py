@@ -307,3 +307,21 @@ def test_precise_bn_run_saves_the_recomputed_statistics(tmp_path, recwarn):
     # ... and the validation accuracy is measured with them.
     val = model.evaluate(splits.val_dataset(), verbose=0, return_dict=True)
     assert val["accuracy"] == pytest.approx(record["val_accuracy"])
+
+
+def test_torch_parity_trains_with_pytorchs_sgd_form(tmp_path):
+    from keras_bninit import TorchSGD
+
+    record = run_experiment(
+        _config(tmp_path, epochs=1, torch_parity=True),
+        build_model=tiny_builder,
+    )
+    assert record["status"] == "ok" and record["config"]["torch_parity"]
+    model = keras.models.load_model(
+        os.path.join(record["run_dir"], "model.keras")
+    )
+    assert type(model.optimizer.inner_optimizer) is TorchSGD
+    with pytest.raises(ValueError, match="torch_parity='yes'"):
+        validate(_config(tmp_path, torch_parity="yes"))
+    with pytest.raises(ValueError, match="precise_bn=-1"):
+        validate(_config(tmp_path, precise_bn=-1))
