@@ -232,6 +232,25 @@ def test_executor_ray_without_ray_says_how_to_install(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def _disk_full(config, build_model=None):
+    from keras_bninit.harness.sweep import EnvironmentFailure
+
+    raise EnvironmentFailure(f"run {config.run_name()}: disk full")
+
+
+@pytest.mark.slow
+def test_environment_error_in_a_task_stops_the_sweep_unclaimed(
+    local_ray, tmp_path
+):
+    from keras_bninit.harness.sweep import EnvironmentFailure
+
+    executor = RayExecutor(workers=2, run_fn=_disk_full)
+    with pytest.raises(EnvironmentFailure, match=r"run digits-tiny-.*: disk"):
+        run_sweep(_runs(seeds="1"), tmp_path, quiet=True, executor=executor)
+    with ResultStore(tmp_path) as store:
+        assert store.claims() == {} and len(store) == 0
+
+
 def _sleep(config, build_model=None):
     del build_model
     path = os.path.join(config.out, f"started-{config.run_name()}")

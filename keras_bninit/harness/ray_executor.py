@@ -408,7 +408,10 @@ class RayExecutor:
                     on_record(config, record, where)
         except BaseException:
             for ref in pending:
-                ray.cancel(ref, force=True)
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001 - Ray itself is going down
+                    pass
             raise
 
     def __enter__(self):
