@@ -166,6 +166,12 @@ def test_empty_data_and_batch_size_with_batches_are_rejected():
         kb.update_bn_stats(_net(), [_data()], batch_size=4)
 
 
+# After training, weights are no longer round numbers and a GPU's float32
+# matmuls (TF32 by default with JAX on an H200) agree with float64 to about
+# 5e-5 absolute here; the EMA statistics differ from these by far more.
+_TRAINED = {"rtol": 1e-3, "atol": 2e-4}
+
+
 class _StatsAtValidation(keras.callbacks.Callback):
     """Records the running mean that validation starts with."""
 
@@ -201,8 +207,8 @@ def test_callback_recomputes_before_validation():
     final = _stats(model)
     expected = _reference(model, [x[0:16], x[16:32], x[32:48]])
     for (mean, var), (ref_mean, ref_var) in zip(final, expected):
-        np.testing.assert_allclose(mean, ref_mean, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(var, ref_var, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(mean, ref_mean, **_TRAINED)
+        np.testing.assert_allclose(var, ref_var, **_TRAINED)
     np.testing.assert_array_equal(recorder.seen[-1], final[1][0])
     assert len(recorder.seen) == 2
     # ... and the validation loss is the loss under those statistics.
@@ -233,5 +239,5 @@ def test_callback_without_validation_updates_at_train_end_and_takes_epochs():
     for (mean, var), (ref_mean, ref_var) in zip(
         _stats(model), _reference(model, [x[:16], x[16:]])
     ):
-        np.testing.assert_allclose(mean, ref_mean, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(var, ref_var, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(mean, ref_mean, **_TRAINED)
+        np.testing.assert_allclose(var, ref_var, **_TRAINED)
