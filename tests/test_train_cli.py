@@ -110,7 +110,7 @@ def test_same_seed_same_numbers_and_kill_resume(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
-    while not glob.glob(str(killed / "*" / "backup" / "*.json")):
+    while not glob.glob(str(killed / "*" / "backup" / "ckpt-*")):
         assert process.poll() is None and time.time() < deadline
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
