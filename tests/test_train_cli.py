@@ -81,7 +81,7 @@ def test_output_path_that_is_a_file(tmp_path):
 def test_dry_run_lists_preset():
     result = _train("sweep", "--preset", "table1a", "--dry-run")
     lines = result.stdout.strip().splitlines()
-    assert lines[-1] == "360 runs"
+    assert lines[-1] == "360 runs, 64,800 epochs, 2,916,000,000 training images"
     assert lines[0].startswith("cifar10-resnet18-standard-lr0.1-c0.01-a100-s1-")
 
 
