@@ -86,7 +86,7 @@ def conv(
             the channel count, i.e. depth multiplier 1).
         kernel_size: odd int, the square kernel's size.
         name: the layer's name; a padding layer, when needed, is
-            `name + ".pad"`.
+            `name + "_pad"`.
         strides: int stride.
         groups: number of groups (ResNeXt's cardinality).
         depthwise: a depthwise convolution (MobileNetV2).
@@ -95,7 +95,7 @@ def conv(
     """
     padding = "same"
     if strides > 1 and kernel_size > 1:
-        x = keras.layers.ZeroPadding2D(kernel_size // 2, name=name + ".pad")(x)
+        x = keras.layers.ZeroPadding2D(kernel_size // 2, name=name + "_pad")(x)
         padding = "valid"
     elif kernel_size == 1:
         padding = "valid"
@@ -180,7 +180,7 @@ def max_pool(x, name):
     PyTorch pads max-pooling with -inf; the input here is a ReLU output
     (>= 0), so zero padding gives the same result.
     """
-    x = keras.layers.ZeroPadding2D(1, name=name + ".pad")(x)
+    x = keras.layers.ZeroPadding2D(1, name=name + "_pad")(x)
     return keras.layers.MaxPooling2D(3, strides=2, name=name)(x)
 
 
@@ -188,14 +188,14 @@ def classifier(x, num_classes, *, pool_name, fc_name, dropout=0.0):
     """Global average pooling, optional dropout, then a dense classifier.
 
     The dense layer returns logits (no softmax), as torchvision's models.
-    With dropout, the dropout layer is `fc_name + ".0"` and the dense layer
-    `fc_name + ".1"`, mirroring torchvision's
+    With dropout, the dropout layer is `fc_name + "_0"` and the dense layer
+    `fc_name + "_1"`, mirroring torchvision's
     `classifier = Sequential(Dropout, Linear)` (`classifier.0/1`).
     """
     x = keras.layers.GlobalAveragePooling2D(name=pool_name)(x)
     if dropout:
-        x = keras.layers.Dropout(dropout, name=fc_name + ".0")(x)
-        fc_name = fc_name + ".1"
+        x = keras.layers.Dropout(dropout, name=fc_name + "_0")(x)
+        fc_name = fc_name + "_1"
     return keras.layers.Dense(
         num_classes,
         kernel_initializer=dense_kernel_initializer(),

@@ -1,12 +1,13 @@
 """MobileNetV2 (width 1.0), layer for layer torchvision's `mobilenet_v2`.
 
-Names follow torchvision's modules: `features.0.0` (conv), `features.0.1`
-(BN), `features.0.2` (ReLU6); inverted residual blocks `features.1` ...
-`features.17` with `features.{i}.conv.0.0` (1x1 expansion conv),
-`.conv.0.1` (BN), `.conv.1.0` (3x3 depthwise conv), `.conv.1.1` (BN),
-`.conv.2` (1x1 linear projection), `.conv.3` (BN) (blocks without expansion
-start at the depthwise conv); `features.18` (1x1 conv to 1280 channels);
-`classifier.0` (dropout 0.2) and `classifier.1` (dense).
+Names follow torchvision's modules, `_` for `.` (`models.torchvision_names`
+maps the weights to torchvision's `state_dict` keys): `features_0_0` (conv),
+`features_0_1` (BN), `features_0_2` (ReLU6); inverted residual blocks
+`features_1` ... `features_17` with `features_{i}_conv_0_0` (1x1 expansion
+conv), `_conv_0_1` (BN), `_conv_1_0` (3x3 depthwise conv), `_conv_1_1` (BN),
+`_conv_2` (1x1 linear projection), `_conv_3` (BN) (blocks without expansion
+start at the depthwise conv); `features_18` (1x1 conv to 1280 channels);
+`classifier_0` (dropout 0.2) and `classifier_1` (dense).
 
 Small inputs (Sections 4.1, 4.4): the first conv and
 the second and third bottleneck stages (24 and 32 channels, torchvision's
@@ -43,7 +44,7 @@ LAST_CHANNEL = 1280
 
 def _names(prefix):
     """torchvision's `Conv2dNormActivation` children: conv, norm, act."""
-    return (f"{prefix}.0", f"{prefix}.1", f"{prefix}.2")
+    return (f"{prefix}_0", f"{prefix}_1", f"{prefix}_2")
 
 
 def inverted_residual(x, norm, name, out_channels, stride, expansion):
@@ -55,7 +56,7 @@ def inverted_residual(x, norm, name, out_channels, stride, expansion):
     index = 0
     if expansion != 1:
         y = conv_bn_act(
-            y, norm, hidden, 1, _names(f"{name}.conv.0"), act="relu6"
+            y, norm, hidden, 1, _names(f"{name}_conv_0"), act="relu6"
         )
         index = 1
     y = conv_bn_act(
@@ -63,7 +64,7 @@ def inverted_residual(x, norm, name, out_channels, stride, expansion):
         norm,
         hidden,
         3,
-        _names(f"{name}.conv.{index}"),
+        _names(f"{name}_conv_{index}"),
         act="relu6",
         strides=stride,
         depthwise=True,
@@ -73,11 +74,11 @@ def inverted_residual(x, norm, name, out_channels, stride, expansion):
         norm,
         out_channels,
         1,
-        f"{name}.conv.{index + 1}",
-        f"{name}.conv.{index + 2}",
+        f"{name}_conv_{index + 1}",
+        f"{name}_conv_{index + 2}",
     )
     if stride == 1 and in_channels == out_channels:
-        y = keras.layers.Add(name=f"{name}.add")([x, y])
+        y = keras.layers.Add(name=f"{name}_add")([x, y])
     return y
 
 
@@ -113,7 +114,7 @@ def mobilenet_v2(**kwargs):
             norm,
             STEM_WIDTH,
             3,
-            _names("features.0"),
+            _names("features_0"),
             act="relu6",
             strides=1 if small else 2,
         )
@@ -122,11 +123,11 @@ def mobilenet_v2(**kwargs):
         for (t, c, n, _), stride in zip(INVERTED_RESIDUAL_SETTING, strides):
             for i in range(n):
                 x = inverted_residual(
-                    x, norm, f"features.{index}", c, stride if i == 0 else 1, t
+                    x, norm, f"features_{index}", c, stride if i == 0 else 1, t
                 )
                 index += 1
         return conv_bn_act(
-            x, norm, LAST_CHANNEL, 1, _names(f"features.{index}"), act="relu6"
+            x, norm, LAST_CHANNEL, 1, _names(f"features_{index}"), act="relu6"
         )
 
     def total_stride(small):

@@ -1,10 +1,11 @@
 """RepVGG-A0 in its training-time form, and its fusion for inference.
 
 A RepVGG block sums three branches and applies a ReLU: a 3x3 conv + BN
-(`rbr_dense.conv`, `rbr_dense.bn`), a 1x1 conv + BN (`rbr_1x1.conv`,
-`rbr_1x1.bn`) and, where input and output shapes agree, a BN of the input
-alone (`rbr_identity`). Names follow the RepVGG paper's code: blocks
-`stage0` (one block) and `stage{1..4}.{j}`, then `gap` and `linear`.
+(`rbr_dense_conv`, `rbr_dense_bn`), a 1x1 conv + BN (`rbr_1x1_conv`,
+`rbr_1x1_bn`) and, where input and output shapes agree, a BN of the input
+alone (`rbr_identity`). Names follow the RepVGG paper's code with `_` for
+its `.` (`models.torchvision_names` maps them back): blocks `stage0` (one
+block) and `stage{1..4}_{j}`, then `gap` and `linear`.
 A0 has width multipliers a = 0.75, b = 2.5 and (1, 2, 4, 14, 1) blocks, so
 stage widths (48, 48, 96, 192, 1280); the first block of each stage has
 stride 2.
@@ -13,7 +14,7 @@ Small inputs (Sections 4.1, 4.4): stages 0 and 1 have
 stride 1, so a 32x32 input leaves a 4x4 map for the last stage.
 
 `reparameterize(model)` turns the trained model into the inference form:
-each block becomes one 3x3 conv with bias (`stage{i}.{j}.rbr_reparam`)
+each block becomes one 3x3 conv with bias (`stage{i}_{j}_rbr_reparam`)
 followed by its ReLU, giving the same outputs in inference mode.
 
 Reference:
@@ -47,7 +48,7 @@ def stage_widths(a, b):
 
 
 def _block_name(stage, index):
-    return "stage0" if stage == 0 else f"stage{stage}.{index}"
+    return "stage0" if stage == 0 else f"stage{stage}_{index}"
 
 
 def repvgg_block(x, norm, name, out_channels, stride, deploy=False):
@@ -57,7 +58,7 @@ def repvgg_block(x, norm, name, out_channels, stride, deploy=False):
             x,
             out_channels,
             3,
-            name=f"{name}.rbr_reparam",
+            name=f"{name}_rbr_reparam",
             strides=stride,
             use_bias=True,
         )
@@ -68,16 +69,16 @@ def repvgg_block(x, norm, name, out_channels, stride, deploy=False):
                 norm,
                 out_channels,
                 kernel,
-                f"{name}.{branch}.conv",
-                f"{name}.{branch}.bn",
+                f"{name}_{branch}_conv",
+                f"{name}_{branch}_bn",
                 strides=stride,
             )
             for branch, kernel in (("rbr_dense", 3), ("rbr_1x1", 1))
         ]
         if stride == 1 and x.shape[-1] == out_channels:
-            branches.append(norm(f"{name}.rbr_identity")(x))
-        y = keras.layers.Add(name=f"{name}.add")(branches)
-    return keras.layers.ReLU(name=f"{name}.nonlinearity")(y)
+            branches.append(norm(f"{name}_rbr_identity")(x))
+        y = keras.layers.Add(name=f"{name}_add")(branches)
+    return keras.layers.ReLU(name=f"{name}_nonlinearity")(y)
 
 
 def repvgg(name, *, blocks, widths, deploy=False, **kwargs):
@@ -164,7 +165,11 @@ def repvgg_a0(deploy=False, **kwargs):
 # Structural re-parameterization (RepVGG paper, Section 3.3)
 # ---------------------------------------------------------------------------
 
-_DENSE_CONV = re.compile(r"^stage(\d+)(?:\.(\d+))?\.rbr_dense\.conv$")
+_DENSE_CONV = re.compile(r"^stage(\d+)(?:_(\d+))?_rbr_dense_conv$")
+
+
+def _float64(variable):
+    return keras.ops.convert_to_numpy(variable).astype(np.float64)
 
 
 def _bn_scale_shift(layer):
@@ -175,10 +180,10 @@ def _bn_scale_shift(layer):
             "(an affine map in inference mode). "
             f"Received: layer {layer.name!r} of type {type(layer).__name__}"
         )
-    mean = np.asarray(layer.moving_mean, np.float64)
-    var = np.asarray(layer.moving_variance, np.float64)
-    gamma = np.asarray(layer.gamma, np.float64) if layer.scale else 1.0
-    beta = np.asarray(layer.beta, np.float64) if layer.center else 0.0
+    mean = _float64(layer.moving_mean)
+    var = _float64(layer.moving_variance)
+    gamma = _float64(layer.gamma) if layer.scale else 1.0
+    beta = _float64(layer.beta) if layer.center else 0.0
     scale = gamma / np.sqrt(var + layer.epsilon)
     return scale, beta - mean * scale
 
@@ -187,16 +192,14 @@ def _fuse_block(model, name):
     """The 3x3 kernel and bias equal to the block's branches (inference)."""
     kernel, bias = 0.0, 0.0
     for branch, pad in (("rbr_dense", 0), ("rbr_1x1", 1)):
-        k = np.asarray(model.get_layer(f"{name}.{branch}.conv").kernel)
-        scale, shift = _bn_scale_shift(model.get_layer(f"{name}.{branch}.bn"))
-        k = np.pad(
-            k.astype(np.float64), ((pad, pad), (pad, pad), (0, 0), (0, 0))
-        )
+        k = _float64(model.get_layer(f"{name}_{branch}_conv").kernel)
+        scale, shift = _bn_scale_shift(model.get_layer(f"{name}_{branch}_bn"))
+        k = np.pad(k, ((pad, pad), (pad, pad), (0, 0), (0, 0)))
         kernel = kernel + k * scale
         bias = bias + shift
     names = {layer.name for layer in model.layers}
-    if f"{name}.rbr_identity" in names:
-        scale, shift = _bn_scale_shift(model.get_layer(f"{name}.rbr_identity"))
+    if f"{name}_rbr_identity" in names:
+        scale, shift = _bn_scale_shift(model.get_layer(f"{name}_rbr_identity"))
         channels = len(shift)
         identity = np.zeros((3, 3, channels, channels))
         identity[1, 1, np.arange(channels), np.arange(channels)] = 1.0
@@ -216,7 +219,7 @@ def _architecture(model):
     if not stages or sorted(stages) != list(range(len(stages))):
         raise ValueError(
             "reparameterize expects a training-time RepVGG built by "
-            "`models.repvgg` (layers `stage{i}.{j}.rbr_dense.conv`). "
+            "`models.repvgg` (layers `stage{i}_{j}_rbr_dense_conv`). "
             f"Received: model {model.name!r}"
         )
     blocks = tuple(len(stages[s]) for s in sorted(stages))
@@ -261,9 +264,9 @@ def reparameterize(model):
         small_inputs=small,
     )
     for layer in fused.layers:
-        if layer.name.endswith(".rbr_reparam"):
+        if layer.name.endswith("_rbr_reparam"):
             kernel, bias = _fuse_block(
-                model, layer.name[: -len(".rbr_reparam")]
+                model, layer.name[: -len("_rbr_reparam")]
             )
             layer.set_weights(
                 [kernel.astype(np.float32), bias.astype(np.float32)]

@@ -1,8 +1,10 @@
 """ResNet, ResNeXt and the CIFAR ResNets from one residual-stage builder.
 
 Layer for layer torchvision's `ResNet` (v1.5: the stride of a bottleneck
-block sits on its 3x3 conv) with torchvision's layer names (`conv1`, `bn1`,
-`layer2.0.conv1`, `layer2.0.bn1`, `layer2.0.downsample.0`, `fc`, ...), so
+block sits on its 3x3 conv) with torchvision's module names, `_` for `.`
+(`conv1`, `bn1`, `layer2_0_conv1`, `layer2_0_bn1`, `layer2_0_downsample_0`,
+`fc`, ...; `models.torchvision_names` maps the weights to torchvision's
+`state_dict` keys), so
 the trainable-parameter counts equal torchvision's for the same number of
 classes. Convolutions have no bias; each residual branch ends in a BN
 whose output is added to the shortcut and then activated (torchvision's
@@ -48,13 +50,13 @@ def residual_block(x, norm, name, convs, out_channels, stride):
     Args:
         x: input tensor.
         norm: the network's `Norm`.
-        name: the block's name prefix, e.g. `"layer2.0"`.
+        name: the block's name prefix, e.g. `"layer2_0"`.
         convs: the branch as [(filters, kernel, stride, groups), ...]; the
-            layers are `{name}.conv{i}` / `{name}.bn{i}` / `{name}.relu{i}`.
+            layers are `{name}_conv{i}` / `{name}_bn{i}` / `{name}_relu{i}`.
         out_channels: the block's output channels.
         stride: the block's stride; with a change of shape the shortcut is
-            a projection `{name}.downsample.0` (1x1 conv) and
-            `{name}.downsample.1` (BN), else the identity.
+            a projection `{name}_downsample_0` (1x1 conv) and
+            `{name}_downsample_1` (BN), else the identity.
     """
     shortcut = x
     for i, (filters, kernel, conv_stride, groups) in enumerate(convs, 1):
@@ -63,7 +65,7 @@ def residual_block(x, norm, name, convs, out_channels, stride):
             norm,
             filters,
             kernel,
-            (f"{name}.conv{i}", f"{name}.bn{i}", f"{name}.relu{i}"),
+            (f"{name}_conv{i}", f"{name}_bn{i}", f"{name}_relu{i}"),
             act="relu" if i < len(convs) else None,
             strides=conv_stride,
             groups=groups,
@@ -74,26 +76,26 @@ def residual_block(x, norm, name, convs, out_channels, stride):
             norm,
             out_channels,
             1,
-            f"{name}.downsample.0",
-            f"{name}.downsample.1",
+            f"{name}_downsample_0",
+            f"{name}_downsample_1",
             strides=stride,
         )
-    x = keras.layers.Add(name=f"{name}.add")([x, shortcut])
-    return keras.layers.ReLU(name=f"{name}.relu")(x)
+    x = keras.layers.Add(name=f"{name}_add")([x, shortcut])
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
 def residual_stage(
     x, norm, name, *, block, planes, blocks, stride, groups, width_per_group
 ):
     """`blocks` residual blocks; the first has `stride` (torchvision's
-    `_make_layer`), named `{name}.0`, `{name}.1`, ..."""
+    `_make_layer`), named `{name}_0`, `{name}_1`, ..."""
     for i in range(blocks):
         block_stride = stride if i == 0 else 1
         convs, out_channels = _block_convs(
             block, planes, block_stride, groups, width_per_group
         )
         x = residual_block(
-            x, norm, f"{name}.{i}", convs, out_channels, block_stride
+            x, norm, f"{name}_{i}", convs, out_channels, block_stride
         )
     return x
 

@@ -9,7 +9,7 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+from _backend import BACKEND, gradients
 
 import keras_bninit as kb
 
@@ -79,17 +79,24 @@ def _adam(lr, divisor, wd, b1=0.9, b2=0.999, eps=1e-7):
     return step
 
 
+def _grads(model, x, y):
+    """The loss's gradients (NumPy) for the model's trainable variables, on
+    whichever backend Keras runs."""
+    _, grads = gradients(
+        lambda: LOSS(y, model(x, training=True)), model.trainable_variables
+    )
+    return grads
+
+
 def _run_reference(model, x, y, step):
     """Trains `model` with hand-written updates on the gradients of TF."""
     variables = model.trainable_variables
     groups = [_reference_group(v) for v in variables]
     for s in range(STEPS):
         xb, yb = x[s * BATCH : (s + 1) * BATCH], y[s * BATCH : (s + 1) * BATCH]
-        with tf.GradientTape() as tape:
-            loss = LOSS(yb, model(xb, training=True))
-        grads = tape.gradient(loss, variables)
+        grads = _grads(model, xb, yb)
         for i, (v, g) in enumerate(zip(variables, grads)):
-            new = step(i, groups[i], v.numpy().astype("float64"), g.numpy())
+            new = step(i, groups[i], v.numpy().astype("float64"), g)
             v.assign(new.astype("float32"))
 
 
@@ -103,6 +110,8 @@ def _run_reference(model, x, y, step):
     ids=["sgd", "sgd-xla", "adam"],
 )
 def test_fit_matches_numpy_optimizer(make_inner, reference, jit):
+    if jit and BACKEND == "torch":
+        pytest.skip("jit_compile on PyTorch is torch.compile, not XLA")
     x, y = _data()
     model, ref = _conv_bn_net(), _conv_bn_net()
     ref.set_weights(model.get_weights())
@@ -275,6 +284,39 @@ def test_mixed_precision_wraps_and_trains():
     assert 0 < np.abs(gamma.numpy() - 0.1).max() < 0.01
 
 
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_matches_numpy_optimizer(policy):
+    """Float32 variables, bfloat16/float16 compute: the wrapper's updates
+    equal the NumPy reference on the same (mixed-precision) gradients; in
+    float16 through a LossScaleOptimizer, whose scaling is exact."""
+    x, y = _data()
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        model, ref = _conv_bn_net(), _conv_bn_net()
+        ref.set_weights(model.get_weights())
+        opt = kb.ParamGroupOptimizer(
+            keras.optimizers.SGD(0.1, momentum=0.9),
+            gamma_lr_divisor=100.0,
+            weight_decay=1e-4,
+        )
+        outer = opt
+        if policy == "mixed_float16":
+            outer = keras.optimizers.LossScaleOptimizer(opt, initial_scale=256)
+        model.compile(outer, LOSS, jit_compile=BACKEND != "torch")
+        model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+        _run_reference(ref, x, y, _torch_sgd(0.1, 100.0, 1e-4))
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert model.get_layer("conv1").compute_dtype == policy.split("_")[1]
+    assert int(opt.iterations.numpy()) == STEPS  # no step skipped
+    for v, r in zip(model.trainable_variables, ref.trainable_variables):
+        assert v.dtype == "float32"
+        np.testing.assert_allclose(
+            v.numpy(), r.numpy(), rtol=1e-3, atol=1e-4, err_msg=v.path
+        )
+    assert np.abs(model.get_layer("bn1").gamma.numpy() - 0.1).max() > 1e-6
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -369,6 +411,9 @@ _MIRRORED = textwrap.dedent(
 )
 
 
+@pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="tf.distribute: TensorFlow backend only"
+)
 def test_mirrored_strategy_matches_single_device():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     out = subprocess.run(
@@ -433,14 +478,11 @@ def test_torch_sgd_in_param_groups_matches_numpy_and_round_trips():
     buffers = [np.zeros(v.shape) for v in variables]
     for s in range(STEPS):
         xb, yb = x[s * BATCH : (s + 1) * BATCH], y[s * BATCH : (s + 1) * BATCH]
-        with tf.GradientTape() as tape:
-            loss = LOSS(yb, ref(xb, training=True))
+        grads = _grads(ref, xb, yb)
         lr = _cosine(0.1, STEPS, s)
-        for i, (v, g) in enumerate(
-            zip(variables, tape.gradient(loss, variables))
-        ):
+        for i, (v, g) in enumerate(zip(variables, grads)):
             w = v.numpy().astype("float64")
-            g = g.numpy() + (1e-4 * w if groups[i] == "decay" else 0.0)
+            g = g + (1e-4 * w if groups[i] == "decay" else 0.0)
             buffers[i] = 0.9 * buffers[i] + g
             rate = lr / 100.0 if groups[i] == "scale" else lr
             v.assign((w - rate * buffers[i]).astype("float32"))

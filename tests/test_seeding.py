@@ -35,7 +35,9 @@ def test_set_seed_reproduces_every_generator():
             random.random(),
             np.random.rand(),
             keras.ops.convert_to_numpy(keras.random.normal((3,))).tolist(),
-            keras.initializers.GlorotUniform()((2, 2)).numpy().tolist(),
+            keras.ops.convert_to_numpy(
+                keras.initializers.GlorotUniform()((2, 2))
+            ).tolist(),
         )
 
     assert kb.set_seed(3, deterministic=False) == kb.make_complex(3)
