@@ -5,7 +5,8 @@
     from keras_bninit.harness.ray_executor import RayExecutor
     from keras_bninit.harness.sweep import preset_runs, run_sweep
 
-    run_sweep(preset_runs("demo"), "runs/demo", executor=RayExecutor(workers=2))
+    with RayExecutor(workers=2) as executor:  # a local Ray, 2 CPUs
+        run_sweep(preset_runs("demo"), "runs/demo", executor=executor)
 
 Each claimed run becomes one Ray task that calls
 `keras_bninit.harness.sweep.execute_run` in a Ray worker process and returns
@@ -34,6 +35,7 @@ import numbers
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 
@@ -134,7 +136,11 @@ def _worker_setup():
     TensorFlow writes its C++ start-up notes (oneDNN, no CUDA driver)
     straight to file descriptor 2; with TF_CPP_MIN_LOG_LEVEL >= 2 (as
     train.py sets it) they would fill the driver's console once per worker.
+    Warnings take one line, as in train.py (Ray prefixes the worker).
     """
+    import warnings
+
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
     if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") < "2":
         return
     saved = os.dup(2)
@@ -274,6 +280,8 @@ class RayExecutor:
         if self._ray is not None:
             return self._ray
         ray = import_ray()
+        if not sys.stdout.isatty():  # no colour codes in a log file
+            os.environ.setdefault("RAY_COLOR_PREFIX", "0")
         if not ray.is_initialized():
             import logging
 
