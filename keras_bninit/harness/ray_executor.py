@@ -181,6 +181,11 @@ def _execute(config, build_model, ship_files, run_fn):
         run_dir = os.path.join(config.out, config.run_name())
         files = _run_folder_files(run_dir)
         shutil.rmtree(run_dir, ignore_errors=True)  # the driver has them now
+        for folder in (config.out, os.path.dirname(config.out)):
+            try:
+                os.rmdir(folder)  # only when no other run uses it
+            except OSError:
+                break
     where = {
         "node": socket.gethostname(),
         "gpu": _gpu_ids(ray),
