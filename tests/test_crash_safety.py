@@ -331,12 +331,12 @@ DRIVER = textwrap.dedent(
     from keras_bninit.harness.sweep import expand, run_sweep
     from tests._tiny import tiny_builder
 
-    sweep_dir, trained_log, kill_p, epochs = sys.argv[1:5]
-    kill_p = float(kill_p)
-    rng = random.Random(os.getpid())
+    sweep_dir, trained_log, kill_at, epochs, seeds = sys.argv[1:6]
+    kill_at, calls = int(kill_at), [0]
 
-    def maybe_die():
-        if rng.random() < kill_p:
+    def maybe_die():  # SIGKILL at the `kill_at`-th write step (0: never)
+        calls[0] += 1
+        if calls[0] == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
 
     # SIGKILL inside checkpoint writes: after the weights are written and
@@ -358,7 +358,7 @@ DRIVER = textwrap.dedent(
             f.write(json.dumps([kwargs["bn_gamma"], os.getpid()]) + "\\n")
         return tiny_builder(name, **kwargs)
 
-    runs = expand([{"dataset": "digits", "gamma": 0.1}], "1-2",
+    runs = expand([{"dataset": "digits", "gamma": 0.1}], seeds,
                   epochs=int(epochs))
     runs = [dataclasses.replace(r, model="tiny") for r in runs]
     counts = run_sweep(runs, sweep_dir, quiet=True, build_model=builder,
@@ -368,12 +368,12 @@ DRIVER = textwrap.dedent(
 )
 
 
-def _driver(tmp_path, sweep_dir, log, kill_p=0.0, epochs=3):
+def _driver(tmp_path, sweep_dir, log, kill_at=0, epochs=3, seeds="1-2"):
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     return subprocess.Popen(
-        [sys.executable, str(script), str(sweep_dir), str(log), str(kill_p)]
-        + [str(epochs)],
+        [sys.executable, str(script), str(sweep_dir), str(log), str(kill_at)]
+        + [str(epochs), seeds],
         cwd=ROOT,
         env=ENV,
         stdout=subprocess.PIPE,
@@ -382,12 +382,12 @@ def _driver(tmp_path, sweep_dir, log, kill_p=0.0, epochs=3):
     )
 
 
-def _check_exactly_once(sweep_dir, epochs=3):
+def _check_exactly_once(sweep_dir, epochs=3, seeds=(1, 2)):
     with ResultStore(sweep_dir) as store:
         records = store.records(status=None)
         assert store.claims() == {}
     keys = sorted((r["config"]["gamma"], r["config"]["seed"]) for r in records)
-    assert keys == [(0.1, 1), (0.1, 2), (1.0, 1), (1.0, 2)]
+    assert keys == sorted((g, s) for g in (0.1, 1.0) for s in seeds)
     assert {r["status"] for r in records} == {"ok"}
     for record in records:
         run_dir = record["run_dir"]
@@ -405,31 +405,38 @@ def _check_exactly_once(sweep_dir, epochs=3):
 def test_sigkill_at_random_moments_then_rerun(tmp_path):
     sweep_dir, log = tmp_path / "sweep", tmp_path / "trained.jsonl"
     rng = random.Random(11)
-    kills = 0
-    for trial in range(12):
-        if kills == 10:
+    kills = {"outside": 0, "inside a write": 0}
+    stored = []
+    for trial in range(30):
+        if sum(kills.values()) == 10:
             break
-        if trial % 2 == 0:  # killed from outside, at a random moment
-            proc = _driver(tmp_path, sweep_dir, log)
+        inside = trial % 2 == 1
+        if not inside:  # killed from outside, at a random moment
+            proc = _driver(tmp_path, sweep_dir, log, epochs=4, seeds="1-3")
             try:
-                proc.wait(timeout=rng.uniform(3.0, 12.0))
+                proc.wait(timeout=rng.uniform(2.0, 8.0))
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGKILL)
-                proc.wait()
         else:  # kills itself inside a checkpoint or JSON write
-            proc = _driver(tmp_path, sweep_dir, log, kill_p=0.05)
-            proc.wait(timeout=600)
-        out, err = proc.communicate()
+            kill_at = rng.randint(1, 25)
+            proc = _driver(
+                tmp_path, sweep_dir, log, kill_at, epochs=4, seeds="1-3"
+            )
+        out, err = proc.communicate(timeout=600)
         if proc.returncode == -signal.SIGKILL:
-            kills += 1
+            kills["inside a write" if inside else "outside"] += 1
+            with ResultStore(sweep_dir) as store:
+                stored.append(len(store.records(status=None)))
         else:
             assert proc.returncode == 0, err[-3000:]
-    assert kills >= 5
-    proc = _driver(tmp_path, sweep_dir, log)
+    print(f"SIGKILLs: {kills}, runs stored after each: {stored}")
+    assert sum(kills.values()) == 10
+    assert sum(n < 6 for n in stored) >= 6  # most kills hit unfinished work
+    proc = _driver(tmp_path, sweep_dir, log, epochs=4, seeds="1-3")
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     assert json.loads(out.splitlines()[-1])["failed"] == 0
-    _check_exactly_once(sweep_dir)
+    _check_exactly_once(sweep_dir, epochs=4, seeds=(1, 2, 3))
 
 
 @pytest.mark.slow
