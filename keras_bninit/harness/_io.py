@@ -1,4 +1,9 @@
-"""Atomic file writes: a reader sees the old file or the new one, whole."""
+"""Atomic file writes: a reader sees the old file or the new one, whole.
+
+The new content goes to a temporary file in the same directory, is flushed
+and fsynced, then renamed over the old file; the directory is fsynced so
+the rename survives a power cut.
+"""
 
 import json
 import os
@@ -23,6 +28,21 @@ def atomic_write_json(path, obj):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    fsync_dir(directory)
+
+
+def fsync_dir(directory):
+    """Makes a rename in `directory` durable (where the OS allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a directory
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask():
