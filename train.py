@@ -57,6 +57,7 @@ PRESETS = (
     "input-norm",
 )
 PRECISE_BN_BATCHES = 200
+BACKENDS = ("tensorflow", "jax", "torch")
 EXECUTORS = ("local", "ray")
 
 
@@ -283,6 +284,38 @@ def _add_executor_args(sweep):
     )
 
 
+def _add_backend_arg(parser):
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        metavar="NAME",
+        help="Keras backend: tensorflow, jax or torch (default: "
+        "KERAS_BACKEND, else tensorflow); input stays tf.data",
+    )
+
+
+def _set_backend(args):
+    """Sets KERAS_BACKEND from --backend before Keras loads (Keras fixes
+    its backend at import); --export needs TensorFlow."""
+    backend = getattr(args, "backend", None)
+    if backend is None:
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    elif "keras" in sys.modules:  # main() called in a process with Keras
+        loaded = sys.modules["keras"].backend.backend()
+        if loaded != backend:
+            _fail(
+                f"--backend {backend}: Keras is already loaded in this "
+                f"process with the {loaded} backend"
+            )
+    else:
+        os.environ["KERAS_BACKEND"] = backend
+    if getattr(args, "export", False) and backend != "tensorflow":
+        _fail(
+            f"--export writes a SavedModel, which needs --backend "
+            f"tensorflow (backend: {backend}); model.keras loads everywhere"
+        )
+
+
 def _parser():
     parser = _Parser(
         prog="train.py",
@@ -304,6 +337,7 @@ def _parser():
 
     run = command("run", "train one configuration (c = 0.1, a = 100 default)")
     _add_run_config_args(run, many=False)
+    _add_backend_arg(run)
     run.add_argument("--seed", type=int, default=1, help="the run seed n")
     run.add_argument(
         "--ablation",
@@ -323,6 +357,7 @@ def _parser():
 
     sweep = command("sweep", "a multi-seed grid (with BASE) or a preset")
     _add_run_config_args(sweep, many=True)
+    _add_backend_arg(sweep)
     sweep.add_argument(
         "--preset",
         choices=PRESETS,
@@ -403,6 +438,8 @@ EXIT_INTERRUPTED = 130
 
 def _guarded(function, *args, **kwargs):
     """Runs training; an environment error or Ctrl-C is one line."""
+    import sqlite3
+
     from keras_bninit.harness.sweep import (
         ENVIRONMENT_ERRORS,
         EnvironmentFailure,
@@ -416,7 +453,11 @@ def _guarded(function, *args, **kwargs):
             "same command to resume\n"
         )
         sys.exit(EXIT_INTERRUPTED)
-    except (EnvironmentFailure, *ENVIRONMENT_ERRORS) as error:
+    except (
+        EnvironmentFailure,
+        *ENVIRONMENT_ERRORS,
+        sqlite3.OperationalError,  # the store's disk is full or failing
+    ) as error:
         message = str(error).replace("\n", " ")
         if not isinstance(error, EnvironmentFailure):
             message = f"{type(error).__name__}: {message}"
@@ -768,6 +809,7 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     if args.command is None:
         _fail("choose a command: run, sweep, report or plot")
+    _set_backend(args)
     warnings.formatwarning = _warning_line
     _import_quietly()
     if args.command == "run":
