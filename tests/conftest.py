@@ -20,6 +20,44 @@ if keras.backend.backend() == "torch":
     torch.Tensor.__array__ = _detached_array
 
 
+# The core's test modules (layers, formulations, optimizer numerics,
+# retrofit, seeding, precise BN, every model's build/fit/save-load, the
+# torchvision mapping, the import graph): backend-agnostic, marked `core`.
+# CI runs them on every backend (`KERAS_BACKEND=jax pytest -m core`); the
+# other modules test the harness, which needs TensorFlow (tf.data), and are
+# not collected on another backend.
+CORE_MODULES = frozenset(
+    {
+        "test_activations.py",
+        "test_backends.py",
+        "test_layers.py",
+        "test_norms.py",
+        "test_optimizers.py",
+        "test_precise_bn.py",
+        "test_retrofit.py",
+        "test_seeding.py",
+        "test_torch_names.py",
+    }
+)
+
+
+def pytest_ignore_collect(collection_path, config):
+    if (
+        keras.backend.backend() != "tensorflow"
+        and collection_path.suffix == ".py"
+        and collection_path.name.startswith("test_")
+        and collection_path.name not in CORE_MODULES
+    ):
+        return True
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in CORE_MODULES:
+            item.add_marker(pytest.mark.core)
+
+
 @pytest.fixture(autouse=True)
 def _isolate_op_determinism():
     """Each test starts with TensorFlow op determinism as the session had it.

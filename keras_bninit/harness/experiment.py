@@ -229,6 +229,12 @@ def validate(config):
         if getattr(config, name) is not None:
             positive_int(name, getattr(config, name))
     non_negative_int("seed", config.seed)
+    if config.export and keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            "export=True (a SavedModel) needs the TensorFlow backend; Keras "
+            f"runs on {keras.backend.backend()!r}. The run's model.keras "
+            "loads on every backend."
+        )
     if config.seed >= SEED_LIMIT:
         raise ValueError(
             f"`seed` must be < 2**31 ({SEED_LIMIT}). Received: "
@@ -324,6 +330,7 @@ def _versions():
         "keras_bninit": __version__,
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
+        "keras_backend": keras.backend.backend(),
         "numpy": np.__version__,
         "python": platform.python_version(),
     }
@@ -439,8 +446,7 @@ class _RunState(keras.callbacks.Callback):
                     RuntimeWarning,
                     stacklevel=2,
                 )
-                _remove(path)
-                continue
+                continue  # kept: the next commit of that epoch replaces it
             self.entries = entries
             break
         else:
@@ -650,6 +656,9 @@ def run_experiment(config, build_model=None, callbacks=()):
     result_path = os.path.join(run_dir, "result.json")
     done = _read_result(result_path)
     if done is not None:
+        # A process killed after the result was written left its backup.
+        if os.path.isdir(os.path.join(run_dir, "backup")):
+            _RunState(run_dir).delete()
         return done
 
     # -- data and model: every failure here happens before any write -------
