@@ -500,3 +500,23 @@ def test_diagnostics_keep_one_row_per_epoch_after_a_resume(tmp_path):
     assert [r["drift"] for r in resumed] == pytest.approx(
         [r["drift"] for r in expected], rel=1e-3, abs=1e-7
     )
+
+
+def test_backup_left_after_the_result_is_cleared(tmp_path):
+    # Killed between writing result.json and deleting the checkpoints.
+    config = _config(tmp_path, epochs=1)
+    record = run_experiment(config, build_model=tiny_builder)
+    run_dir = record["run_dir"]
+    os.makedirs(os.path.join(run_dir, "backup", "ckpt-0001"))
+    open(os.path.join(run_dir, "best-e0000.weights.h5"), "w").close()
+
+    def never(name, **kwargs):
+        pytest.fail("a finished run was trained again")
+
+    assert run_experiment(config, build_model=never) == record
+    assert sorted(os.listdir(run_dir)) == [
+        "config.json",
+        "epochs.json",
+        "model.keras",
+        "result.json",
+    ]
