@@ -322,6 +322,10 @@ class ResultStore:
             if check != "ok":
                 raise sqlite3.DatabaseError(check)
             self._create_schema()
+        except sqlite3.OperationalError:
+            # Locked, unwritable, disk full: the machine, not the file.
+            self._conn.close()
+            raise
         except sqlite3.DatabaseError as error:
             self._conn.close()
             raise StoreError(
