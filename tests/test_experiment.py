@@ -325,3 +325,21 @@ def test_torch_parity_trains_with_pytorchs_sgd_form(tmp_path):
         validate(_config(tmp_path, torch_parity="yes"))
     with pytest.raises(ValueError, match="precise_bn=-1"):
         validate(_config(tmp_path, precise_bn=-1))
+
+
+def test_output_dir_must_be_writable_and_not_inside_a_file(
+    tmp_path, monkeypatch
+):
+    from keras_bninit.harness.experiment import check_output_dir
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match=r"inside the file '.*file'"):
+        check_output_dir(tmp_path / "file" / "a" / "b")
+    with pytest.raises(ValueError, match="is a file"):
+        check_output_dir(tmp_path / "file")
+    check_output_dir(tmp_path / "new" / "deeper")  # creatable: fine
+    assert not (tmp_path / "new").exists()  # and nothing was created
+    # (The tests run as root, who may write anywhere: os.access stands in.)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(ValueError, match=r"is not writable by this user"):
+        check_output_dir(tmp_path / "new")
