@@ -643,7 +643,7 @@ def test_every_builder_trains_with_every_formulation(name):
         )
         variables = model.trainable_variables
         loss, grads = gradients(
-            lambda: loss_fn(y, model(x, training=True)), variables
+            lambda m=model: loss_fn(y, m(x, training=True)), variables
         )
         assert np.isfinite(loss), (name, kind)
         # Every parameter (the formulations' extra ones too) gets a gradient.
