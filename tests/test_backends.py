@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import pytest
 from _backend import BACKEND, to_numpy
-from test_models import EXPECTED_PARAMS, trainable_params
+from test_models import EXPECTED_PARAMS, LARGE, trainable_params
 
 import keras_bninit
 import models
@@ -28,6 +28,10 @@ LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 @pytest.mark.parametrize("name", models.available())
 def test_model_trains_and_round_trips(name, tmp_path):
+    if BACKEND == "tensorflow" and name in LARGE:
+        # On TensorFlow test_models trains (every formulation) and
+        # round-trips these already; this keeps the CI run short.
+        pytest.skip("covered on TensorFlow by test_models")
     keras_bninit.set_seed(0, deterministic=False)
     # 32x32 (the small-input variants), 3 classes, batch 2: one step is
     # enough to show the graph, gradients and optimizer work.
