@@ -76,6 +76,27 @@ def test_model_trains_and_round_trips(name, tmp_path):
     assert int(loaded.optimizer.iterations.numpy()) == 1
 
 
+def test_repvgg_reparameterize_on_this_backend():
+    rng = np.random.default_rng(0)
+    model = models.build(
+        "repvgg_a0", num_classes=3, input_shape=(16, 16, 3), input_bn=True
+    )
+    for layer in model.layers:  # trained-looking statistics
+        if isinstance(layer, keras.layers.BatchNormalization):
+            c = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0, 0.2, c))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, c))
+    fused = models.repvgg.reparameterize(model)
+    x = rng.uniform(size=(2, 16, 16, 3)).astype("float32")
+    expected = to_numpy(model(x, training=False))
+    np.testing.assert_allclose(
+        to_numpy(fused(x, training=False)),
+        expected,
+        atol=1e-5 * np.abs(expected).max(),
+    )
+    assert "stage1_0_rbr_reparam" in [layer.name for layer in fused.layers]
+
+
 # ---------------------------------------------------------------------------
 # The import graph
 # ---------------------------------------------------------------------------
