@@ -80,3 +80,28 @@ def test_export_needs_tensorflow_and_bad_backend_is_refused(tmp_path):
     assert "invalid choice: 'mxnet'" in out.stderr
     assert "'jax'" in out.stderr
     assert os.listdir(tmp_path) == []
+
+
+def test_run_config_export_needs_tensorflow():
+    code = (
+        "from keras_bninit.harness.experiment import RunConfig, validate\n"
+        "try:\n"
+        "    validate(RunConfig(dataset='digits', model='resnet8', "
+        "export=True))\n"
+        "except ValueError as error:\n"
+        "    print(error)\n"
+    )
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == (
+        "export=True (a SavedModel) needs the TensorFlow backend; Keras runs "
+        "on 'jax'. The run's model.keras loads on every backend."
+    )
