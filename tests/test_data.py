@@ -48,7 +48,7 @@ def test_available_datasets_lists_the_paper_sets_and_offline_ones():
     assert set(PAPER_SETS) | {"digits", "directory"} == set(names)
     assert list(names) == sorted(names)
     assert data.DATASETS["cifar10"].batch_size == 128
-    assert data.DATASETS["digits"].batch_size == 128
+    assert data.DATASETS["digits"].batch_size == 64
     for name in ("caltech_birds2011", "cars196"):
         spec = data.DATASETS[name]
         assert (spec.batch_size, spec.resize, spec.crop) == (
@@ -152,11 +152,11 @@ def test_split_rejects_what_cannot_be_stratified():
 def test_digits_metadata_and_counts(digits):
     info = digits.describe()
     assert info["num_classes"] == 10 and info["input_shape"] == [8, 8, 1]
-    assert info["batch_size"] == 128 and info["flip"] is False
+    assert info["batch_size"] == 64 and info["flip"] is False
     assert digits.num_train + digits.num_val + digits.num_test == 1797
     assert digits.num_test == math.ceil(0.2 * 1797)
     assert digits.num_val == math.ceil(0.1 * (1797 - digits.num_test))
-    assert digits.steps_per_epoch == math.ceil(digits.num_train / 128)
+    assert digits.steps_per_epoch == math.ceil(digits.num_train / 64)
 
 
 def test_train_epoch_shapes_values_and_coverage(digits):

@@ -132,7 +132,7 @@ def test_demo_sweep_short_mode_then_report_and_plot(tmp_path):
         "--out", str(sweep),
     )  # fmt: skip
     assert "[sweep] 4 runs: 0 already done, 4 ran (0 failed)" in result.stdout
-    assert "BASE" in result.stdout and "p=" in result.stdout
+    assert "BASE" in result.stdout and "p (t-test)" in result.stdout
     for name in ("report.md", "report.tex", "report.csv"):
         assert (sweep / "report" / name).is_file()
     assert glob.glob(str(sweep / "report" / "*.png"))
