@@ -113,6 +113,24 @@ def _is_kernel(layer, variable):
     return variable.path.split("/")[-1] == "kernel"
 
 
+# Axis permutations of kernels, Keras layout -> PyTorch layout: depthwise
+# (kh, kw, C, 1) -> (C, 1, kh, kw), conv (kh, kw, in, out) -> (out, in, kh,
+# kw), dense (in, out) -> (out, in).
+_TO_TORCH = (
+    (keras.layers.DepthwiseConv2D, (2, 3, 0, 1)),
+    (keras.layers.Conv2D, (3, 2, 0, 1)),
+    (keras.layers.Dense, (1, 0)),
+)
+
+
+def _permutation(layer, variable, inverse):
+    if _is_kernel(layer, variable):
+        for kind, axes in _TO_TORCH:
+            if isinstance(layer, kind):
+                return tuple(np.argsort(axes)) if inverse else axes
+    return None
+
+
 def to_torch_layout(layer, variable, array):
     """A Keras weight of `layer` as PyTorch stores it.
 
@@ -120,30 +138,16 @@ def to_torch_layout(layer, variable, array):
     kernels (kh, kw, C, 1) -> (C, 1, kh, kw); dense kernels (in, out) ->
     (out, in); everything else unchanged.
     """
+    axes = _permutation(layer, variable, inverse=False)
     array = np.asarray(array)
-    if not _is_kernel(layer, variable):
-        return array
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        return array.transpose(2, 3, 0, 1)
-    if isinstance(layer, keras.layers.Conv2D):
-        return array.transpose(3, 2, 0, 1)
-    if isinstance(layer, keras.layers.Dense):
-        return array.T
-    return array
+    return array if axes is None else array.transpose(axes)
 
 
 def from_torch_layout(layer, variable, array):
     """The inverse of `to_torch_layout`: a PyTorch tensor as Keras's."""
+    axes = _permutation(layer, variable, inverse=True)
     array = np.asarray(array)
-    if not _is_kernel(layer, variable):
-        return array
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        return array.transpose(2, 3, 0, 1)
-    if isinstance(layer, keras.layers.Conv2D):
-        return array.transpose(2, 3, 1, 0)
-    if isinstance(layer, keras.layers.Dense):
-        return array.T
-    return array
+    return array if axes is None else array.transpose(axes)
 
 
 def torch_state_dict(model):

@@ -1,4 +1,5 @@
-"""A tiny model with the model zoo's builder signature, for fast runs."""
+"""A tiny model with the model zoo's builder signature, for fast runs,
+and a callback that interrupts a run at a chosen epoch."""
 
 import keras
 
@@ -27,3 +28,19 @@ def tiny_builder(
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(num_classes, name="fc")(x)
     return keras.Model(inputs, outputs)
+
+
+class Crash(Exception):
+    """Raised by `CrashAt`: stands for a process killed mid-run."""
+
+
+class CrashAt(keras.callbacks.Callback):
+    """Raises `Crash` when training reaches epoch `epoch` (0-based)."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise Crash()

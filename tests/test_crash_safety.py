@@ -28,7 +28,7 @@ from keras_bninit.harness.sweep import (
     expand,
     run_sweep,
 )
-from tests._tiny import tiny_builder
+from tests._tiny import Crash, CrashAt, tiny_builder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(
@@ -52,20 +52,6 @@ def _config(tmp_path, **kwargs):
     return RunConfig(**{**values, **kwargs})
 
 
-class _Crash(Exception):
-    pass
-
-
-class _CrashAt(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise _Crash()
-
-
 class _Started(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
@@ -78,9 +64,9 @@ class _Started(keras.callbacks.Callback):
 def _interrupted(tmp_path, at=3):
     """A run killed as epoch `at` begins; returns (config, run_dir)."""
     config = _config(tmp_path)
-    with pytest.raises(_Crash):
+    with pytest.raises(Crash):
         run_experiment(
-            config, build_model=tiny_builder, callbacks=[_CrashAt(at)]
+            config, build_model=tiny_builder, callbacks=[CrashAt(at)]
         )
     run_dir = os.path.join(str(tmp_path), config.resolved().run_name())
     return config, run_dir
@@ -113,6 +99,20 @@ def test_checkpoints_are_committed_directories(tmp_path):
         assert [e["epoch"] for e in json.load(f)] == [0, 1, 2]
     assert _epochs_logged(run_dir) == [0, 1, 2]
     assert not glob.glob(os.path.join(run_dir, ".tmp-*"))
+    # Best weights of both kept checkpoints: the newest's and the fallback's.
+    with open(os.path.join(run_dir, "epochs.json")) as f:
+        log = json.load(f)
+
+    def best(entries):
+        top = max(e["val_accuracy"] for e in entries)
+        return min(e["epoch"] for e in entries if e["val_accuracy"] == top)
+
+    kept = {f"best-e{best(log[:n]):04d}.weights.h5" for n in (2, 3)}
+    assert (
+        set(os.listdir(run_dir))
+        & {n for n in os.listdir(run_dir) if n.startswith("best-e")}
+        == kept
+    )
 
 
 def test_torn_newest_checkpoint_falls_back_to_the_previous(tmp_path):
@@ -329,7 +329,7 @@ DRIVER = textwrap.dedent(
 
     from keras_bninit.harness import _io, experiment
     from keras_bninit.harness.sweep import expand, run_sweep
-    from tests._tiny import tiny_builder
+    from tests._tiny import Crash, CrashAt, tiny_builder
 
     sweep_dir, trained_log, kill_at, epochs, seeds = sys.argv[1:6]
     kill_at, calls = int(kill_at), [0]
@@ -467,10 +467,8 @@ def test_diagnostics_keep_one_row_per_epoch_after_a_resume(tmp_path):
     from keras_bninit.harness import diagnostics as diag
 
     config = _config(tmp_path, diagnostics=True)
-    with pytest.raises(_Crash):
-        run_experiment(
-            config, build_model=tiny_builder, callbacks=[_CrashAt(3)]
-        )
+    with pytest.raises(Crash):
+        run_experiment(config, build_model=tiny_builder, callbacks=[CrashAt(3)])
     run_dir = os.path.join(str(tmp_path), config.resolved().run_name())
     # Rows of epoch 3 are written, but its checkpoint is lost: epoch 3 is
     # trained again after the resume, and its rows must not be repeated.

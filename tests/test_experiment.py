@@ -14,7 +14,7 @@ from keras_bninit.harness.experiment import (
     run_experiment,
     validate,
 )
-from tests._tiny import tiny_builder
+from tests._tiny import Crash, CrashAt, tiny_builder
 
 
 def _config(tmp_path, **kwargs):
@@ -93,26 +93,10 @@ def test_completed_run_is_not_trained_again(finished):
     assert again == finished
 
 
-class _Crash(Exception):
-    pass
-
-
-class _CrashAt(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise _Crash()
-
-
 def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     config = _config(tmp_path, epochs=4)
-    with pytest.raises(_Crash):
-        run_experiment(
-            config, build_model=tiny_builder, callbacks=[_CrashAt(2)]
-        )
+    with pytest.raises(Crash):
+        run_experiment(config, build_model=tiny_builder, callbacks=[CrashAt(2)])
     run_dir = tmp_path / config.resolved().run_name()
     with open(run_dir / "epochs.json") as f:
         assert [e["epoch"] for e in json.load(f)] == [0, 1]

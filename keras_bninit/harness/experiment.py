@@ -387,11 +387,20 @@ class _RunState(keras.callbacks.Callback):
         return [os.path.join(self.backup_dir, n) for n in names]
 
     def _prune_best(self):
-        """Removes best-weight files other than the committed best's."""
-        keep = self.best_weights_path()
+        """Removes best-weight files no kept checkpoint refers to.
+
+        The newest checkpoint's best epoch and the fallback's (one epoch
+        less: they differ when the newest epoch became the best) both stay,
+        so falling back to the older checkpoint finds its best weights.
+        """
+        keep = set()
+        for older in range(self.KEEP):
+            head = self.entries[: len(self.entries) - older]
+            if head:
+                keep.add(self._best_path(max(head, key=_best_key)["epoch"]))
         pattern = os.path.join(glob.escape(self.run_dir), "best-e*.weights.h5")
         for path in glob.glob(pattern):
-            if path != keep:
+            if path not in keep:
                 os.remove(path)
 
     def _clear_leftovers(self):
