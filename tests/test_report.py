@@ -6,7 +6,7 @@ import io
 import numpy as np
 import pytest
 
-from keras_bninit.harness import report, stats
+from keras_bninit.harness import report, report_plots, stats
 from keras_bninit.harness.store import ResultStore
 
 SEEDS = range(1, 6)
@@ -285,7 +285,7 @@ def test_rows_keyed_by_bn():
     assert cells["bn=rbn", "lr=0.1"].bold
     assert cells["bn=rbn", "lr=0.1"].underline
     with pytest.raises(ValueError, match='row_key="gamma"'):
-        report.plot_accuracy_vs_gamma(table, "unused.png")
+        report_plots.plot_accuracy_vs_gamma(table, "unused.png")
 
 
 def test_separate_tables_per_dataset():
@@ -321,7 +321,7 @@ def test_plot_and_write_report(store, tmp_path):
 
 
 def test_accuracy_plot_title_band_and_seeds(table):
-    figure = report.accuracy_vs_gamma_figure(table)
+    figure = report_plots.accuracy_vs_gamma_figure(table)
     (ax,) = figure.axes
     title = ax.get_title()
     assert "4-5 seeds per point" in title  # seed 5 of one cell failed

@@ -18,12 +18,15 @@ is cheap:
 import importlib
 
 _SUBMODULES = (
+    "checkpoints",
     "data",
     "diagnostic_plots",
     "diagnostics",
     "experiment",
     "probes",
+    "ray_executor",
     "report",
+    "report_plots",
     "stats",
     "store",
     "sweep",

@@ -7,19 +7,15 @@ validation accuracy, evaluates them on the test split and writes one result
 record. Everything that can be wrong with the arguments or the data is
 checked before anything is written. An interrupted run resumes from its
 last completed epoch when it is started again with the same configuration:
-checkpoints are committed atomically (`_RunState`), so a process killed at
+checkpoints are committed atomically (`RunState`), so a process killed at
 any moment, even inside a write, resumes or, at worst, restarts the run.
 """
 
 import dataclasses
-import glob
 import math
 import os
 import platform
-import re
-import shutil
 import time
-import uuid
 import warnings
 
 import keras
@@ -32,6 +28,7 @@ from keras_bninit._validation import (
 )
 from keras_bninit.activations import activation_std
 from keras_bninit.harness import _io
+from keras_bninit.harness.checkpoints import RunState
 from keras_bninit.harness.data import (
     DATASETS,
     EpochTracker,
@@ -336,276 +333,6 @@ def _versions():
     }
 
 
-class _RunState(keras.callbacks.Callback):
-    """Checkpoints committed atomically, the epoch log and best weights.
-
-    After every epoch, a checkpoint `backup/ckpt-EEEE/` (EEEE = completed
-    epochs) holds `weights.weights.h5` (the model's and the optimizer's
-    variables) and `state.json` (the epoch log so far). It is written aside
-    (`backup/.tmp-*`), every file flushed and fsynced, then renamed into
-    place: the rename is the commit point (the protocol of Orbax's
-    checkpoints). The previous checkpoint is removed only after the new one
-    is committed, and one older checkpoint is kept as a fallback.
-    `epochs.json` is a readable copy of the committed log; the weights of
-    the best epoch so far (`best-eEEEE.weights.h5`) are written aside and
-    renamed too, before the checkpoint that makes them the best commits.
-
-    `restore` (before `fit`) loads the newest checkpoint that reads back
-    whole; a torn or unreadable one is skipped with a warning naming it,
-    and with none left the run restarts from epoch 0, warned, never failed.
-    Whatever the moment the process was killed, the log, the best epoch
-    and the weights agree.
-    """
-
-    KEEP = 2  # committed checkpoints kept: the newest and one fallback
-
-    def __init__(self, run_dir):
-        super().__init__()
-        self.run_dir = run_dir
-        self.backup_dir = os.path.join(run_dir, "backup")
-        self.log_path = os.path.join(run_dir, "epochs.json")
-        self.entries = []  # the committed epochs, as in `log_path`
-        self.failure = None
-        self.session_epoch_time = 0.0
-        self._epoch_start = None
-
-    # -- files -------------------------------------------------------------
-
-    def _best_path(self, epoch):
-        return os.path.join(self.run_dir, f"best-e{epoch:04d}.weights.h5")
-
-    def _checkpoints(self):
-        """Committed checkpoint directories, newest first."""
-        if not os.path.isdir(self.backup_dir):
-            return []
-        names = [
-            n
-            for n in os.listdir(self.backup_dir)
-            if re.fullmatch(r"ckpt-\d{4,}", n)
-        ]
-        names.sort(key=lambda n: int(n[5:]), reverse=True)
-        return [os.path.join(self.backup_dir, n) for n in names]
-
-    def _prune_best(self):
-        """Removes best-weight files no kept checkpoint refers to.
-
-        The newest checkpoint's best epoch and the fallback's (one epoch
-        less: they differ when the newest epoch became the best) both stay,
-        so falling back to the older checkpoint finds its best weights.
-        """
-        keep = set()
-        for older in range(self.KEEP):
-            head = self.entries[: len(self.entries) - older]
-            if head:
-                keep.add(self._best_path(max(head, key=_best_key)["epoch"]))
-        pattern = os.path.join(glob.escape(self.run_dir), "best-e*.weights.h5")
-        for path in glob.glob(pattern):
-            if path not in keep:
-                os.remove(path)
-
-    def _clear_leftovers(self):
-        """Removes what a killed process left half-written."""
-        for directory in (self.run_dir, self.backup_dir):
-            if not os.path.isdir(directory):
-                continue
-            committed = set(self._checkpoints())
-            for name in os.listdir(directory):
-                path = os.path.join(directory, name)
-                stale = name.startswith(".tmp-") or (
-                    directory == self.backup_dir and path not in committed
-                )
-                if stale:
-                    _remove(path)
-
-    def delete(self):
-        """Removes checkpoints and best weights (once the result is written)."""
-        shutil.rmtree(self.backup_dir, ignore_errors=True)
-        self.entries = []
-        self._prune_best()
-
-    # -- restore -----------------------------------------------------------
-
-    def restore(self, model):
-        """Loads the newest readable checkpoint; returns its epoch count.
-
-        Must be called once before `fit`, with the model compiled.
-        """
-        self._clear_leftovers()
-        variables = None
-        for path in self._checkpoints():
-            try:
-                entries = _io.read_json(os.path.join(path, "state.json"))
-                epoch = int(os.path.basename(path)[5:])
-                if not isinstance(entries, list) or len(entries) != epoch:
-                    raise ValueError("state.json does not match its epoch")
-                if variables is None:  # to undo a half-applied load
-                    if not model.optimizer.built:
-                        model.optimizer.build(model.trainable_variables)
-                    variables = _snapshot(model)
-                model.load_weights(os.path.join(path, "weights.weights.h5"))
-                best = max(entries, key=_best_key, default=None)
-                if best is not None and not os.path.exists(
-                    self._best_path(best["epoch"])
-                ):
-                    raise ValueError("its best-epoch weights are missing")
-            except (OSError, ValueError, KeyError, TypeError) as error:
-                warnings.warn(
-                    f"Checkpoint {path} is unreadable ({type(error).__name__}"
-                    f": {error}); trying an earlier one",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                continue  # kept: the next commit of that epoch replaces it
-            self.entries = entries
-            break
-        else:
-            if variables is not None:
-                warnings.warn(
-                    f"No readable checkpoint in {self.backup_dir}; the run "
-                    "restarts from epoch 0",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                _assign(model, variables)
-            self.entries = []
-        try:
-            logged = _io.read_json(self.log_path, [])
-        except ValueError:
-            logged = None
-        n = min(len(self.entries), len(logged or []))
-        if logged is not None and logged[:n] != self.entries[:n]:
-            logged = None  # epochs.json may run ahead of the checkpoint
-        if logged is None and os.path.exists(self.log_path):
-            warnings.warn(
-                f"{self.log_path} is unreadable or disagrees with the "
-                "checkpoint; rebuilt from it",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        _io.atomic_write_json(self.log_path, self.entries)
-        self._prune_best()
-        return len(self.entries)
-
-    # -- training ----------------------------------------------------------
-
-    def best(self):
-        """(epoch, val_accuracy) of the best committed epoch, or None."""
-        if not self.entries:
-            return None
-        best = max(self.entries, key=_best_key)
-        return best["epoch"], best["val_accuracy"]
-
-    def best_weights_path(self):
-        best = self.best()
-        return None if best is None else self._best_path(best[0])
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = time.perf_counter()
-        # The rate this epoch trains with (read after the epoch, a
-        # per-epoch schedule has already moved on to the next one).
-        self._epoch_lr = float(
-            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
-        )
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = dict(logs or {})
-        if not all(math.isfinite(float(v)) for v in logs.values()):
-            bad = sorted(k for k, v in logs.items() if not math.isfinite(v))
-            self.failure = f"non-finite {', '.join(bad)} at epoch {epoch + 1}"
-            self.model.stop_training = True
-            return  # nothing of a diverged epoch is committed
-        entry = {k: float(v) for k, v in logs.items()}
-        entry["epoch"] = epoch
-        entry["lr"] = self._epoch_lr
-        entry["epoch_time_s"] = time.perf_counter() - self._epoch_start
-        self.session_epoch_time += entry["epoch_time_s"]
-        best = self.best()
-        if best is None or entry["val_accuracy"] > best[1]:
-            self._save_weights(self._best_path(epoch), self.run_dir)
-        entries = [*self.entries, entry]
-        _io.atomic_write_json(self.log_path, entries)
-        self._commit(entries)
-        self.entries = entries
-        self._prune_best()
-
-    def _save_weights(self, path, directory):
-        """`save_weights` aside, fsynced, renamed to `path`."""
-        tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}.weights.h5")
-        try:
-            self.model.save_weights(tmp)
-            _fsync_file(tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            _remove(tmp)
-            raise
-        _fsync_dir(directory)
-
-    def _commit(self, entries):
-        """Writes the checkpoint of `len(entries)` epochs; rename commits."""
-        os.makedirs(self.backup_dir, exist_ok=True)
-        final = os.path.join(self.backup_dir, f"ckpt-{len(entries):04d}")
-        tmp = os.path.join(self.backup_dir, f".tmp-{uuid.uuid4().hex}")
-        try:
-            os.makedirs(tmp)
-            weights = os.path.join(tmp, "weights.weights.h5")
-            self.model.save_weights(weights)
-            _fsync_file(weights)
-            _io.atomic_write_json(os.path.join(tmp, "state.json"), entries)
-            _fsync_dir(tmp)
-            if os.path.exists(final):  # a stale copy of the same epoch
-                _remove(final)
-            os.rename(tmp, final)  # the commit point
-        except BaseException:
-            _remove(tmp)
-            raise
-        _fsync_dir(self.backup_dir)
-        for old in self._checkpoints()[self.KEEP :]:
-            _remove(old)
-
-
-def _best_key(entry):
-    return entry["val_accuracy"], -entry["epoch"]
-
-
-def _snapshot(model):
-    return [
-        keras.ops.convert_to_numpy(v)
-        for v in [*model.variables, *model.optimizer.variables]
-    ]
-
-
-def _assign(model, values):
-    variables = [*model.variables, *model.optimizer.variables]
-    for variable, value in zip(variables, values):
-        variable.assign(value)
-
-
-def _fsync_file(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path):
-    try:
-        _fsync_file(path)
-    except OSError:  # some file systems cannot fsync a directory
-        pass
-
-
-def _remove(path):
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.remove(path)
-
-
-# A share momentum^T of the running variance's start (1) is left after T
-# steps; relative to the variance it should estimate (about c^2 in later
-# layers, Section 3.2) it must fall below 10 %: T > log(0.1 c^2) / log(0.9),
-# 66 steps for c = 0.1.
 _STALE_SHARE = 0.1
 
 
@@ -667,7 +394,7 @@ def run_experiment(config, build_model=None, callbacks=()):
     if done is not None:
         # A process killed after the result was written left its backup.
         if os.path.isdir(os.path.join(run_dir, "backup")):
-            _RunState(run_dir).delete()
+            RunState(run_dir).delete()
         return done
 
     # -- data and model: every failure here happens before any write -------
@@ -709,7 +436,7 @@ def run_experiment(config, build_model=None, callbacks=()):
         os.path.join(run_dir, "config.json"), dataclasses.asdict(config)
     )
     tracker = EpochTracker()
-    state = _RunState(run_dir)
+    state = RunState(run_dir)
     initial_epoch = state.restore(model)
     if config.precise_bn:
         # Each epoch's own (augmented) training batches, up to N of them.
