@@ -327,7 +327,7 @@ DRIVER = textwrap.dedent(
     """
     import dataclasses, json, os, random, signal, sys
 
-    from keras_bninit.harness import _io, experiment
+    from keras_bninit.harness import _io, checkpoints
     from keras_bninit.harness.sweep import expand, run_sweep
     from tests._tiny import Crash, CrashAt, tiny_builder
 
@@ -341,12 +341,12 @@ DRIVER = textwrap.dedent(
 
     # SIGKILL inside checkpoint writes: after the weights are written and
     # before the rename, and inside every atomic JSON write.
-    fsync = experiment._fsync_file
+    fsync = checkpoints._fsync_file
     def dying_fsync(path):
         maybe_die()
         fsync(path)
         maybe_die()
-    experiment._fsync_file = dying_fsync
+    checkpoints._fsync_file = dying_fsync
     replace = os.replace
     def dying_replace(src, dst):
         maybe_die()
