@@ -27,17 +27,17 @@ from keras_bninit.retrofit import batch_norm_layers
 DEFAULT_NUM_BATCHES = 200
 
 
-def _num_batches(num_batches):
+def _positive_integer(name, value):
+    """`value` as an int >= 1; NumPy integers are accepted too."""
     if (
-        isinstance(num_batches, bool)
-        or not isinstance(num_batches, numbers.Integral)
-        or num_batches < 1
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Integral)
+        or value < 1
     ):
         raise ValueError(
-            "`num_batches` must be a positive integer. "
-            f"Received: num_batches={num_batches!r}"
+            f"`{name}` must be a positive integer. Received: {name}={value!r}"
         )
-    return int(num_batches)
+    return int(value)
 
 
 def _inputs(batch):
@@ -57,15 +57,7 @@ def _batches(data, batch_size):
                 "`batch_size` is needed when `data` is an array. Received: "
                 f"data of shape {tuple(data.shape)}, batch_size=None"
             )
-        if (
-            isinstance(batch_size, bool)
-            or not isinstance(batch_size, numbers.Integral)
-            or batch_size < 1
-        ):
-            raise ValueError(
-                "`batch_size` must be a positive integer. "
-                f"Received: batch_size={batch_size!r}"
-            )
+        _positive_integer("batch_size", batch_size)
         data = np.asarray(data)
         return (
             data[start : start + batch_size]
@@ -131,7 +123,7 @@ def update_bn_stats(
         Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021, Section 3
         (precise BN); fvcore `nn.precise_bn.update_bn_stats`.
     """
-    num_batches = _num_batches(num_batches)
+    num_batches = _positive_integer("num_batches", num_batches)
     layers = [
         layer
         for layer in batch_norm_layers(model)
@@ -193,7 +185,7 @@ class PreciseBNCallback(keras.callbacks.Callback):
     def __init__(self, data, num_batches=DEFAULT_NUM_BATCHES, batch_size=None):
         super().__init__()
         self.data = data
-        self.num_batches = _num_batches(num_batches)
+        self.num_batches = _positive_integer("num_batches", num_batches)
         self.batch_size = batch_size
         self.epoch = None
         self._stale = False
