@@ -42,7 +42,14 @@ MODELS = (
     "resnet152",
     "resnext50_32x4d",
 )
-DATASETS = ("digits", "cifar10", "cifar100", "caltech_birds2011", "cars196")
+DATASETS = (
+    "digits",
+    "cifar10",
+    "cifar100",
+    "caltech_birds2011",
+    "cars196",
+    "synthetic",
+)
 BN_KINDS = ("standard", "a1", "a2", "rbn", "iebn", "rbn-", "iebn-")
 INPUT_NORMS = ("bn", "fixed", "offline", "none")
 ABLATIONS = ("init-only", "lr-only")
@@ -58,6 +65,8 @@ PRESETS = (
 )
 PRECISE_BN_BATCHES = 200
 BACKENDS = ("tensorflow", "jax", "torch")
+INPUTS = ("tfdata", "memory")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 EXECUTORS = ("local", "ray")
 
 
@@ -204,6 +213,35 @@ def _add_run_config_args(parser, many):
         action="store_true",
         help="op determinism (no XLA): same seed, same numbers",
     )
+    other.add_argument(
+        "--input",
+        choices=INPUTS,
+        metavar="PATH",
+        help="input path: tfdata (tf.data, needs TensorFlow) or memory "
+        "(the images on the accelerator, no TensorFlow) (default: tfdata "
+        "on --backend tensorflow, memory on jax and torch: the faster)",
+    )
+    other.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        metavar="POLICY",
+        help="Keras dtype policy: float32 (the paper's), mixed_bfloat16, "
+        "mixed_float16 (with loss scaling) (default: float32)",
+    )
+    other.add_argument(
+        "--steps-per-execution",
+        type=int,
+        metavar="N",
+        help="optimizer steps per dispatch (Keras's steps_per_execution; "
+        "not on torch); same epochs, same numbers (default: 1)",
+    )
+    other.add_argument(
+        "--synthetic-size",
+        type=int,
+        metavar="N",
+        help="with --dataset synthetic: training images before the 10 %% "
+        "validation split (default: 50000, CIFAR-10's)",
+    )
     other.add_argument("--no-jit", action="store_true", help="no XLA")
     other.add_argument("--quiet", action="store_true", help="print nothing")
 
@@ -217,6 +255,10 @@ def _fixed_fields(args):
         "momentum": args.momentum,
         "activation_std": args.activation_std,
         "data_dir": args.data_dir,
+        "input": args.input,
+        "precision": args.precision,
+        "steps_per_execution": args.steps_per_execution,
+        "synthetic_size": args.synthetic_size,
     }
     fields = {k: v for k, v in fields.items() if v is not None}
     if args.precise_bn is not None:
@@ -280,7 +322,8 @@ def _add_executor_args(sweep):
         type=float,
         metavar="X",
         help="with --dry-run: one GPU's measured training throughput, for "
-        "estimated hours (e.g. from benchmarks/throughput.py)",
+        "estimated hours: the harness's end-to-end figure (img/s of "
+        "benchmarks/harness.py, or a run's images_per_s)",
     )
 
 
@@ -290,7 +333,7 @@ def _add_backend_arg(parser):
         choices=BACKENDS,
         metavar="NAME",
         help="Keras backend: tensorflow, jax or torch (default: "
-        "KERAS_BACKEND, else tensorflow); input stays tf.data",
+        "KERAS_BACKEND, else tensorflow)",
     )
 
 
@@ -421,7 +464,7 @@ def _parser():
 
 def _checked(function, *args):
     """Runs a validation step; a bad value becomes one line and status 2."""
-    from keras_bninit.harness.data import DatasetUnavailableError
+    from keras_bninit.harness.datasets import DatasetUnavailableError
 
     try:
         return function(*args)
@@ -697,7 +740,7 @@ def _print_estimate(runs, images_per_second, workers):
     if plan["hours"] is not None:
         print(
             f"estimated {plan['hours']:.1f} hours on one GPU at "
-            f"{images_per_second:,.0f} images/s (training steps only)"
+            f"{images_per_second:,.0f} images/s"
         )
         if workers and workers > 1:
             print(
@@ -769,7 +812,7 @@ def _check_models(configs):
 
 
 def _check_data(configs):
-    from keras_bninit.harness.data import ensure_available
+    from keras_bninit.harness.datasets import ensure_available
 
     for dataset, data_dir in sorted(
         {(c.dataset, c.data_dir or "") for c in configs}
@@ -778,7 +821,7 @@ def _check_data(configs):
 
 
 def _import_quietly():
-    """Imports TensorFlow and the library with fd 2 muted.
+    """Imports Keras (TensorFlow where installed) and the library, fd 2 muted.
 
     TensorFlow's C++ start-up notes (oneDNN, "no CUDA drivers", cuInit) are
     written straight to file descriptor 2 whatever TF_CPP_MIN_LOG_LEVEL
@@ -789,12 +832,12 @@ def _import_quietly():
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow as tf
-
         import keras_bninit  # noqa: F401  (imports Keras)
         import models  # noqa: F401
+        from keras_bninit.harness import _tf
 
-        tf.config.list_physical_devices()  # device start-up notes, muted
+        if _tf.available():  # GPUs hidden from it off the TF backend
+            _tf.tensorflow().config.list_physical_devices()  # notes, muted
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -1,12 +1,14 @@
 """The experiment harness: data, one run, sweeps, store, statistics, reports.
 
-Everything the paper's protocol needs around the method itself: tf.data
-input pipelines (`data`), one training run (`experiment`), multi-seed
-sweeps and their results store (`sweep`, `store`), paired statistics and
-reports (`stats`, `report`), and diagnostics callbacks and plots
-(`diagnostics`, `probes`, `diagnostic_plots`). The harness uses
-TensorFlow for input (tf.data, tensorflow-datasets) whatever Keras backend
-trains the model; the method itself (`keras_bninit`) does not.
+Everything the paper's protocol needs around the method itself: the data
+sets (`datasets`), two input paths (`data`: tf.data; `memory`: the images
+on the accelerator, no TensorFlow), one training run (`experiment`),
+multi-seed sweeps and their results store (`sweep`, `store`), paired
+statistics and reports (`stats`, `report`), and diagnostics callbacks and
+plots (`diagnostics`, `probes`, `diagnostic_plots`). TensorFlow is needed
+only for the tf.data path and tensorflow-datasets; where it is imported
+next to JAX or PyTorch, the GPUs are hidden from it (`_tf`). The method
+itself (`keras_bninit`) never imports it.
 
 Submodules are imported on first use, so `import keras_bninit.harness`
 is cheap:
@@ -20,9 +22,11 @@ import importlib
 _SUBMODULES = (
     "checkpoints",
     "data",
+    "datasets",
     "diagnostic_plots",
     "diagnostics",
     "experiment",
+    "memory",
     "probes",
     "ray_executor",
     "report",
@@ -30,6 +34,7 @@ _SUBMODULES = (
     "stats",
     "store",
     "sweep",
+    "tfds_source",
 )
 _NAMES = {
     "RunConfig": "experiment",

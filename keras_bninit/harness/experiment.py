@@ -27,13 +27,13 @@ from keras_bninit._validation import (
     positive_int,
 )
 from keras_bninit.activations import activation_std
-from keras_bninit.harness import _io
+from keras_bninit.harness import _io, _tf
 from keras_bninit.harness.checkpoints import RunState
-from keras_bninit.harness.data import (
+from keras_bninit.harness.datasets import (
     DATASETS,
+    SYNTHETIC,
     EpochTracker,
     available_datasets,
-    load_dataset,
 )
 from keras_bninit.harness.stats import BASELINE_OVERRIDES
 from keras_bninit.harness.store import config_key
@@ -61,7 +61,15 @@ DATASET_DEFAULTS = {
     "cars196": {"model": "resnet50", "epochs": 180, "lr": 0.1},
     "digits": {"model": "resnet8", "epochs": 15, "lr": 0.1},
     "directory": {"model": "resnet18", "epochs": 180, "lr": 0.1},
+    "synthetic": {"model": "resnet18", "epochs": 3, "lr": 0.1},
 }
+
+# The input paths (`harness.data`: tf.data; `harness.memory`: the images
+# on the accelerator, rows of indices per step). The default is the faster
+# one on each backend, as measured by benchmarks/harness.py (README).
+INPUTS = ("tfdata", "memory")
+DEFAULT_INPUT = {"tensorflow": "tfdata", "jax": "memory", "torch": "memory"}
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 @dataclasses.dataclass
@@ -105,6 +113,18 @@ class RunConfig:
         torch_parity: train with `keras_bninit.TorchSGD`, PyTorch's
             momentum form (lr outside the buffer), instead of Keras's SGD;
             the two differ only when the learning rate changes.
+        input: the input path, "tfdata" (`harness.data`) or "memory"
+            (`harness.memory`, no TensorFlow needed); None takes the
+            faster one for the Keras backend (`DEFAULT_INPUT`). The two draw
+            different augmentations, so it is part of the run's identity.
+        precision: "float32" (the paper's), "mixed_bfloat16" or
+            "mixed_float16" (with dynamic loss scaling): the Keras dtype
+            policy the model is built and trained under.
+        steps_per_execution: Keras's `steps_per_execution`: optimizer steps
+            per dispatch (not on PyTorch). Epochs, the per-epoch schedule
+            and checkpoints are unchanged; the numbers too.
+        synthetic_size: training images of `dataset="synthetic"` before the
+            validation split (None: 50,000, CIFAR-10's).
     """
 
     dataset: str = "digits"
@@ -129,6 +149,10 @@ class RunConfig:
     data_dir: str | None = None
     precise_bn: int = 0
     torch_parity: bool = False
+    input: str | None = None
+    precision: str = "float32"
+    steps_per_execution: int = 1
+    synthetic_size: int | None = None
 
     @classmethod
     def baseline(cls, **kwargs):
@@ -165,6 +189,7 @@ class RunConfig:
             lr=float(self.lr if self.lr is not None else defaults["lr"]),
             epochs=self.epochs or defaults["epochs"],
             batch_size=self.batch_size or DATASETS[name].batch_size,
+            input=self.input or DEFAULT_INPUT[keras.backend.backend()],
         )
 
     def key(self):
@@ -243,6 +268,7 @@ def validate(config):
             "`torch_parity` must be True or False. "
             f"Received: torch_parity={config.torch_parity!r}"
         )
+    _check_input_options(config)
     if config.bn not in NORM_LAYERS:
         raise ValueError(
             f"Unknown BN formulation {config.bn!r}. Valid: "
@@ -258,6 +284,46 @@ def validate(config):
             f"The output path {config.out!r} is a file; give a directory."
         )
     check_output_dir(config.out)
+
+
+def _check_input_options(config):
+    """The input path, precision, steps per execution and synthetic size."""
+    backend = keras.backend.backend()
+    if config.input is not None and config.input not in INPUTS:
+        raise ValueError(
+            f"Unknown input path {config.input!r}. Valid: {', '.join(INPUTS)}"
+        )
+    if config.input == "tfdata" and not _tf.available():
+        raise ValueError(
+            "input='tfdata' needs TensorFlow, which is not installed; use "
+            "input='memory' (--input memory)."
+        )
+    if config.precision not in PRECISIONS:
+        raise ValueError(
+            f"Unknown precision {config.precision!r}. Valid: "
+            f"{', '.join(PRECISIONS)}"
+        )
+    positive_int("steps_per_execution", config.steps_per_execution)
+    if config.steps_per_execution > 1 and backend == "torch":
+        raise ValueError(
+            "steps_per_execution > 1 is not supported by Keras on the torch "
+            f"backend. Received: steps_per_execution="
+            f"{config.steps_per_execution}; use 1 or --backend jax/tensorflow."
+        )
+    if config.synthetic_size is not None:
+        if config.dataset != SYNTHETIC:
+            raise ValueError(
+                "synthetic_size is for dataset='synthetic' only. Received: "
+                f"synthetic_size={config.synthetic_size!r}, "
+                f"dataset={config.dataset!r}"
+            )
+        positive_int("synthetic_size", config.synthetic_size)
+        if config.synthetic_size < 20:
+            raise ValueError(
+                "synthetic_size must be >= 20 (10 classes, each in training "
+                "and validation). Received: synthetic_size="
+                f"{config.synthetic_size}"
+            )
 
 
 # Seeds fit a signed 32-bit integer (TensorFlow's and NumPy's seeds).
@@ -319,13 +385,17 @@ def _default_builder():
 
 
 def _versions():
-    import tensorflow as tf
+    import importlib.metadata
 
     from keras_bninit import __version__
 
+    try:  # read without importing it: it may be absent
+        tensorflow = importlib.metadata.version("tensorflow")
+    except importlib.metadata.PackageNotFoundError:
+        tensorflow = None
     return {
         "keras_bninit": __version__,
-        "tensorflow": tf.__version__,
+        "tensorflow": tensorflow,
         "keras": keras.__version__,
         "keras_backend": keras.backend.backend(),
         "numpy": np.__version__,
@@ -398,37 +468,9 @@ def run_experiment(config, build_model=None, callbacks=()):
         return done
 
     # -- data and model: every failure here happens before any write -------
-    splits = load_dataset(
-        config.dataset,
-        data_dir=config.data_dir,
-        batch_size=config.batch_size,
-        input_norm=config.input_norm,
-    )
+    splits = _load_splits(config)
     complex_seed = set_seed(config.seed, deterministic=config.deterministic)
-    model = build_model(
-        config.model,
-        num_classes=splits.num_classes,
-        input_shape=splits.input_shape,
-        bn_gamma=config.gamma,
-        input_bn=config.input_norm == "bn",
-        activation_std=config.activation_std,
-        norm_layer=norm_layer(config.bn),
-    )
-    schedule = EpochCosineDecay(
-        config.lr, splits.steps_per_epoch, config.epochs, eta_min=1e-8
-    )
-    sgd = TorchSGD if config.torch_parity else keras.optimizers.SGD
-    optimizer = ParamGroupOptimizer(
-        sgd(schedule, momentum=config.momentum),
-        gamma_lr_divisor=config.gamma_lr_divisor,
-        weight_decay=config.weight_decay,
-    )
-    model.compile(
-        optimizer,
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        jit_compile=False if config.deterministic else config.jit_compile,
-    )
+    model, fit_model = _build(config, splits, build_model)
 
     # -- train -------------------------------------------------------------
     os.makedirs(run_dir, exist_ok=True)
@@ -437,31 +479,11 @@ def run_experiment(config, build_model=None, callbacks=()):
     )
     tracker = EpochTracker()
     state = RunState(run_dir)
-    initial_epoch = state.restore(model)
-    if config.precise_bn:
-        # Each epoch's own (augmented) training batches, up to N of them.
-        callbacks = [
-            PreciseBNCallback(
-                lambda epoch: splits.train_dataset(config.seed, epoch),
-                num_batches=config.precise_bn,
-            ),
-            *callbacks,
-        ]
-    else:
-        _warn_short_statistics(config, splits.steps_per_epoch)
-    if config.diagnostics:
-        from keras_bninit.harness.diagnostics import diagnostic_callbacks
-
-        callbacks = [
-            *callbacks,
-            *diagnostic_callbacks(
-                os.path.join(run_dir, "diagnostics"),
-                probe=splits.val_dataset(),
-            ),
-        ]
-    model.fit(
-        splits.fit_train_dataset(config.seed, tracker),
-        validation_data=splits.val_dataset(),
+    initial_epoch = state.restore(fit_model)
+    callbacks = _callbacks(config, splits, run_dir, callbacks)
+    fit_model.fit(
+        splits.fit_train_data(config.seed, tracker),
+        validation_data=splits.eval_data("val"),
         epochs=config.epochs,
         initial_epoch=initial_epoch,
         shuffle=False,
@@ -496,15 +518,19 @@ def run_experiment(config, build_model=None, callbacks=()):
         record["reason"] = state.failure or "training stopped early"
     else:
         best_epoch, val_accuracy = state.best()
-        model.load_weights(state.best_weights_path())
-        test = model.evaluate(
-            splits.test_dataset(), verbose=0, return_dict=True
+        fit_model.load_weights(state.best_weights_path())
+        test = fit_model.evaluate(
+            splits.eval_data("test"), verbose=0, return_dict=True
         )
         record.update(
             val_accuracy=val_accuracy,
             test_accuracy=float(test["accuracy"]),
             best_epoch=best_epoch + 1,
         )
+        if model is not fit_model:  # saved with its optimizer, as compiled
+            model.compile(
+                fit_model.optimizer, fit_model.loss, metrics=["accuracy"]
+            )
         model.save(os.path.join(run_dir, "model.keras"))
         if config.export:
             model.export(os.path.join(run_dir, "saved_model"), verbose=False)
@@ -515,6 +541,85 @@ def run_experiment(config, build_model=None, callbacks=()):
     _io.atomic_write_json(result_path, record)
     state.delete()  # only now: the result is committed
     return record
+
+
+def _load_splits(config):
+    """The data set on the run's input path."""
+    if config.input == "memory":
+        from keras_bninit.harness.memory import load_memory_dataset as load
+    else:
+        from keras_bninit.harness.data import load_dataset as load
+    return load(
+        config.dataset,
+        data_dir=config.data_dir,
+        batch_size=config.batch_size,
+        input_norm=config.input_norm,
+        size=config.synthetic_size,
+    )
+
+
+def _build(config, splits, build_model):
+    """The model, and the model `fit` trains (the same, or behind the
+    memory path's image pipeline), built under the run's precision and
+    compiled with the paper's optimizer and schedule (Section 4.2)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.precision)
+    try:
+        model = build_model(
+            config.model,
+            num_classes=splits.num_classes,
+            input_shape=splits.input_shape,
+            bn_gamma=config.gamma,
+            input_bn=config.input_norm == "bn",
+            activation_std=config.activation_std,
+            norm_layer=norm_layer(config.bn),
+        )
+        fit_model = splits.fit_model(model)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    schedule = EpochCosineDecay(
+        config.lr, splits.steps_per_epoch, config.epochs, eta_min=1e-8
+    )
+    sgd = TorchSGD if config.torch_parity else keras.optimizers.SGD
+    optimizer = ParamGroupOptimizer(
+        sgd(schedule, momentum=config.momentum),
+        gamma_lr_divisor=config.gamma_lr_divisor,
+        weight_decay=config.weight_decay,
+    )
+    if config.precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    fit_model.compile(
+        optimizer,
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=False if config.deterministic else config.jit_compile,
+        steps_per_execution=config.steps_per_execution,
+    )
+    return model, fit_model
+
+
+def _callbacks(config, splits, run_dir, callbacks):
+    """Precise BN first (before validation), then the caller's, then the
+    diagnostics."""
+    callbacks = list(callbacks)
+    if config.precise_bn:
+        # Each epoch's own (augmented) training batches, up to N of them.
+        callbacks.insert(
+            0,
+            PreciseBNCallback(
+                lambda epoch: splits.train_data(config.seed, epoch),
+                num_batches=config.precise_bn,
+            ),
+        )
+    else:
+        _warn_short_statistics(config, splits.steps_per_epoch)
+    if config.diagnostics:
+        from keras_bninit.harness.diagnostics import diagnostic_callbacks
+
+        callbacks += diagnostic_callbacks(
+            os.path.join(run_dir, "diagnostics"), probe=splits.probe()
+        )
+    return callbacks
 
 
 def _read_result(path):

@@ -104,6 +104,8 @@ NON_RESULT_FIELDS = frozenset(
         "export",
         "diagnostics",
         "data_dir",
+        # Optimizer steps per dispatch: the same steps, the same numbers.
+        "steps_per_execution",
     }
 )
 
@@ -113,8 +115,14 @@ CONFIG_DEFAULTS = {"bn": "standard", "input_norm": "bn"}
 
 # Fields added after results were first stored, with the value that means
 # "as before": left out of the key at that value, so stored runs keep
-# their keys (precise BN off, Keras's SGD form).
-LATER_FIELDS = {"precise_bn": 0, "torch_parity": False}
+# their keys (precise BN off, Keras's SGD form, tf.data input, float32).
+LATER_FIELDS = {
+    "precise_bn": 0,
+    "torch_parity": False,
+    "input": "tfdata",
+    "precision": "float32",
+    "synthetic_size": None,
+}
 
 # The indexed columns: (column, SQL type, config field).
 _INDEXED = (

@@ -25,7 +25,11 @@ import time
 import traceback
 
 from keras_bninit.harness import _io
-from keras_bninit.harness.data import TEST_FRACTION, DatasetUnavailableError
+from keras_bninit.harness.datasets import (
+    SYNTHETIC_SIZE,
+    TEST_FRACTION,
+    DatasetUnavailableError,
+)
 from keras_bninit.harness.experiment import (
     RELATED,
     RunConfig,
@@ -302,6 +306,7 @@ _TRAIN_SPLIT_SIZES = {
     "caltech_birds2011": 5_994,
     "cars196": 8_144,
     "digits": 1_797 - math.ceil(TEST_FRACTION * 1_797),
+    "synthetic": SYNTHETIC_SIZE,
 }
 
 

@@ -1,0 +1,829 @@
+"""Data sets as uint8 arrays in memory, and their splits (Section 4.2).
+
+This module does not import TensorFlow: it is what both
+input paths start from, the tf.data pipelines (`harness.data`) and the
+in-memory path (`harness.memory`), and it works where TensorFlow is not
+installed.
+
+1. A loader reads a data set once and keeps it in memory as uint8 arrays at
+   the size the pipelines start from: 32x32 (CIFAR, synthetic), 8x8x1
+   (digits), 256x256 (CUB-200-2011, Stanford Cars: the paper resizes to
+   256x256 before any crop, so resizing once at load time loses nothing),
+   or `image_size` (a directory of class folders). Where they come from:
+   - digits: scikit-learn's bundled copy;
+   - CIFAR-10/100: a prepared `.npz` (written once by this module from
+     tensorflow-datasets where TensorFlow is installed), or the original
+     CIFAR python pickles (`cifar-10-batches-py/`, `cifar-100-python/`) in
+     `data_dir`, or tensorflow-datasets;
+   - CUB, Cars: tensorflow-datasets, then the same `.npz` cache;
+   - a class-folder directory: decoded and resized with Pillow, cached as
+     `.npz` under `~/.cache/keras_bninit` (keyed by the files' names,
+     sizes and times and the image size);
+   - synthetic: CIFAR-shaped random images with fixed labels, for timing.
+2. `validation_split` draws 10 % of the training set, stratified by class,
+   with NumPy's generator seeded from `make_complex(0)`, as the reference
+   does, so the split is the same for every run of a data set.
+"""
+
+import dataclasses
+import hashlib
+import os
+import pickle
+
+import keras
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from keras_bninit._validation import non_negative_int, positive_int
+from keras_bninit.harness import _tf
+from keras_bninit.seeding import make_complex
+
+INPUT_NORMS = ("bn", "fixed", "offline", "none")
+DIRECTORY = "directory"
+SYNTHETIC = "synthetic"
+# Data sets without a test split of their own (digits, a flat directory)
+# hold out this stratified fraction as the test set, seeded like the
+# validation split.
+TEST_FRACTION = 0.2
+# The synthetic set's default size: CIFAR-10's training set (45,000
+# training and 5,000 validation images after the split); its test set is a
+# fifth of it, as CIFAR's.
+SYNTHETIC_SIZE = 50_000
+CACHE_VERSION = 1
+
+
+class DatasetUnavailableError(RuntimeError):
+    """A data set is not on this machine and cannot be fetched offline.
+
+    The message says how to get it. The command-line interface turns this
+    error into exit status 2.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """How one named data set is loaded and augmented (Section 4.2).
+
+    Attributes:
+        name: the name `load_raw` accepts.
+        batch_size: default batch size (128 CIFAR, 64 CUB/Cars and digits).
+        flip: whether training applies a random horizontal flip.
+        resize: `(height, width)` every image is resized to at load time, or
+            None to keep the stored size (which must then be fixed).
+        crop: `(height, width)` of the random crop for training and of the
+            center crop for evaluation, or None for no crop.
+        tfds_name: the tensorflow-datasets name, or None.
+        how_to_get: what to do when the data set is not on this machine; a
+            template with the field `data_dir`.
+    """
+
+    name: str
+    batch_size: int
+    flip: bool
+    resize: tuple | None = None
+    crop: tuple | None = None
+    tfds_name: str | None = None
+    how_to_get: str = ""
+
+
+def _tfds_how_to_get(name):
+    return (
+        f"Download it once, with internet access, by "
+        f"`keras_bninit.harness.data.load_dataset({name!r}, "
+        f"data_dir={{data_dir!r}}, download=True)` or "
+        f"`tfds build {name} --data_dir {{data_dir}}`; later runs read it "
+        f"offline from the same data_dir."
+    )
+
+
+_CIFAR_PICKLES = {
+    "cifar10": "cifar-10-batches-py",
+    "cifar100": "cifar-100-python",
+}
+
+
+def _cifar_how_to_get(name):
+    return _tfds_how_to_get(name) + (
+        f" Without TensorFlow: put the original CIFAR python version "
+        f"({_CIFAR_PICKLES[name]}/, from the CIFAR web page) in "
+        "{data_dir} (--data-dir)."
+    )
+
+
+_CARS_HOW_TO_GET = (
+    "Stanford Cars' public download has been offline for years, so "
+    "tensorflow-datasets cannot fetch it. Get the four original files "
+    "cars_train.tgz, cars_test.tgz, car_devkit.tgz and "
+    "cars_test_annos_withlabels.mat (e.g. from a mirror of the original "
+    "release), put them in {data_dir}/downloads/manual/, then run "
+    "`keras_bninit.harness.data.load_dataset('cars196', data_dir={data_dir!r}, "
+    "download=True)` once; tensorflow-datasets builds the data set from "
+    "those files without internet access."
+)
+
+# The paper's protocol (Section 4.2): CIFAR: batch 128, flip only;
+# CUB/Cars: batch 64, resize to 256x256, random crop 224x224, flip.
+_SMALL = {"batch_size": 128}
+_LARGE = {"batch_size": 64, "resize": (256, 256), "crop": (224, 224)}
+
+
+def _tfds_spec(name, sizes, how_to_get=None):
+    return DatasetSpec(
+        name,
+        flip=True,
+        tfds_name=name,
+        how_to_get=how_to_get or _tfds_how_to_get(name),
+        **sizes,
+    )
+
+
+DATASETS = {
+    spec.name: spec
+    for spec in (
+        _tfds_spec("cifar10", _SMALL, _cifar_how_to_get("cifar10")),
+        _tfds_spec("cifar100", _SMALL, _cifar_how_to_get("cifar100")),
+        _tfds_spec("caltech_birds2011", _LARGE),
+        _tfds_spec("cars196", _LARGE, how_to_get=_CARS_HOW_TO_GET),
+        # A mirrored digit is often no longer a well-formed digit (2, 3, 4,
+        # 7, 9), so digits train without the flip unless `flip=True`.
+        # Batch 64: 1293 training images give 21 steps per epoch, so a
+        # 3-epoch smoke run takes 63 optimizer steps instead of 33.
+        DatasetSpec("digits", batch_size=64, flip=False),
+        DatasetSpec(DIRECTORY, batch_size=128, flip=True),
+        # CIFAR-shaped random images for timing the harness end to end.
+        DatasetSpec(SYNTHETIC, batch_size=128, flip=True),
+    )
+}
+"""The registry: data set name -> `DatasetSpec`. Configuration is data."""
+
+
+def available_datasets():
+    """Names `load_raw` accepts, sorted.
+
+    Besides these, `load_raw` accepts the path of a directory of class
+    subfolders.
+    """
+    return tuple(sorted(DATASETS))
+
+
+# ---------------------------------------------------------------------------
+# The validation split
+# ---------------------------------------------------------------------------
+
+
+def validation_split(labels, fraction=0.1, seed=0):
+    """Splits example indices into training and held-out parts, stratified.
+
+    This is the reference's draw (Section 4.2): scikit-learn's
+    `train_test_split(np.arange(n), test_size=fraction, stratify=labels)`
+    with NumPy's generator seeded from `make_complex(seed)`. It touches no
+    global random state and gives the same indices on every call.
+
+    Args:
+        labels: 1-D array of integer class labels of the examples to split.
+        fraction: held-out fraction in (0, 1); 0.1 in the paper.
+        seed: non-negative integer, made complex by MD5; 0 in the paper,
+            the same for every run.
+
+    Returns:
+        `(train_indices, held_out_indices)`: disjoint int64 arrays covering
+        `range(len(labels))`, in the order scikit-learn returns them.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(
+            f"`labels` must be 1-D. Received: labels.shape={labels.shape}"
+        )
+    fraction = float(fraction)
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(
+            f"`fraction` must be in (0, 1). Received: fraction={fraction}"
+        )
+    seed = non_negative_int("seed", seed)
+    classes, counts = np.unique(labels, return_counts=True)
+    n_held_out = int(np.ceil(fraction * len(labels)))
+    if counts.size and (counts.min() < 2 or n_held_out < classes.size):
+        raise ValueError(
+            "A stratified split needs at least 2 examples per class and at "
+            "least one held-out example per class. Received: "
+            f"{len(labels)} examples, {classes.size} classes, smallest "
+            f"class {counts.min()}, fraction={fraction}"
+        )
+    indices = np.arange(len(labels), dtype=np.int64)
+    rng = np.random.RandomState(make_complex(seed))
+    train, held_out = train_test_split(
+        indices, test_size=fraction, stratify=labels, random_state=rng
+    )
+    return train, held_out
+
+
+# ---------------------------------------------------------------------------
+# Loaders: each returns uint8 images [N, H, W, C] at their stored size
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RawData:
+    """A data set as loaded: uint8 images, int64 labels, class names.
+
+    `test_images`/`test_labels` are None for a data set without a test
+    split; `pixel_max` is the largest pixel value (255, or 16 for digits).
+    """
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray | None
+    test_labels: np.ndarray | None
+    class_names: tuple
+    pixel_max: float = 255.0
+    source: str = ""
+
+
+def _load_digits(spec, data_dir, download, image_size, size):
+    from sklearn.datasets import load_digits
+
+    del spec, data_dir, download, image_size, size
+    digits = load_digits()
+    images = digits.images.astype(np.uint8)[..., None]  # values 0..16
+    labels = digits.target.astype(np.int64)
+    names = tuple(str(n) for n in digits.target_names)
+    return RawData(
+        images, labels, None, None, names, pixel_max=16.0, source="sklearn"
+    )
+
+
+def _load_synthetic(spec, data_dir, download, image_size, size):
+    """CIFAR-shaped random uint8 images with fixed labels (class i % 10).
+
+    The pixels come from NumPy's generator seeded from `make_complex(0)`:
+    the same set on every machine and backend. Nothing in it can be learned;
+    it exists to time the harness without a download.
+    """
+    del spec, data_dir, download, image_size
+    size = SYNTHETIC_SIZE if size is None else positive_int("size", size)
+    test_size = max(size // 5, 10)
+    rng = np.random.default_rng(make_complex(0))
+    images = rng.integers(0, 256, (size + test_size, 32, 32, 3), np.uint8)
+    labels = np.arange(size + test_size, dtype=np.int64) % 10
+    return RawData(
+        images[:size],
+        labels[:size],
+        images[size:],
+        labels[size:],
+        tuple(str(i) for i in range(10)),
+        source="synthetic",
+    )
+
+
+def _unpickle(path):
+    with open(path, "rb") as f:
+        return pickle.load(f, encoding="bytes")
+
+
+def _pickle_images(batch):
+    """CIFAR's rows of 3072 bytes (R, G, B planes) as [N, 32, 32, 3]."""
+    data = np.asarray(batch[b"data"], dtype=np.uint8)
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
+
+
+def _find_pickles(name, data_dir):
+    """The CIFAR python-version folder in or at `data_dir`, or None."""
+    if data_dir is None:
+        return None
+    folder = _CIFAR_PICKLES[name]
+    for candidate in (os.path.join(data_dir, folder), data_dir):
+        if os.path.basename(os.path.normpath(candidate)) == folder and (
+            os.path.isdir(candidate)
+        ):
+            return candidate
+    return None
+
+
+def load_cifar_pickles(name, folder):
+    """Reads the original CIFAR-10/100 python pickles from `folder`.
+
+    CIFAR-10: `data_batch_1..5` (in this order) and `test_batch`, with
+    `batches.meta`; CIFAR-100: `train`, `test` (fine labels) and `meta`.
+    The order of the examples is the files' order, which is also the
+    order of tensorflow-datasets' ids ("train_00000", ...), so both sources
+    give the same arrays and the same validation split.
+
+    Returns:
+        A `RawData`.
+    """
+    try:
+        if name == "cifar10":
+            parts = [
+                _unpickle(os.path.join(folder, f"data_batch_{i}"))
+                for i in range(1, 6)
+            ]
+            test = _unpickle(os.path.join(folder, "test_batch"))
+            meta = _unpickle(os.path.join(folder, "batches.meta"))
+            names = tuple(n.decode() for n in meta[b"label_names"])
+            key = b"labels"
+        else:
+            parts = [_unpickle(os.path.join(folder, "train"))]
+            test = _unpickle(os.path.join(folder, "test"))
+            meta = _unpickle(os.path.join(folder, "meta"))
+            names = tuple(n.decode() for n in meta[b"fine_label_names"])
+            key = b"fine_labels"
+        images = np.concatenate([_pickle_images(p) for p in parts])
+        labels = np.concatenate([np.asarray(p[key]) for p in parts])
+        return RawData(
+            images,
+            labels.astype(np.int64),
+            _pickle_images(test),
+            np.asarray(test[key], dtype=np.int64),
+            names,
+            source=f"pickles:{folder}",
+        )
+    except (OSError, KeyError, ValueError, pickle.UnpicklingError) as error:
+        raise DatasetUnavailableError(
+            f"{folder} does not hold a readable CIFAR python version "
+            f"({type(error).__name__}: {error})."
+        ) from error
+
+
+def cache_path(name, data_dir):
+    """Where the prepared `.npz` of a named data set lives in `data_dir`."""
+    return os.path.join(data_dir, f"keras_bninit-{name}-v{CACHE_VERSION}.npz")
+
+
+def save_cache(path, raw):
+    """Writes `raw` as an uncompressed `.npz`, atomically (rename)."""
+    tmp = f"{path}.tmp-{os.getpid()}.npz"
+    try:
+        np.savez(
+            tmp,
+            train_images=raw.train_images,
+            train_labels=raw.train_labels,
+            test_images=np.zeros((0,), np.uint8)
+            if raw.test_images is None
+            else raw.test_images,
+            test_labels=np.zeros((0,), np.int64)
+            if raw.test_labels is None
+            else raw.test_labels,
+            class_names=np.asarray(raw.class_names, dtype=str),
+            pixel_max=np.float64(raw.pixel_max),
+        )
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_cache(path):
+    """A `RawData` from a `.npz` written by `save_cache`."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            test_images = f["test_images"]
+            has_test = test_images.ndim == 4
+            return RawData(
+                f["train_images"].astype(np.uint8, copy=False),
+                f["train_labels"].astype(np.int64, copy=False),
+                test_images if has_test else None,
+                f["test_labels"].astype(np.int64) if has_test else None,
+                tuple(str(n) for n in f["class_names"]),
+                float(f["pixel_max"]),
+                source=f"cache:{path}",
+            )
+    except (OSError, KeyError, ValueError) as error:
+        raise DatasetUnavailableError(
+            f"The prepared data set {path} is unreadable "
+            f"({type(error).__name__}: {error}); delete it to prepare it "
+            "again."
+        ) from error
+
+
+def _tfds_data_dir(data_dir):
+    if data_dir is not None:
+        return data_dir
+    return os.environ.get(
+        "TFDS_DATA_DIR",
+        os.path.join(os.path.expanduser("~"), "tensorflow_datasets"),
+    )
+
+
+def _tensorflow_missing():
+    return not all(
+        _tf.available(m) for m in ("tensorflow", "tensorflow_datasets")
+    )
+
+
+def _load_named(spec, data_dir, download, image_size, size):
+    """CIFAR, CUB, Cars: cache, then pickles (CIFAR), then tfds (+cache)."""
+    del image_size, size
+    root = _tfds_data_dir(data_dir)
+    cache = cache_path(spec.name, root)
+    if os.path.isfile(cache):
+        return load_cache(cache)
+    if spec.name in _CIFAR_PICKLES:
+        folder = _find_pickles(spec.name, data_dir)
+        if folder is not None:
+            return load_cifar_pickles(spec.name, folder)
+    if _tensorflow_missing():
+        raise DatasetUnavailableError(
+            f"Data set {spec.name!r} is not prepared in {root} "
+            f"({os.path.basename(cache)}) and TensorFlow, which reads "
+            "tensorflow-datasets, is not installed. "
+            + spec.how_to_get.format(data_dir=root)
+        )
+    from keras_bninit.harness import tfds_source  # TensorFlow, GPUs hidden
+
+    try:
+        arrays = tfds_source.load(
+            spec.tfds_name, data_dir, download, spec.resize
+        )
+    except tfds_source.NotPrepared as error:
+        raise DatasetUnavailableError(
+            f"{error} {spec.how_to_get.format(data_dir=root)}"
+        ) from error
+    raw = RawData(*arrays, source=f"tfds:{spec.tfds_name}")
+    try:  # the prepared arrays, for later runs with or without TensorFlow
+        save_cache(cache, raw)
+    except OSError:
+        pass  # a read-only data folder: read tensorflow-datasets each time
+    return raw
+
+
+_IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+
+
+def _image_files(folder):
+    """`(class_names, [(path, class_index)])` of a class-folder tree."""
+    names = sorted(
+        n
+        for n in os.listdir(folder)
+        if os.path.isdir(os.path.join(folder, n)) and not n.startswith(".")
+    )
+    files = []
+    for index, name in enumerate(names):
+        for root, _, filenames in sorted(os.walk(os.path.join(folder, name))):
+            for filename in sorted(filenames):
+                if filename.lower().endswith(_IMAGE_SUFFIXES):
+                    files.append((os.path.join(root, filename), index))
+    return tuple(names), files
+
+
+def _read_images(files, image_size):
+    """Decodes to RGB and resizes (bilinear, antialiased) with Pillow."""
+    from PIL import Image
+
+    height, width = image_size
+    images = np.empty((len(files), height, width, 3), np.uint8)
+    for i, (path, _) in enumerate(files):
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+                if image.size != (width, height):
+                    image = image.resize((width, height), Image.BILINEAR)
+                images[i] = np.asarray(image)
+        except OSError as error:
+            raise DatasetUnavailableError(
+                f"{path} is not a readable image ({error})."
+            ) from error
+    return images, np.asarray([c for _, c in files], np.int64)
+
+
+def _directory_cache(data_dir, image_size, listing):
+    digest = hashlib.sha256()
+    digest.update(repr((os.path.realpath(data_dir), image_size)).encode())
+    for path, label in listing:
+        stat = os.stat(path)
+        digest.update(
+            repr((path, label, stat.st_size, stat.st_mtime_ns)).encode()
+        )
+    folder = os.environ.get(
+        "KERAS_BNINIT_CACHE",
+        os.path.join(os.path.expanduser("~"), ".cache", "keras_bninit"),
+    )
+    return os.path.join(
+        folder, f"directory-{digest.hexdigest()[:24]}-v{CACHE_VERSION}.npz"
+    )
+
+
+def _load_directory(spec, data_dir, download, image_size, size):
+    del spec, download, size
+    if data_dir is None or not os.path.isdir(data_dir):
+        raise DatasetUnavailableError(
+            "A directory data set needs `data_dir`: a folder with one "
+            "subfolder of images per class (or `train/` and `test/` "
+            f"folders that each have them). Received: data_dir={data_dir!r}"
+        )
+    train_dir = os.path.join(data_dir, "train")
+    test_dir = os.path.join(data_dir, "test")
+    split = os.path.isdir(train_dir) and os.path.isdir(test_dir)
+    names, files = _image_files(train_dir if split else data_dir)
+    test_files = []
+    if split:
+        test_names, test_files = _image_files(test_dir)
+        if test_names != names:
+            raise DatasetUnavailableError(
+                f"{test_dir} has the classes {list(test_names)}, "
+                f"{train_dir} has {list(names)}; they must be the same."
+            )
+    if not files:
+        raise DatasetUnavailableError(
+            f"{data_dir} holds no images in class subfolders "
+            f"({', '.join(_IMAGE_SUFFIXES)})."
+        )
+    cache = _directory_cache(data_dir, image_size, files + test_files)
+    if os.path.isfile(cache):
+        return load_cache(cache)
+    images, labels = _read_images(files, image_size)
+    test_images = test_labels = None
+    if split:
+        test_images, test_labels = _read_images(test_files, image_size)
+    raw = RawData(
+        images, labels, test_images, test_labels, names, source=data_dir
+    )
+    try:
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        save_cache(cache, raw)
+    except OSError:
+        pass  # no cache: decoded again next time
+    return raw
+
+
+_LOADERS = {
+    "digits": _load_digits,
+    DIRECTORY: _load_directory,
+    SYNTHETIC: _load_synthetic,
+}
+
+
+def resolve_name(name, data_dir):
+    """Returns `(spec, data_dir)`; a directory path selects `directory`."""
+    if not isinstance(name, str):
+        raise ValueError(f"`name` must be a string. Received: name={name!r}")
+    if name in DATASETS:
+        return DATASETS[name], data_dir
+    if os.path.isdir(name):
+        return DATASETS[DIRECTORY], name
+    raise ValueError(
+        f"Unknown data set {name!r}. Valid names: "
+        f"{', '.join(available_datasets())}, or the path of a directory of "
+        "class subfolders."
+    )
+
+
+def load_raw(
+    name, data_dir=None, download=False, image_size=(32, 32), size=None
+):
+    """Loads a data set as uint8 arrays, test split held out where needed.
+
+    Data sets without a test split (digits, a directory without `train/`
+    and `test/`) hold out a stratified `TEST_FRACTION` (20 %) as test set,
+    drawn like the validation split.
+
+    Args:
+        name: a name of `available_datasets()` or a class-folder path.
+        data_dir: where the data set is (see the module docstring).
+        download: whether tensorflow-datasets may download a missing set.
+        image_size: `(height, width)` of a directory's images.
+        size: the synthetic set's number of training images (before the
+            validation split); only for "synthetic".
+
+    Returns:
+        `(spec, raw)`: the `DatasetSpec` and a `RawData` with test arrays.
+    """
+    spec, data_dir = resolve_name(name, data_dir)
+    if size is not None and spec.name != SYNTHETIC:
+        raise ValueError(
+            f"`size` is for the synthetic data set only. Received: "
+            f"size={size!r} for {spec.name!r}"
+        )
+    image_size = tuple(int(s) for s in image_size)
+    loader = _LOADERS.get(spec.name, _load_named)
+    raw = loader(spec, data_dir, download, image_size, size)
+    if raw.test_images is None:
+        rest, test = validation_split(raw.train_labels, TEST_FRACTION)
+        raw = dataclasses.replace(
+            raw,
+            train_images=raw.train_images[rest],
+            train_labels=raw.train_labels[rest],
+            test_images=raw.train_images[test],
+            test_labels=raw.train_labels[test],
+        )
+    return spec, raw
+
+
+def ensure_available(name, data_dir=None):
+    """Checks, without reading images, that a data set loads offline.
+
+    A named tensorflow-datasets set must be prepared (its `.npz` cache, the
+    CIFAR pickles, or tensorflow-datasets' `dataset_info.json`); digits and
+    synthetic always are; a directory is checked when it is loaded.
+
+    Raises:
+        ValueError: an unknown name.
+        DatasetUnavailableError: the data set is not on this machine; the
+            message says how to get it.
+    """
+    spec, data_dir = resolve_name(name, data_dir)
+    if spec.tfds_name is None:
+        return
+    root = _tfds_data_dir(data_dir)
+    if os.path.isfile(cache_path(spec.name, root)):
+        return
+    if spec.name in _CIFAR_PICKLES and _find_pickles(spec.name, data_dir):
+        return
+    how_to_get = spec.how_to_get.format(data_dir=root)
+    if _tensorflow_missing():
+        raise DatasetUnavailableError(
+            f"Data set {spec.name!r} is not prepared in {root} and "
+            f"TensorFlow, which reads tensorflow-datasets, is not installed. "
+            f"{how_to_get}"
+        )
+    from keras_bninit.harness import tfds_source
+
+    if not tfds_source.prepared(spec.tfds_name, data_dir):
+        raise DatasetUnavailableError(
+            f"Data set {spec.name!r} is not prepared in {root} and cannot "
+            f"be loaded offline. {how_to_get}"
+        )
+
+
+# ---------------------------------------------------------------------------
+# The splits, shared by both input paths
+# ---------------------------------------------------------------------------
+
+
+class SplitArrays:
+    """Training, validation and test arrays of one data set, and metadata.
+
+    The base of both input paths (`harness.data.DatasetSplits`,
+    `harness.memory.MemorySplits`); it holds the uint8 images once.
+
+    Attributes:
+        name, num_classes, class_names, input_shape, batch_size, input_norm,
+        flip, crop: the data set and what the caller chose.
+        num_train, num_val, num_test: examples per split, counted.
+        steps_per_epoch: `ceil(num_train / batch_size)`.
+        train_indices, val_indices: positions in the original training set
+            (the output of `validation_split`); used as example ids.
+        norm_mean, norm_std: per-channel statistics of the training split
+            in [0, 1] pixels (`input_norm="offline"`), else None.
+        pixel_max: the largest pixel value (255; 16 for digits).
+    """
+
+    input_path = None  # "tfdata" or "memory", set by the subclasses
+
+    def __init__(self, spec, raw, batch_size, input_norm, flip):
+        self.name = spec.name
+        self.class_names = raw.class_names
+        self.num_classes = len(raw.class_names)
+        self.batch_size = batch_size
+        self.input_norm = input_norm
+        self.flip = flip
+        self.source = raw.source
+        train_indices, val_indices = validation_split(raw.train_labels)
+        self.train_indices = train_indices
+        self.val_indices = val_indices
+        self.pixel_max = raw.pixel_max
+        self._train = (
+            raw.train_images[train_indices],
+            raw.train_labels[train_indices],
+        )
+        self._val = (
+            raw.train_images[val_indices],
+            raw.train_labels[val_indices],
+        )
+        self._test = (raw.test_images, raw.test_labels)
+        stored = raw.train_images.shape[1:]
+        self.crop = spec.crop
+        if spec.crop is None:
+            self.input_shape = tuple(int(d) for d in stored)
+        else:
+            self.input_shape = (*spec.crop, int(stored[-1]))
+        self.stored_shape = tuple(int(d) for d in stored)
+        self.norm_mean = self.norm_std = None
+        if input_norm == "offline":
+            self.norm_mean, self.norm_std = self._channel_stats()
+
+    @property
+    def num_train(self):
+        return len(self._train[1])
+
+    @property
+    def num_val(self):
+        return len(self._val[1])
+
+    @property
+    def num_test(self):
+        return len(self._test[1])
+
+    @property
+    def steps_per_epoch(self):
+        return -(-self.num_train // self.batch_size)
+
+    def arrays(self, split):
+        """`(uint8 images, int64 labels)` of "train", "val" or "test"."""
+        splits = {"train": self._train, "val": self._val, "test": self._test}
+        if split not in splits:
+            raise ValueError(
+                f"Unknown split {split!r}. Valid: {', '.join(splits)}"
+            )
+        return splits[split]
+
+    def describe(self):
+        """Metadata as a JSON-ready dict, for a run's result record."""
+        return {
+            "name": self.name,
+            "num_classes": self.num_classes,
+            "input_shape": list(self.input_shape),
+            "batch_size": self.batch_size,
+            "num_train": self.num_train,
+            "num_val": self.num_val,
+            "num_test": self.num_test,
+            "steps_per_epoch": self.steps_per_epoch,
+            "input_norm": self.input_norm,
+            "input": self.input_path,
+            "flip": self.flip,
+            "crop": None if self.crop is None else list(self.crop),
+            "norm_mean": self.norm_mean,
+            "norm_std": self.norm_std,
+            "source": self.source,
+        }
+
+    def _channel_stats(self):
+        """Per-channel mean and std of the training split in [0, 1]."""
+        images = self._train[0]
+        channels = images.shape[-1]
+        total = np.zeros(channels)
+        total_sq = np.zeros(channels)
+        for start in range(0, len(images), 1024):
+            chunk = images[start : start + 1024].astype(np.float64)
+            chunk = chunk.reshape(-1, channels) / self.pixel_max
+            total += chunk.sum(axis=0)
+            total_sq += np.square(chunk).sum(axis=0)
+        count = images.size / channels
+        mean = total / count
+        std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 0.0))
+        std[std == 0] = 1.0  # a constant channel is only centered
+        return [float(m) for m in mean], [float(s) for s in std]
+
+    def center_offsets(self):
+        """`(top, left)` of the evaluation center crop (0, 0 without crop)."""
+        if self.crop is None:
+            return 0, 0
+        height, width = self.stored_shape[:2]
+        top = int(round((height - self.crop[0]) / 2.0))
+        left = int(round((width - self.crop[1]) / 2.0))
+        return top, left
+
+
+def check_load_args(input_norm, batch_size, spec):
+    """The shared argument checks of both input paths' loaders."""
+    if input_norm not in INPUT_NORMS:
+        raise ValueError(
+            f"`input_norm` must be one of {', '.join(INPUT_NORMS)}. "
+            f"Received: input_norm={input_norm!r}"
+        )
+    if batch_size is None:
+        batch_size = spec.batch_size
+    return positive_int("batch_size", batch_size)
+
+
+def prepare(
+    name, data_dir, download, batch_size, input_norm, flip, image_size, size
+):
+    """`load_raw` with both input paths' argument checks and defaults.
+
+    Returns:
+        `(spec, raw, batch_size, flip)`.
+    """
+    spec, _ = resolve_name(name, data_dir)
+    batch_size = check_load_args(input_norm, batch_size, spec)
+    flip = spec.flip if flip is None else bool(flip)
+    spec, raw = load_raw(name, data_dir, download, image_size, size)
+    return spec, raw, batch_size, flip
+
+
+class EpochTracker(keras.callbacks.Callback):
+    """Tells `DatasetSplits.fit_train_dataset` which epoch Keras runs.
+
+    Keras calls `on_epoch_begin(epoch)` before it creates the epoch's
+    data iterator, also for the first epoch after
+    `keras.callbacks.BackupAndRestore` or `initial_epoch` moved the
+    start, so the data of every epoch is the one `train_dataset(seed,
+    epoch)` gives, however the run got there.
+
+    Args:
+        initial_epoch: the epoch reported before `fit` begins an epoch
+            (Keras draws one batch early to build the model; that batch
+            is discarded).
+    """
+
+    def __init__(self, initial_epoch=0):
+        super().__init__()
+        self.initial_epoch = non_negative_int("initial_epoch", initial_epoch)
+        self.epoch = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = int(epoch)
+
+    def current_epoch(self):
+        """The epoch being trained (`initial_epoch` before any)."""
+        return self.initial_epoch if self.epoch is None else self.epoch
