@@ -397,6 +397,19 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
     def variables(self):
         return self.inner_optimizer.variables
 
+    def save_own_variables(self, store):
+        # `variables` are the inner optimizer's, and Keras's saving writes
+        # them again under `inner_optimizer/` (it visits that attribute as a
+        # child): the inner optimizer's copy is the one kept, so each
+        # variable is saved once. The wrapper's own iteration and learning
+        # rate variables (from the base class) are unused.
+        pass
+
+    def load_own_variables(self, store):
+        # Files written before the above hold the same values twice (here
+        # and under `inner_optimizer/`); the inner optimizer loads its copy.
+        pass
+
     @property
     def learning_rate(self):
         return self.inner_optimizer.learning_rate

@@ -15,11 +15,17 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
+import h5py
 import keras
+import numpy as np
 import pytest
 
+import keras_bninit
+from keras_bninit.harness import checkpoints
+from keras_bninit.harness.checkpoints import RunState
 from keras_bninit.harness.experiment import RunConfig, run_experiment
 from keras_bninit.harness.store import ResultStore
 from keras_bninit.harness.sweep import (
@@ -518,3 +524,239 @@ def test_backup_left_after_the_result_is_cleared(tmp_path):
         "model.keras",
         "result.json",
     ]
+
+
+# ------------------------------------------------ writes in the background
+
+
+def _tiny_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = tiny_builder(
+        "tiny", 3, (6, 6, 2), 0.1, True, 0.58, keras_bninit.batch_norm
+    )
+    model.compile(
+        keras_bninit.ParamGroupOptimizer(
+            keras.optimizers.SGD(0.1, momentum=0.9)
+        ),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def _fit(model, state, epochs=3, callbacks=()):
+    rng = np.random.default_rng(0)
+    x = rng.random((32, 6, 6, 2), dtype="float32")
+    y = rng.integers(0, 3, 32)
+    model.fit(
+        x,
+        y,
+        batch_size=8,
+        validation_data=(x, y),
+        epochs=epochs,
+        initial_epoch=state.restore(model),
+        verbose=0,
+        callbacks=[*callbacks, state],
+    )
+
+
+def _state(model):
+    return [
+        keras.ops.convert_to_numpy(v)
+        for v in [*model.variables, *model.optimizer.variables]
+    ]
+
+
+def _assert_equal_states(a, b):
+    assert len(a) == len(b)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+
+
+def _h5_items(path):
+    items = {}
+    with h5py.File(path, "r") as f:
+
+        def visit(name, obj):
+            value = obj[()] if isinstance(obj, h5py.Dataset) else None
+            items[name] = value, dict(obj.attrs)
+
+        f.visititems(visit)
+    return items
+
+
+class _Snapshots(keras.callbacks.Callback):
+    """The model's state at the end of each epoch (before RunState's)."""
+
+    def __init__(self):
+        super().__init__()
+        self.states = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.states.append(_state(self.model))
+
+
+class _SlowWrites:
+    """Slows every fsync of checkpoints and logs renames, with the thread."""
+
+    def __init__(self, monkeypatch, delay=0.2):
+        self.events = []
+        fsync, rename, replace = checkpoints._fsync_file, os.rename, os.replace
+
+        def slow_fsync(path):
+            time.sleep(delay)
+            fsync(path)
+
+        def logged(function):
+            def wrapper(src, dst):
+                function(src, dst)
+                self.log(os.path.basename(dst))
+
+            return wrapper
+
+        monkeypatch.setattr(checkpoints, "_fsync_file", slow_fsync)
+        monkeypatch.setattr(os, "rename", logged(rename))
+        monkeypatch.setattr(os, "replace", logged(replace))
+
+    def log(self, event):
+        main = threading.current_thread() is threading.main_thread()
+        self.events.append((event, "main" if main else "writer"))
+
+
+class _LogEpochs(keras.callbacks.Callback):
+    def __init__(self, writes):
+        super().__init__()
+        self.writes = writes
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.writes.log(f"begin {epoch}")
+
+
+def test_background_writes_commit_each_epochs_state(tmp_path):
+    model, snapshots = _tiny_model(), _Snapshots()
+    state = RunState(str(tmp_path), background_bytes=0)
+    _fit(model, state, callbacks=[snapshots])
+    assert [e["epoch"] for e in state.entries] == [0, 1, 2]
+    assert _epochs_logged(tmp_path) == [0, 1, 2]
+    backup = tmp_path / "backup"
+    assert sorted(os.listdir(backup)) == ["ckpt-0002", "ckpt-0003"]
+    # The file is the one model.save_weights writes of the same state.
+    model.save_weights(tmp_path / "reference.weights.h5")
+    written = _h5_items(backup / "ckpt-0003" / "weights.weights.h5")
+    reference = _h5_items(tmp_path / "reference.weights.h5")
+    assert written.keys() == reference.keys()
+    for name, (value, attrs) in reference.items():
+        assert written[name][1] == attrs, name
+        if value is not None:
+            np.testing.assert_array_equal(written[name][0], value)
+    # Resuming restores it; the best epoch's weights are that epoch's.
+    resumed = _tiny_model(seed=1)
+    assert RunState(str(tmp_path)).restore(resumed) == 3
+    _assert_equal_states(_state(resumed), snapshots.states[-1])
+    best_epoch, _ = state.best()
+    resumed.load_weights(state.best_weights_path())
+    _assert_equal_states(_state(resumed), snapshots.states[best_epoch])
+
+
+def test_background_write_overlaps_training_and_commits_in_order(
+    tmp_path, monkeypatch
+):
+    writes = _SlowWrites(monkeypatch)
+    state = RunState(str(tmp_path), background_bytes=0)
+    _fit(_tiny_model(), state, callbacks=[_LogEpochs(writes)])
+    start = writes.events.index(("begin 0", "main"))  # after `restore`
+    events = [e for e, _ in writes.events[start:]]
+    # Each epoch's files are written on the writer thread ...
+    for event, thread in writes.events[start:]:
+        if not event.startswith("begin"):
+            assert thread == "writer", event
+    # ... while the next epoch trains ...
+    assert events.index("begin 1") < events.index("ckpt-0001")
+    assert events.index("begin 2") < events.index("ckpt-0002")
+    # ... one write at a time, in the order of the protocol: the best
+    # weights, then the checkpoint that refers to them, then the log.
+    commits = [e for e in events if not e.startswith(("begin", "state"))]
+    expected = []
+    for n, entry in enumerate(state.entries, 1):
+        best = max(state.entries[:n], key=lambda e: e["val_accuracy"])
+        if best is entry:
+            expected.append(f"best-e{n - 1:04d}.weights.h5")
+        expected += [f"ckpt-{n:04d}", "epochs.json"]
+    assert commits == expected
+    assert len(state.entries) == 3  # fit waited for the last write
+
+
+def test_failed_background_write_is_raised_and_leaves_nothing(
+    tmp_path, monkeypatch
+):
+    fsync = checkpoints._fsync_file
+
+    def full_disk(path):  # from the second epoch's weights on
+        first = os.path.isdir(tmp_path / "backup" / "ckpt-0001")
+        if first and path.endswith(".h5"):
+            raise OSError(28, "No space left on device")
+        fsync(path)
+
+    monkeypatch.setattr(checkpoints, "_fsync_file", full_disk)
+    state = RunState(str(tmp_path), background_bytes=0)
+    with pytest.raises(OSError, match="No space left"):
+        _fit(_tiny_model(), state, epochs=4)
+    assert sorted(os.listdir(tmp_path / "backup")) == ["ckpt-0001"]
+    assert not glob.glob(str(tmp_path / "**" / ".tmp-*"), recursive=True)
+    assert [e["epoch"] for e in state.entries] == [0]
+    assert _epochs_logged(tmp_path) == [0]
+
+
+def test_a_crash_leaves_the_write_in_flight_to_complete(tmp_path, monkeypatch):
+    writes = _SlowWrites(monkeypatch, delay=0.3)
+    state = RunState(str(tmp_path), background_bytes=0)
+    with pytest.raises(Crash):
+        _fit(_tiny_model(), state, callbacks=[CrashAt(2)])
+    assert ("ckpt-0002", "writer") not in writes.events  # still in flight
+    # A new RunState on the directory waits for it, then resumes from it.
+    assert RunState(str(tmp_path)).restore(_tiny_model()) == 2
+    assert ("ckpt-0002", "writer") in writes.events
+    assert not glob.glob(str(tmp_path / "**" / ".tmp-*"), recursive=True)
+
+
+class _SavedDoubled(keras.layers.Layer):
+    """Saves its weight doubled: the file holds no variable as it is."""
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(input_shape[-1],), name="scale")
+
+    def call(self, x):
+        return x * self.scale
+
+    def save_own_variables(self, store):
+        store["0"] = 2 * keras.ops.convert_to_numpy(self.scale)
+
+    def load_own_variables(self, store):
+        self.scale.assign(store["0"][...] / 2)
+
+
+def test_layout_that_cannot_be_learned_falls_back_to_save_weights(tmp_path):
+    def model_with_doubled(seed):
+        keras.utils.set_random_seed(seed)
+        inputs = keras.Input((6, 6, 2))
+        x = _SavedDoubled()(keras.layers.Flatten()(inputs))
+        model = keras.Model(inputs, keras.layers.Dense(3)(x))
+        model.compile(
+            keras_bninit.ParamGroupOptimizer(keras.optimizers.SGD(0.1)),
+            keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        model.optimizer.build(model.trainable_variables)
+        return model
+
+    model = model_with_doubled(0)
+    values = checkpoints._snapshot(model)
+    assert checkpoints._learn_layout(model, values, str(tmp_path)) is None
+    _assert_equal_states(_state(model), values)  # given back
+    os.makedirs(tmp_path / "run")
+    state = RunState(str(tmp_path / "run"), background_bytes=0)
+    _fit(model, state, epochs=2)
+    resumed = model_with_doubled(1)
+    assert RunState(str(tmp_path / "run")).restore(resumed) == 2
+    _assert_equal_states(_state(resumed), _state(model))

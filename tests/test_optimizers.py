@@ -1,11 +1,14 @@
 """ParamGroupOptimizer against NumPy optimizers written from Section 3.2."""
 
+import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import zipfile
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -227,9 +230,10 @@ def test_rules_are_overridable():
     assert kb.default_group(keras.Variable(1.0, name="rho")) == "no_decay"
 
 
-def test_save_load_continues_identically(tmp_path):
+def _fitted_net(seed=0):
+    """A `_conv_bn_net` trained one epoch with SGD and momentum."""
     x, y = _data()
-    model = _conv_bn_net()
+    model = _conv_bn_net(seed=seed)
     model.compile(
         kb.ParamGroupOptimizer(
             keras.optimizers.SGD(0.1, momentum=0.9), gamma_lr_divisor=50
@@ -237,19 +241,124 @@ def test_save_load_continues_identically(tmp_path):
         LOSS,
     )
     model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
-    model.save(tmp_path / "m.keras")
-    loaded = keras.models.load_model(tmp_path / "m.keras")
+    return model
+
+
+def _save(model, path):
+    if str(path).endswith(".keras"):
+        model.save(path)
+    else:
+        model.save_weights(path)
+
+
+def _load(path):
+    """The model saved at `path`, loaded as `fit` would train it on."""
+    if str(path).endswith(".keras"):
+        return keras.models.load_model(path)
+    model = _conv_bn_net(seed=1)  # other initial values, overwritten
+    model.compile(
+        kb.ParamGroupOptimizer(
+            keras.optimizers.SGD(0.1, momentum=0.9), gamma_lr_divisor=50
+        ),
+        LOSS,
+    )
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(path)
+    return model
+
+
+def _datasets(path):
+    """{dataset path: bytes} in a `.weights.h5` file or a `.keras` archive."""
+    if str(path).endswith(".keras"):
+        with zipfile.ZipFile(path) as archive:
+            path = io.BytesIO(archive.read("model.weights.h5"))
+    sizes = {}
+    with h5py.File(path, "r") as f:
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                sizes[name] = obj.size * obj.dtype.itemsize
+
+        f.visititems(visit)
+    return sizes
+
+
+def _assert_same_state(model, loaded):
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # Optimizer state (iterations, momentum buffers) came back too.
+    assert len(model.optimizer.variables) == len(loaded.optimizer.variables)
+    for a, b in zip(model.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b)
+        )
+
+
+@pytest.fixture
+def _duplicating_wrapper(monkeypatch):
+    """ParamGroupOptimizer as it saved before: the inner optimizer's
+    variables once as its own and once under `inner_optimizer/`."""
+    base = keras.optimizers.Optimizer
+    for method in ("save_own_variables", "load_own_variables"):
+        monkeypatch.setattr(
+            kb.ParamGroupOptimizer, method, getattr(base, method)
+        )
+
+
+FORMATS = ["m.weights.h5", "m.keras"]
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_save_load_continues_identically(tmp_path, name):
+    x, y = _data()
+    model = _fitted_net()
+    _save(model, tmp_path / name)
+    loaded = _load(tmp_path / name)
     opt = loaded.optimizer
     assert isinstance(opt, kb.ParamGroupOptimizer)
     assert opt.gamma_lr_divisor == 50 and opt.weight_decay == 1e-4
-    assert int(opt.iterations.numpy()) == STEPS
+    assert int(keras.ops.convert_to_numpy(opt.iterations)) == STEPS
+    _assert_same_state(model, loaded)
+    # The next steps are the same, to the last bit.
     for m in (model, loaded):
         m.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
-    for a, b in zip(model.get_weights(), loaded.get_weights()):
-        np.testing.assert_array_equal(a, b)
-    # Optimizer state (momentum buffers) came back too.
-    for a, b in zip(model.optimizer.variables, loaded.optimizer.variables):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    _assert_same_state(model, loaded)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_saved_files_hold_each_optimizer_variable_once(tmp_path, name):
+    model = _fitted_net()
+    opt = model.optimizer
+    _save(model, tmp_path / name)
+    sizes = _datasets(tmp_path / name)
+    saved = {k: v for k, v in sizes.items() if k.startswith("optimizer/")}
+    assert all(k.startswith("optimizer/inner_optimizer/vars/") for k in saved)
+    assert len(saved) == len(opt.variables)
+    nbytes = [keras.ops.convert_to_numpy(v).nbytes for v in opt.variables]
+    assert sorted(saved.values()) == sorted(nbytes)
+    assert len(sizes) == len(model.weights) + len(opt.variables)
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_files_with_the_optimizer_state_twice_still_load(
+    tmp_path, name, monkeypatch, _duplicating_wrapper
+):
+    model = _fitted_net()
+    old = tmp_path / f"old-{name}"
+    _save(model, old)
+    monkeypatch.undo()  # the wrapper as it is now
+    new = tmp_path / name
+    _save(model, new)
+    opt = model.optimizer
+    twice = _datasets(old)
+    assert len(twice) == len(_datasets(new)) + len(opt.variables)
+    # Both copies hold the same values; the new file drops one.
+    momentum = sum(
+        keras.ops.convert_to_numpy(m).nbytes
+        for m in opt.inner_optimizer.momentums
+    )
+    assert os.path.getsize(old) - os.path.getsize(new) >= momentum
+    _assert_same_state(model, _load(old))
 
 
 def test_config_round_trip():

@@ -3,7 +3,8 @@
 `RunState` is the Keras callback `run_experiment` trains with: every epoch
 ends in a checkpoint that is written aside and renamed into place (the
 commit point), so a run killed at any moment resumes from its newest whole
-checkpoint, or the one before it.
+checkpoint, or the one before it. Large checkpoints are written on a
+background thread while the next epoch trains.
 """
 
 import glob
@@ -11,11 +12,14 @@ import math
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 import warnings
 
+import h5py
 import keras
+import numpy as np
 
 from keras_bninit.harness import _io
 
@@ -29,29 +33,57 @@ class RunState(keras.callbacks.Callback):
     (`backup/.tmp-*`), every file flushed and fsynced, then renamed into
     place: the rename is the commit point (the protocol of Orbax's
     checkpoints). The previous checkpoint is removed only after the new one
-    is committed, and one older checkpoint is kept as a fallback.
-    `epochs.json` is a readable copy of the committed log; the weights of
-    the best epoch so far (`best-eEEEE.weights.h5`) are written aside and
-    renamed too, before the checkpoint that makes them the best commits.
+    is committed, and one older checkpoint is kept as a fallback. The
+    weights of the best epoch so far (`best-eEEEE.weights.h5`) are written
+    aside and renamed too, before the checkpoint that makes them the best
+    commits; `epochs.json`, a readable copy of the committed log, is
+    written after it.
+
+    At the end of an epoch the variables are copied to host memory; the
+    files are written from these copies, in the layout of
+    `model.save_weights` (so `model.load_weights` reads them). A state of
+    `background_bytes` or more is written on a background thread while the
+    next epoch trains: a ResNet-18's checkpoint takes about 0.3 s to write,
+    15 % of a 2 s CIFAR-10 epoch on an H200. At most one write is in
+    flight: the next epoch's commit, `on_train_end`, `wait`, and `restore`
+    or `delete` of any `RunState` on the same directory wait for it, and
+    its error is raised in the training thread. If `fit` raises meanwhile
+    (another callback's error), the write still completes before the
+    process exits; call `wait` to see its files at once.
 
     `restore` (before `fit`) loads the newest checkpoint that reads back
     whole; a torn or unreadable one is skipped with a warning naming it,
     and with none left the run restarts from epoch 0, warned, never failed.
     Whatever the moment the process was killed, the log, the best epoch
     and the weights agree.
+
+    Args:
+        run_dir: the run's directory.
+        background_bytes: states (model and optimizer variables) of at
+            least this many bytes are written on a background thread,
+            smaller ones at once (they take milliseconds); `None`: never.
     """
 
     KEEP = 2  # committed checkpoints kept: the newest and one fallback
+    BACKGROUND_BYTES = 16 * 2**20
 
-    def __init__(self, run_dir):
+    def __init__(self, run_dir, background_bytes=BACKGROUND_BYTES):
         super().__init__()
+        if background_bytes is not None and not background_bytes >= 0:
+            raise ValueError(
+                "`background_bytes` must be >= 0 or None. Received: "
+                f"background_bytes={background_bytes!r}"
+            )
         self.run_dir = run_dir
         self.backup_dir = os.path.join(run_dir, "backup")
         self.log_path = os.path.join(run_dir, "epochs.json")
+        self.background_bytes = background_bytes
         self.entries = []  # the committed epochs, as in `log_path`
         self.failure = None
         self.session_epoch_time = 0.0
         self._epoch_start = None
+        self._layout = None  # where save_weights puts each variable
+        self._write = None  # the background write in flight
 
     # -- files -------------------------------------------------------------
 
@@ -70,7 +102,7 @@ class RunState(keras.callbacks.Callback):
         names.sort(key=lambda n: int(n[5:]), reverse=True)
         return [os.path.join(self.backup_dir, n) for n in names]
 
-    def _prune_best(self):
+    def _prune_best(self, entries):
         """Removes best-weight files no kept checkpoint refers to.
 
         The newest checkpoint's best epoch and the fallback's (one epoch
@@ -79,7 +111,7 @@ class RunState(keras.callbacks.Callback):
         """
         keep = set()
         for older in range(self.KEEP):
-            head = self.entries[: len(self.entries) - older]
+            head = entries[: len(entries) - older]
             if head:
                 keep.add(self._best_path(max(head, key=_best_key)["epoch"]))
         pattern = os.path.join(glob.escape(self.run_dir), "best-e*.weights.h5")
@@ -103,9 +135,10 @@ class RunState(keras.callbacks.Callback):
 
     def delete(self):
         """Removes checkpoints and best weights (once the result is written)."""
+        _wait_for_writes(self.run_dir)
         shutil.rmtree(self.backup_dir, ignore_errors=True)
         self.entries = []
-        self._prune_best()
+        self._prune_best(self.entries)
 
     # -- restore -----------------------------------------------------------
 
@@ -114,6 +147,7 @@ class RunState(keras.callbacks.Callback):
 
         Must be called once before `fit`, with the model compiled.
         """
+        _wait_for_writes(self.run_dir)
         self._clear_leftovers()
         variables = None
         for path in self._checkpoints():
@@ -167,7 +201,7 @@ class RunState(keras.callbacks.Callback):
                 stacklevel=2,
             )
         _io.atomic_write_json(self.log_path, self.entries)
-        self._prune_best()
+        self._prune_best(self.entries)
         return len(self.entries)
 
     # -- training ----------------------------------------------------------
@@ -192,6 +226,7 @@ class RunState(keras.callbacks.Callback):
         )
 
     def on_epoch_end(self, epoch, logs=None):
+        self.wait()  # at most one write in flight
         logs = dict(logs or {})
         if not all(math.isfinite(float(v)) for v in logs.values()):
             bad = sorted(k for k, v in logs.items() if not math.isfinite(v))
@@ -204,19 +239,67 @@ class RunState(keras.callbacks.Callback):
         entry["epoch_time_s"] = time.perf_counter() - self._epoch_start
         self.session_epoch_time += entry["epoch_time_s"]
         best = self.best()
+        best_epoch = None
         if best is None or entry["val_accuracy"] > best[1]:
-            self._save_weights(self._best_path(epoch), self.run_dir)
+            best_epoch = epoch
         entries = [*self.entries, entry]
-        _io.atomic_write_json(self.log_path, entries)
-        self._commit(entries)
-        self.entries = entries
-        self._prune_best()
+        values = _snapshot(self.model)
+        layout = self._file_layout(values)
+        if layout:
+            background = self.background_bytes is not None and (
+                sum(v.nbytes for v in values) >= self.background_bytes
+            )
 
-    def _save_weights(self, path, directory):
-        """`save_weights` aside, fsynced, renamed to `path`."""
+            def write_weights(path):
+                layout.write(path, values)
+        else:  # the model's own writer, which reads the live variables
+            write_weights, background = self.model.save_weights, False
+
+        def commit():
+            self._commit_epoch(write_weights, entries, best_epoch)
+            self.entries = entries
+
+        if background:
+            self._write = _Write(commit, self.run_dir)
+            self._write.start()
+        else:
+            commit()
+
+    def on_train_end(self, logs=None):
+        self.wait()
+
+    def _file_layout(self, values):
+        """The model's `_Layout`, learned at the first commit, or False."""
+        if self._layout is None:
+            os.makedirs(self.backup_dir, exist_ok=True)
+            layout = _learn_layout(self.model, values, self.backup_dir)
+            self._layout = layout or False
+        return self._layout
+
+    def wait(self):
+        """Waits until the checkpoint being written is committed.
+
+        Raises the error of that write, if it failed.
+        """
+        write, self._write = self._write, None
+        if write is not None:
+            write.result()
+
+    def _commit_epoch(self, write_weights, entries, best_epoch):
+        """Commits the best weights, the checkpoint, then the epoch log."""
+        if best_epoch is not None:
+            self._save_weights(
+                write_weights, self._best_path(best_epoch), self.run_dir
+            )
+        self._commit(write_weights, entries)
+        _io.atomic_write_json(self.log_path, entries)
+        self._prune_best(entries)
+
+    def _save_weights(self, write_weights, path, directory):
+        """Weights written aside, fsynced, renamed to `path`."""
         tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}.weights.h5")
         try:
-            self.model.save_weights(tmp)
+            write_weights(tmp)
             _fsync_file(tmp)
             os.replace(tmp, path)
         except BaseException:
@@ -224,7 +307,7 @@ class RunState(keras.callbacks.Callback):
             raise
         _fsync_dir(directory)
 
-    def _commit(self, entries):
+    def _commit(self, write_weights, entries):
         """Writes the checkpoint of `len(entries)` epochs; rename commits."""
         os.makedirs(self.backup_dir, exist_ok=True)
         final = os.path.join(self.backup_dir, f"ckpt-{len(entries):04d}")
@@ -232,7 +315,7 @@ class RunState(keras.callbacks.Callback):
         try:
             os.makedirs(tmp)
             weights = os.path.join(tmp, "weights.weights.h5")
-            self.model.save_weights(weights)
+            write_weights(weights)
             _fsync_file(weights)
             _io.atomic_write_json(os.path.join(tmp, "state.json"), entries)
             _fsync_dir(tmp)
@@ -247,13 +330,175 @@ class RunState(keras.callbacks.Callback):
             _remove(old)
 
 
+# -- writes in the background ---------------------------------------------
+
+# The write in flight for each run directory (its real path), whichever
+# `RunState` started it: a new one on the same directory waits for it.
+_WRITES = {}
+_WRITES_LOCK = threading.Lock()
+
+
+class _Write(threading.Thread):
+    """Runs `job` on a thread; `result()` joins it and raises its error."""
+
+    def __init__(self, job, run_dir):
+        # Not a daemon: a write in flight completes before the process
+        # exits, also when the training thread has raised.
+        super().__init__(name=f"RunState write {run_dir}", daemon=False)
+        self._job = job
+        self._key = os.path.realpath(run_dir)
+        self._error = None
+        with _WRITES_LOCK:
+            _WRITES[self._key] = self
+
+    def run(self):
+        try:
+            self._job()
+        except BaseException as error:  # raised in the training thread
+            self._error = error
+        finally:
+            with _WRITES_LOCK:
+                if _WRITES.get(self._key) is self:
+                    del _WRITES[self._key]
+
+    def result(self):
+        self.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+
+def _wait_for_writes(run_dir):
+    """Waits for the write in flight to `run_dir`, if any (errors aside)."""
+    with _WRITES_LOCK:
+        write = _WRITES.get(os.path.realpath(run_dir))
+    if write is not None:
+        write.join()
+
+
+class _Layout:
+    """Where `model.save_weights` puts each variable: its file from copies.
+
+    `model.save_weights` reads the live variables, so it cannot run while
+    the next epoch trains; this writes the same groups, attributes and
+    datasets from NumPy copies of the variables.
+    """
+
+    def __init__(self, groups, datasets):
+        self.groups = groups  # [(path, attrs)], the root's first
+        self.datasets = datasets  # [(path, variable index or array, attrs)]
+
+    @classmethod
+    def read(cls, path, markers):
+        """The layout of a file saved with variable k set to `markers[k]`;
+        None if a dataset is not one marker (a layer that saves something
+        derived from its variables)."""
+        groups, datasets = [], []
+
+        def visit(name, obj):
+            attrs = dict(obj.attrs)
+            if isinstance(obj, h5py.Group):
+                groups.append((name, attrs))
+                return None
+            data = obj[()]
+            source = data  # an empty dataset is written as it is
+            if np.size(data):
+                source = _marker_index(data, markers)
+                if source is None:
+                    return False  # stops the visit
+            datasets.append((name, source, attrs))
+            return None
+
+        with h5py.File(path, "r") as f:
+            groups.append(("/", dict(f.attrs)))
+            if f.visititems(visit) is not None:
+                return None
+        return cls(groups, datasets)
+
+    def write(self, path, values):
+        with h5py.File(path, "w") as f:
+            for name, attrs in self.groups:
+                f.require_group(name).attrs.update(attrs)
+            for name, source, attrs in self.datasets:
+                f.create_dataset(name, data=self._data(source, values))
+                f[name].attrs.update(attrs)
+
+    def matches(self, path, values):
+        """Whether the file at `path` is what `write` makes of `values`."""
+        with h5py.File(path, "r") as f:
+            for name, source, _ in self.datasets:
+                data = np.asarray(self._data(source, values))
+                saved = f.get(name)
+                if saved is None or saved.dtype != data.dtype:
+                    return False
+                if not np.array_equal(saved[()], data):
+                    return False
+        return True
+
+    @staticmethod
+    def _data(source, values):
+        return values[source] if isinstance(source, int) else source
+
+
+def _learn_layout(model, values, directory):
+    """The `_Layout` of `model`, or None where it cannot be learned.
+
+    Saves the model with every variable set to a marker (its index plus 1)
+    and reads back which dataset holds which marker; then, the variables
+    given `values` back, checks that the layout writes the very file
+    `model.save_weights` writes. None when a dtype cannot hold its marker
+    or a dataset is not one variable's value as it is (a layer that saves
+    something derived): the checkpoints are then written by
+    `model.save_weights` itself.
+    """
+    try:
+        markers = [
+            np.full(v.shape, k + 1, dtype=v.dtype) for k, v in enumerate(values)
+        ]
+    except (OverflowError, TypeError, ValueError):
+        return None
+    if any(m.size and m.flat[0] != k + 1 for k, m in enumerate(markers)):
+        return None
+    probe = os.path.join(directory, f".tmp-{uuid.uuid4().hex}.weights.h5")
+    try:
+        try:
+            _assign(model, markers)
+            model.save_weights(probe)
+        finally:
+            _assign(model, values)
+        layout = _Layout.read(probe, markers)
+        if layout is None:
+            return None
+        model.save_weights(probe)
+        return layout if layout.matches(probe, values) else None
+    finally:
+        _remove(probe)
+
+
+def _marker_index(data, markers):
+    """The index of the marker that `data` equals, or None."""
+    try:
+        index = int(np.ravel(data)[0]) - 1
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if 0 <= index < len(markers) and np.array_equal(data, markers[index]):
+        return index
+    return None
+
+
 def _best_key(entry):
     return entry["val_accuracy"], -entry["epoch"]
 
 
 def _snapshot(model):
+    """Copies of the variables in host memory.
+
+    Copies, not views: on some backends a CPU variable's NumPy value shares
+    its buffer, which the next training steps would overwrite while the
+    copy is being written.
+    """
     return [
-        keras.ops.convert_to_numpy(v)
+        np.array(keras.ops.convert_to_numpy(v))
         for v in [*model.variables, *model.optimizer.variables]
     ]
 
