@@ -333,7 +333,8 @@ def _add_backend_arg(parser):
         choices=BACKENDS,
         metavar="NAME",
         help="Keras backend: tensorflow, jax or torch (default: "
-        "KERAS_BACKEND, else tensorflow)",
+        "KERAS_BACKEND, else tensorflow where installed, else jax, else "
+        "torch)",
     )
 
 
@@ -342,7 +343,8 @@ def _set_backend(args):
     its backend at import); --export needs TensorFlow."""
     backend = getattr(args, "backend", None)
     if backend is None:
-        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+        backend = os.environ.get("KERAS_BACKEND") or _installed_backend()
+        os.environ["KERAS_BACKEND"] = backend
     elif "keras" in sys.modules:  # main() called in a process with Keras
         loaded = sys.modules["keras"].backend.backend()
         if loaded != backend:
@@ -357,6 +359,19 @@ def _set_backend(args):
             f"--export writes a SavedModel, which needs --backend "
             f"tensorflow (backend: {backend}); model.keras loads everywhere"
         )
+
+
+def _installed_backend():
+    """Keras's default, TensorFlow, where installed; else JAX or PyTorch."""
+    import importlib.util
+
+    for backend, module in zip(BACKENDS, ("tensorflow", "jax", "torch")):
+        try:
+            if importlib.util.find_spec(module) is not None:
+                return backend
+        except (ImportError, ValueError):
+            continue
+    return "tensorflow"  # Keras then says what is missing
 
 
 def _parser():

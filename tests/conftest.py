@@ -31,6 +31,7 @@ CORE_MODULES = frozenset(
         "test_activations.py",
         "test_backends.py",
         "test_layers.py",
+        "test_memory.py",
         "test_norms.py",
         "test_optimizers.py",
         "test_precise_bn.py",

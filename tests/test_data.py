@@ -45,7 +45,7 @@ def _same_batches(a, b):
 
 def test_available_datasets_lists_the_paper_sets_and_offline_ones():
     names = data.available_datasets()
-    assert set(PAPER_SETS) | {"digits", "directory"} == set(names)
+    assert set(PAPER_SETS) | {"digits", "directory", "synthetic"} == set(names)
     assert list(names) == sorted(names)
     assert data.DATASETS["cifar10"].batch_size == 128
     assert data.DATASETS["digits"].batch_size == 64

@@ -490,22 +490,34 @@ def _best_key(entry):
     return entry["val_accuracy"], -entry["epoch"]
 
 
+# A variable with this attribute set is data, not training state (the
+# memory input path's image store): checkpoints neither copy nor write it.
+DATA_ATTRIBUTE = "_keras_bninit_data"
+
+
+def _state_variables(model):
+    """The model's and the optimizer's variables, less data stores."""
+    return [
+        v
+        for v in [*model.variables, *model.optimizer.variables]
+        if not getattr(v, DATA_ATTRIBUTE, False)
+    ]
+
+
 def _snapshot(model):
-    """Copies of the variables in host memory.
+    """Copies of the state variables in host memory.
 
     Copies, not views: on some backends a CPU variable's NumPy value shares
     its buffer, which the next training steps would overwrite while the
     copy is being written.
     """
     return [
-        np.array(keras.ops.convert_to_numpy(v))
-        for v in [*model.variables, *model.optimizer.variables]
+        np.array(keras.ops.convert_to_numpy(v)) for v in _state_variables(model)
     ]
 
 
 def _assign(model, values):
-    variables = [*model.variables, *model.optimizer.variables]
-    for variable, value in zip(variables, values):
+    for variable, value in zip(_state_variables(model), values):
         variable.assign(value)
 
 

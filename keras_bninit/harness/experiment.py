@@ -15,6 +15,7 @@ import dataclasses
 import math
 import os
 import platform
+import sys
 import time
 import warnings
 
@@ -389,10 +390,14 @@ def _versions():
 
     from keras_bninit import __version__
 
-    try:  # read without importing it: it may be absent
-        tensorflow = importlib.metadata.version("tensorflow")
-    except importlib.metadata.PackageNotFoundError:
-        tensorflow = None
+    tensorflow = None
+    if _tf.available():  # read without importing it (off the tf.data path)
+        try:
+            tensorflow = importlib.metadata.version("tensorflow")
+        except importlib.metadata.PackageNotFoundError:
+            tensorflow = getattr(
+                sys.modules.get("tensorflow"), "__version__", None
+            )
     return {
         "keras_bninit": __version__,
         "tensorflow": tensorflow,
@@ -481,20 +486,23 @@ def run_experiment(config, build_model=None, callbacks=()):
     state = RunState(run_dir)
     initial_epoch = state.restore(fit_model)
     callbacks = _callbacks(config, splits, run_dir, callbacks)
-    fit_model.fit(
-        splits.fit_train_data(config.seed, tracker),
-        validation_data=splits.eval_data("val"),
-        epochs=config.epochs,
-        initial_epoch=initial_epoch,
-        shuffle=False,
-        verbose=config.verbose,
-        callbacks=[
-            tracker,
-            keras.callbacks.TerminateOnNaN(),
-            *callbacks,
-            state,
-        ],
-    )
+    try:
+        fit_model.fit(
+            splits.fit_train_data(config.seed, tracker),
+            validation_data=splits.eval_data("val"),
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+            shuffle=False,
+            verbose=config.verbose,
+            callbacks=[
+                tracker,
+                keras.callbacks.TerminateOnNaN(),
+                *callbacks,
+                state,
+            ],
+        )
+    finally:  # a checkpoint written in the background is committed
+        state.wait()
     entries = state.entries
     record = {
         "config": dataclasses.asdict(config),

@@ -31,6 +31,7 @@ import numpy as np
 from keras import ops
 
 from keras_bninit._validation import non_negative_int
+from keras_bninit.harness.checkpoints import DATA_ATTRIBUTE
 from keras_bninit.harness.datasets import EpochTracker, SplitArrays, prepare
 from keras_bninit.seeding import make_complex
 
@@ -83,6 +84,7 @@ class ImagePipeline(keras.layers.Layer):
             initializer=lambda shape, dtype: images,
             name="images",
         )
+        setattr(self.images, DATA_ATTRIBUTE, True)  # not in checkpoints
         self.built = True
 
     def call(self, rows):
