@@ -327,3 +327,50 @@ def test_output_dir_must_be_writable_and_not_inside_a_file(
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     with pytest.raises(ValueError, match=r"is not writable by this user"):
         check_output_dir(tmp_path / "new")
+
+
+def test_steps_per_execution_gives_the_same_run(tmp_path):
+    # 21 steps per epoch: 4 per execution leaves a partial last group.
+    runs = [
+        run_experiment(
+            _config(
+                tmp_path / str(n),
+                epochs=2,
+                steps_per_execution=n,
+                deterministic=True,
+            ),
+            build_model=tiny_builder,
+        )
+        for n in (1, 4)
+    ]
+    one, four = runs
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+        np.testing.assert_allclose(
+            four["history"][key], one["history"][key], rtol=1e-6
+        )
+    assert four["test_accuracy"] == one["test_accuracy"]
+    assert four["config"]["steps_per_execution"] == 4
+
+
+@pytest.mark.parametrize(
+    "precision, compute",
+    [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")],
+)
+def test_precision_builds_and_trains_under_the_policy(
+    tmp_path, precision, compute
+):
+    before = keras.config.dtype_policy().name
+    record = run_experiment(
+        _config(tmp_path, epochs=1, precision=precision),
+        build_model=tiny_builder,
+    )
+    assert keras.config.dtype_policy().name == before  # restored
+    assert record["status"] == "ok"
+    assert record["config"]["precision"] == precision
+    model = keras.saving.load_model(
+        os.path.join(record["run_dir"], "model.keras")
+    )
+    conv = model.get_layer("conv1")
+    assert conv.compute_dtype == compute and conv.variable_dtype == "float32"
+    if precision == "mixed_float16":  # dynamic loss scaling
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)

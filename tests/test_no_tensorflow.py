@@ -177,7 +177,8 @@ _GPU_PROBE = textwrap.dedent(
 
     def record(devices, device_type=None):
         # Hiding must come before TensorFlow's runtime starts (first op).
-        calls.append((list(devices), device_type, context.context()._context_handle is None))
+        fresh = context.context()._context_handle is None
+        calls.append((list(devices), device_type, fresh))
         return original(devices, device_type)
 
     tf.config.set_visible_devices = record

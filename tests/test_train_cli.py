@@ -57,6 +57,18 @@ def _result(out_dir):
         (["sweep", "--preset", "table9"], "'table9' (choose from 'demo'"),
         (["sweep", "--seeds", "1-x", "--gamma", "0.1"], "'1-x'"),
         (["report", "nowhere"], "holds no sweep results"),
+        (["run", "--input", "disk"], "'disk' (choose from 'tfdata', 'memory'"),
+        (["run", "--precision", "fp8"], "'fp8' (choose from 'float32'"),
+        (["run", "--steps-per-execution", "0"], "steps_per_execution=0"),
+        (
+            ["run", "--steps-per-execution", "2", "--backend", "torch"],
+            "not supported by Keras on the torch backend",
+        ),
+        (["run", "--synthetic-size", "100"], "synthetic_size=100, dataset"),
+        (
+            ["run", "--dataset", "synthetic", "--synthetic-size", "5"],
+            "synthetic_size must be >= 20",
+        ),
         (["bogus"], "invalid choice: 'bogus'"),
     ],
 )
@@ -237,6 +249,38 @@ def test_precise_bn_and_torch_parity_reach_the_config():
     assert config("--precise-bn").precise_bn == 200
     assert config("--precise-bn", "50").precise_bn == 50
     assert config("--torch-parity").torch_parity is True
+
+
+def test_input_precision_and_steps_reach_the_config():
+    import train
+
+    def config(*argv):
+        return train._run_config(train._parser().parse_args(["run", *argv]))
+
+    default = config()
+    # The TensorFlow backend's default input path is tf.data (README).
+    assert default.input == "tfdata" and default.precision == "float32"
+    assert default.steps_per_execution == 1
+    chosen = config(
+        "--input",
+        "memory",
+        "--precision",
+        "mixed_bfloat16",
+        "--steps-per-execution",
+        "4",
+        "--dataset",
+        "synthetic",
+        "--synthetic-size",
+        "300",
+    )
+    assert (chosen.input, chosen.precision) == ("memory", "mixed_bfloat16")
+    assert chosen.steps_per_execution == 4 and chosen.synthetic_size == 300
+    assert chosen.model == "resnet18"  # CIFAR-shaped, CIFAR-10's model
+    # Input path and precision change a run's identity; steps per
+    # execution does not (same steps, same numbers).
+    assert config("--input", "memory").key() != default.key()
+    assert config("--precision", "mixed_float16").key() != default.key()
+    assert config("--steps-per-execution", "3").key() == default.key()
 
 
 def _one_error_line(result, message, status=2):
