@@ -1,4 +1,4 @@
-"""Precise BN statistics: population means and variances as true averages.
+"""Precise BN statistics: population means and variances over many batches.
 
 During training, BN keeps exponential moving averages of the batch
 statistics: with momentum m = 0.9 (the paper's PyTorch setting, Section 3.1)
@@ -8,11 +8,14 @@ c^2 (0.01 for c = 0.1), so a short run (tens of steps, a smoke test, a
 fine-tune) evaluates with statistics that are off by orders of magnitude.
 The paper never meets this (352 steps per CIFAR epoch); a short run does.
 
-`update_bn_stats` replaces the running statistics of every BN layer with the
-plain average, over N training batches, of the batch means and batch
-variances, the model being run in training mode (fvcore's `update_bn_stats`;
-Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021). `PreciseBNCallback`
-does it in `model.fit` after each epoch's training, before validation.
+`update_bn_stats` replaces the running statistics of every BN layer with
+the population statistics of N training batches, the model being run in
+training mode: the mean of the batch means, and the mean of (batch variance
++ batch mean^2) minus the squared mean, i.e. the variance of all the
+batches' samples pooled, so the spread between batch means counts too (Wu &
+Johnson, "Rethinking 'Batch' in BatchNorm", 2021; fvcore's
+`update_bn_stats`). `PreciseBNCallback` does it in `model.fit` after each
+epoch's training, before validation.
 """
 
 import numbers
@@ -45,6 +48,58 @@ def _inputs(batch):
     if isinstance(batch, tuple) and len(batch) in (2, 3):
         return batch[0]
     return batch
+
+
+def _batch_size(inputs):
+    """The number of examples in a batch of inputs: its leading dimension."""
+    return int(keras.tree.flatten(inputs)[0].shape[0])
+
+
+def _variance_convention(layer):
+    """Which batch variance `layer` keeps in `moving_variance`.
+
+    "biased" (the sum of squares divided by the count) for Keras's
+    `BatchNormalization` and every BN layer of this package, so the
+    population variance is stored biased too. A layer keeping the unbiased
+    one (divided by count - 1, PyTorch's convention) would answer
+    "unbiased" here; `update_bn_stats` refuses such layers until the
+    conversion, which needs each channel's count (batch size times spatial
+    positions), is written.
+    """
+    del layer  # every BN layer known today stores the biased variance
+    return "biased"
+
+
+class _PooledMoments:
+    """Mean and biased variance of samples pooled from batches' moments.
+
+    A batch of weight w (its number of examples), mean m and biased
+    variance v is merged into the running totals W, mean M and sum of
+    squared deviations S by Chan et al.'s update: with delta = m - M,
+    M += delta * w / (W + w) and S += w * v + delta^2 * W * w / (W + w).
+    Then M is the weighted mean of the batch means and S / W equals the
+    weighted mean of (v + m^2) minus M^2, the variance of every sample of
+    the batches pooled (each of a batch's examples contributing the same
+    number of positions), without the cancellation of that difference.
+    """
+
+    def __init__(self, shape):
+        self.weight = 0.0
+        self.mean = np.zeros(shape, np.float64)
+        self.squares = np.zeros(shape, np.float64)
+
+    def add(self, mean, variance, weight):
+        total = self.weight + weight
+        delta = mean - self.mean
+        self.mean += delta * (weight / total)
+        self.squares += weight * variance + delta**2 * (
+            self.weight * weight / total
+        )
+        self.weight = total
+
+    @property
+    def variance(self):
+        return self.squares / self.weight
 
 
 def _batches(data, batch_size):
@@ -92,13 +147,19 @@ def update_bn_stats(
     The model is called in training mode on up to `num_batches` batches of
     `data`. For each BN layer (nested models and subclasses such as
     `InputBatchNorm` and the formulations of `keras_bninit.norms` included)
-    the new `moving_mean` is the average of the batch means and the new
-    `moving_variance` the average of the batch variances, each batch counting
-    once. The batch variance is the biased one, which is what Keras's BN
-    computes and stores. Trainable weights are not changed; each layer's
-    momentum is restored afterwards. Layers that are frozen
-    (`trainable=False`) use their running statistics in training mode too,
-    so they are left as they are.
+    the new statistics are those of the population the batches sample, as
+    fvcore computes them: with m_b and v_b the mean and biased variance
+    batch b gave the layer and w_b its number of examples,
+    `moving_mean = sum(w_b m_b) / sum(w_b)` and
+    `moving_variance = sum(w_b (v_b + m_b^2)) / sum(w_b) - moving_mean^2`,
+    which is the biased variance of all the batches' samples pooled (for a
+    convolution's BN: over examples and positions), the spread between the
+    batch means included. Batches of equal size weigh the same; a last,
+    smaller batch weighs less. Keras's BN stores the biased variance, and
+    so does this (see `_variance_convention`). Trainable weights are not
+    changed; each layer's momentum is restored afterwards. Layers that are
+    frozen (`trainable=False`) use their running statistics in training
+    mode too, so they are left as they are.
 
     Call it on training data (with the training augmentation, as fvcore
     does), after training or after each epoch (see `PreciseBNCallback`).
@@ -118,10 +179,12 @@ def update_bn_stats(
 
     Raises:
         ValueError: bad arguments, or `data` yields no batch.
+        NotImplementedError: a BN layer stores the unbiased variance.
 
     Reference:
         Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021, Section 3
-        (precise BN); fvcore `nn.precise_bn.update_bn_stats`.
+        (precise BN); fvcore `nn.precise_bn.update_bn_stats` (its
+        population variance estimator).
     """
     num_batches = _positive_integer("num_batches", num_batches)
     layers = [
@@ -131,11 +194,14 @@ def update_bn_stats(
     ]
     if not layers:
         return 0
+    for layer in layers:
+        if _variance_convention(layer) != "biased":
+            raise NotImplementedError(
+                "update_bn_stats pools biased batch variances; layer "
+                f"{layer.name!r} stores the unbiased one."
+            )
     batches = _batches(data, batch_size)
-    sums = [
-        [np.zeros(layer.moving_mean.shape, np.float64) for _ in range(2)]
-        for layer in layers
-    ]
+    pooled = [_PooledMoments(layer.moving_mean.shape) for layer in layers]
     momenta = [layer.momentum for layer in layers]
     count = 0
     try:
@@ -146,19 +212,24 @@ def update_bn_stats(
         for batch in batches:
             if count == num_batches:
                 break
-            model(_inputs(batch), training=True)
-            for layer, (mean, variance) in zip(layers, sums):
-                mean += ops.convert_to_numpy(layer.moving_mean)
-                variance += ops.convert_to_numpy(layer.moving_variance)
+            inputs = _inputs(batch)
+            model(inputs, training=True)
+            weight = _batch_size(inputs)
+            for layer, moments in zip(layers, pooled):
+                moments.add(
+                    ops.convert_to_numpy(layer.moving_mean),
+                    ops.convert_to_numpy(layer.moving_variance),
+                    weight,
+                )
             count += 1
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
     if count == 0:
         raise ValueError("`data` yielded no batch; BN statistics unchanged.")
-    for layer, (mean, variance) in zip(layers, sums):
-        layer.moving_mean.assign(mean / count)
-        layer.moving_variance.assign(variance / count)
+    for layer, moments in zip(layers, pooled):
+        layer.moving_mean.assign(moments.mean)
+        layer.moving_variance.assign(moments.variance)
     return count
 
 

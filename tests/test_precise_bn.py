@@ -1,9 +1,12 @@
 """update_bn_stats / PreciseBNCallback against a NumPy forward pass.
 
 The reference runs the network in training mode in NumPy (float64) and
-averages each BN layer's batch means and biased batch variances, which is
-what precise BN (Wu & Johnson 2021; fvcore) stores. No TensorFlow import:
-these tests run on every Keras backend.
+pools each BN layer's batch moments into population statistics: the mean
+of the batch means, and the mean of (biased batch variance + batch mean^2)
+minus the squared mean, batches weighted by their size. That is what
+precise BN stores (Wu & Johnson 2021; fvcore's population variance), and
+equals the variance of all samples pooled, which the tests also check
+directly. No TensorFlow import: these tests run on every Keras backend.
 """
 
 import keras
@@ -38,8 +41,21 @@ def _moments(x):
     return x.mean(axis=0), x.var(axis=0)  # biased, as Keras's BN
 
 
+def _population(moments):
+    """Pooled (mean, variance) from per-batch (mean, biased variance, size).
+
+    The definition: sizes weight the batches; variance = weighted mean of
+    (v + m^2) minus mean^2.
+    """
+    w = np.array([n for _, _, n in moments], np.float64)[:, None]
+    m = np.array([m for m, _, _ in moments])
+    v = np.array([v for _, v, _ in moments])
+    mean = (w * m).sum(axis=0) / w.sum()
+    return mean, (w * (v + m**2)).sum(axis=0) / w.sum() - mean**2
+
+
 def _reference(model, batches):
-    """Per BN layer (model order): mean of batch means and of variances."""
+    """Per BN layer (model order): its population (mean, variance)."""
     get = {
         w.path: keras.ops.convert_to_numpy(w).astype(np.float64)
         for w in model.weights
@@ -51,22 +67,20 @@ def _reference(model, batches):
 
     stats = {name: [] for name in ("input_bn", "bn", "a1")}
     for x in batches:
+        n = len(x)
         x = x.astype(np.float64)
         m, v = _moments(x)
-        stats["input_bn"].append((m, v))
+        stats["input_bn"].append((m, v, n))
         x = weight("input_bn", "gamma") * (x - m) / np.sqrt(v + EPS)
         x = x @ weight("dense1", "kernel") + weight("dense1", "bias")
         m, v = _moments(x)
-        stats["bn"].append((m, v))
+        stats["bn"].append((m, v, n))
         x = (x - m) / np.sqrt(v + EPS)
         x = weight("bn", "gamma") * x + weight("bn", "beta")
         x = np.maximum(x, 0.0)
         x = x @ weight("dense2", "kernel") + weight("dense2", "bias")
-        stats["a1"].append(_moments(x))
-    return [
-        tuple(np.mean([s[i] for s in stats[name]], axis=0) for i in (0, 1))
-        for name in ("input_bn", "bn", "a1")
-    ]
+        stats["a1"].append((*_moments(x), n))
+    return [_population(stats[name]) for name in ("input_bn", "bn", "a1")]
 
 
 def _stats(model):
@@ -114,7 +128,7 @@ def test_matches_numpy_reference_nested_and_subclasses():
     ]
 
 
-def test_iterable_of_tuples_num_batches_and_batch_variance_not_population():
+def test_iterable_of_tuples_num_batches_and_population_variance():
     model = _net()
     x = _data(48)
     batches = [(x[i : i + 16], np.zeros(16)) for i in range(0, 48, 16)]
@@ -125,8 +139,84 @@ def test_iterable_of_tuples_num_batches_and_batch_variance_not_population():
     (mean, var), _, _ = _stats(model)
     np.testing.assert_allclose(mean, expected[0][0], rtol=1e-5)
     np.testing.assert_allclose(var, expected[0][1], rtol=1e-5)
-    # The average of batch variances, not the variance of the 32 examples.
-    assert not np.allclose(var, x[:32].var(axis=0), rtol=1e-3)
+    # The variance of the 32 examples, not the average of batch variances.
+    np.testing.assert_allclose(var, x[:32].var(axis=0), rtol=1e-5)
+    average = np.mean([x[:16].var(axis=0), x[16:32].var(axis=0)], axis=0)
+    assert not np.allclose(var, average, rtol=1e-3)
+
+
+def _shifted_images(sizes=(8, 8, 8, 8), offsets=(0.0, 3.0, -2.0, 5.0)):
+    """Batches of (n, 4, 4, 3) images whose means differ strongly."""
+    rng = np.random.default_rng(2)
+    return [
+        (rng.normal(size=(n, 4, 4, 3)) * [1.0, 0.5, 2.0] + offset).astype(
+            "float32"
+        )
+        for n, offset in zip(sizes, offsets)
+    ]
+
+
+def _conv_bn():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [keras.Input((4, 4, 3)), keras.layers.BatchNormalization()]
+    )
+
+
+@pytest.mark.parametrize(
+    "sizes", [(8, 8, 8, 8), (8, 8, 8, 3)], ids=["equal", "partial_last"]
+)
+def test_population_statistics_of_batches_with_different_means(sizes):
+    batches = _shifted_images(sizes)
+    pooled = np.concatenate(batches).astype(np.float64)
+    model = _conv_bn()
+
+    assert kb.update_bn_stats(model, batches) == 4
+
+    ((mean, var),) = _stats(model)
+    # Per channel over examples and positions, as the layer normalizes.
+    np.testing.assert_allclose(mean, pooled.mean(axis=(0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(var, pooled.var(axis=(0, 1, 2)), rtol=1e-4)
+    # The spread of the batch means is most of it here: the plain average
+    # of the batch variances is far smaller.
+    average = np.mean([b.var(axis=(0, 1, 2)) for b in batches], axis=0)
+    assert np.all(var > 2 * average)
+    assert model.layers[0].momentum == 0.99
+
+
+def test_array_with_partial_last_batch_is_the_pooled_variance():
+    x = np.concatenate(_shifted_images((8, 8, 8, 3)))
+    model = _conv_bn()
+
+    assert kb.update_bn_stats(model, x, batch_size=8) == 4
+
+    ((mean, var),) = _stats(model)
+    x = x.astype(np.float64)
+    np.testing.assert_allclose(mean, x.mean(axis=(0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(var, x.var(axis=(0, 1, 2)), rtol=1e-4)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "torch", reason="fvcore runs on PyTorch"
+)
+def test_matches_fvcore_update_bn_stats():
+    precise_bn = pytest.importorskip("fvcore.nn.precise_bn")
+    import torch
+
+    batches = _shifted_images((8, 8, 8, 3))
+    model = _conv_bn()
+    kb.update_bn_stats(model, batches)
+
+    bn = torch.nn.BatchNorm2d(3)
+    bn.train()
+    nchw = [torch.from_numpy(b.transpose(0, 3, 1, 2).copy()) for b in batches]
+    precise_bn.update_bn_stats(bn, nchw, num_iters=len(nchw))
+
+    ((mean, var),) = _stats(model)
+    # fvcore stores the pooled biased variance too, though PyTorch's
+    # running_var is otherwise the unbiased one.
+    np.testing.assert_allclose(mean, bn.running_mean.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(var, bn.running_var.numpy(), rtol=1e-4)
 
 
 def test_frozen_layer_and_models_without_bn_are_left_alone():
