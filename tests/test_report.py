@@ -336,3 +336,80 @@ def test_accuracy_plot_title_band_and_seeds(table):
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "BASE, lr=0.1 (band: ±1 std)" in labels
     assert "better than BASE (p <= 0.05)" in labels
+
+
+def _identical_and_normal(other_gains):
+    """BASE, gamma=0.1 clearly better, gamma=0.5 with `other_gains`."""
+    gains = {0.1: [0.02, 0.03, 0.01, 0.02, 0.025], 0.5: other_gains}
+    records = []
+    for seed in SEEDS:
+        base = _config(seed, 0.1, 1.0, 1.0)
+        records.append(
+            {"config": base, "status": "ok", "test_accuracy": 0.8 + NOISE[seed]}
+        )
+        for gamma, gain in gains.items():
+            records.append(
+                {
+                    "config": _config(seed, 0.1, gamma, 1.0),
+                    "status": "ok",
+                    "test_accuracy": 0.8 + NOISE[seed] + gain[seed - 1],
+                }
+            )
+    (table,) = report.build_tables(records)
+    return table
+
+
+def _line(text, label):
+    (line,) = [x for x in text.splitlines() if x.startswith(label)]
+    return line
+
+
+def test_identical_runs_are_named_where_the_p_value_would_be():
+    table = _identical_and_normal([0.0] * 5)
+    # The same table with a gamma=0.5 that merely fails to beat BASE.
+    other = _identical_and_normal([0.01, -0.01, 0.0, 0.005, -0.01])
+    rows = _comparison_rows(table)
+    same, normal = rows["gamma=0.5, lr=0.1"], rows["gamma=0.1, lr=0.1"]
+    assert (same["p"], same["p_holm"]) == ("identical runs",) * 2
+    assert same["p_wilcoxon"] == "1" and same["dz"] == "–"
+    assert same["difference"] == "+0.00 [+0.00, +0.00]"
+    assert not same["significant"]
+    # The normal row next to it is what it would be next to any other
+    # comparison that is not significant: Holm counts both.
+    assert normal == _comparison_rows(other)["gamma=0.1, lr=0.1"]
+    assert normal["significant"] and normal["p"] != "identical runs"
+
+    markdown = report.to_markdown(table, show_p=True)
+    assert "| gamma=0.5, lr=0.1 |" in markdown
+    assert "| identical runs | identical runs | 1 |" in _line(
+        markdown, "| gamma=0.5, lr=0.1 |"
+    )
+    assert _line(markdown, "| gamma=0.1, lr=0.1 |") == _line(
+        report.to_markdown(other), "| gamma=0.1, lr=0.1 |"
+    )
+    assert "(identical runs)" in _line(markdown, "| gamma=0.5 |")
+    assert "identical runs: every paired difference is zero" in markdown
+    assert "identical runs" not in report.to_markdown(other)
+
+    latex = report.to_latex(table)
+    assert "& identical runs & identical runs & 1 &" in _line(
+        latex, "gamma=0.5, lr=0.1 &"
+    )
+    assert _line(latex, "gamma=0.1, lr=0.1 &") == _line(
+        report.to_latex(other), "gamma=0.1, lr=0.1 &"
+    )
+    assert "identical runs" in _line(report.to_text(table), "gamma=0.5, lr")
+
+    by_row = {
+        r["row"]: r for r in csv.DictReader(io.StringIO(report.to_csv(table)))
+    }
+    other_rows = {
+        r["row"]: r for r in csv.DictReader(io.StringIO(report.to_csv(other)))
+    }
+    assert by_row["gamma=0.5"]["p_value"] == "identical runs"
+    assert by_row["gamma=0.5"]["p_holm"] == "identical runs"
+    assert by_row["gamma=0.5"]["note"] == "identical runs"
+    assert by_row["gamma=0.5"]["significant"] == "False"
+    assert by_row["gamma=0.5"]["wilcoxon_p"] == "1.0"
+    assert by_row["gamma=0.1"] == other_rows["gamma=0.1"]
+    assert float(by_row["gamma=0.1"]["p_value"]) < 0.05

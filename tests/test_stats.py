@@ -134,6 +134,15 @@ def test_holm_skips_nan():
     assert reject == [True, False, True]
 
 
+def test_holm_nan_is_never_rejected_and_the_others_are_holm_without_it():
+    p = [0.01, math.nan, 0.02, 0.001]
+    reject, corrected = stats.holm(p)
+    without = stats.holm([0.01, 0.02, 0.001])
+    assert not reject[1] and math.isnan(corrected[1])
+    assert [reject[i] for i in (0, 2, 3)] == without[0] == [True, True, True]
+    assert [corrected[i] for i in (0, 2, 3)] == pytest.approx(without[1])
+
+
 def test_probability_of_outperforming():
     p, low, high = stats.probability_of_outperforming(OURS, BASE, seed=5)
     assert p == pytest.approx(3.5 / 4)  # three wins and a tie
@@ -146,7 +155,58 @@ def test_float32_noise_does_not_break_ties():
     base = {s: 0.9 + 0.01 * s for s in range(1, 6)}
     ours = {s: float(np.float32(v)) for s, v in base.items()}
     assert stats.probability_of_outperforming(ours, base)[0] == 0.5
-    assert stats.one_sided_paired_ttest(ours, base) == 1.0
+    assert math.isnan(stats.one_sided_paired_ttest(ours, base))
+
+
+def _scipy_quietly(function, *args, **kwargs):
+    """scipy's answer; it warns on zero-variance input."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return function(*args, **kwargs)
+
+
+def test_identical_runs_give_scipys_nan_not_a_p_of_one():
+    ours = np.array(list(BASE.values()))
+    expected = _scipy_quietly(
+        scipy.stats.ttest_rel, ours, ours.copy(), alternative="greater"
+    )
+    assert np.isnan(expected.statistic) and np.isnan(expected.pvalue)
+
+    t, p, df = stats.paired_ttest(dict(BASE), BASE)
+
+    assert math.isnan(t) and math.isnan(p) and df == N - 1
+    assert math.isnan(stats.one_sided_paired_ttest(dict(BASE), BASE))
+    # The Wilcoxon test is defined (every sign flip gives the statistic 0):
+    # p = 1, as scipy gives.
+    wilcoxon = _scipy_quietly(
+        scipy.stats.wilcoxon,
+        ours - ours,
+        zero_method="pratt",
+        alternative="greater",
+        method=scipy.stats.PermutationMethod(n_resamples=np.inf),
+    )
+    assert stats.wilcoxon_signed_rank(BASE, BASE) == wilcoxon.pvalue == 1.0
+    # d_z = 0 / 0, as mean(d) / sd(d) gives; the interval is a point, as
+    # scipy's two-sided interval is.
+    d = ours - ours
+    dz = _scipy_quietly(np.divide, np.mean(d), np.std(d, ddof=1))
+    assert np.isnan(dz) and math.isnan(stats.cohens_dz(BASE, BASE))
+    ci = _scipy_quietly(scipy.stats.ttest_rel, ours, ours.copy())
+    ci = ci.confidence_interval()
+    assert stats.mean_difference_ci(BASE, BASE) == (0.0, ci.low, ci.high)
+
+
+def test_constant_shift_gives_scipys_limits():
+    for gain, t, p in ((0.25, math.inf, 0.0), (-0.25, -math.inf, 1.0)):
+        ours = {s: v + gain for s, v in BASE.items()}
+        # Differences exact in binary, so scipy sees zero variance too.
+        a = np.array([0.5, 0.75, 0.25, 1.0])
+        expected = _scipy_quietly(
+            scipy.stats.ttest_rel, a + gain, a, alternative="greater"
+        )
+        assert (expected.statistic, expected.pvalue) == (t, p)
+        assert stats.paired_ttest(ours, BASE)[:2] == (t, p)
+        assert stats.cohens_dz(ours, BASE) == t
 
 
 def test_identical_and_constant_shift_are_defined_without_warnings():
@@ -154,9 +214,10 @@ def test_identical_and_constant_shift_are_defined_without_warnings():
         warnings.simplefilter("error")
         same = stats.compare(BASE, BASE)
         shifted = stats.compare({s: v + 0.01 for s, v in BASE.items()}, BASE)
-    assert same.p_value == 1.0 and math.isnan(same.t)
+    assert same.identical and not shifted.identical
+    assert math.isnan(same.p_value) and math.isnan(same.t)
     assert same.wilcoxon_p == 1.0
-    assert same.effect_size_dz == 0.0
+    assert math.isnan(same.effect_size_dz)
     assert (same.ci_low, same.ci_high) == (0.0, 0.0)
     assert same.p_outperform == 0.5
     assert shifted.p_value == 0.0 and shifted.t == math.inf
@@ -220,6 +281,33 @@ def test_compare_records_holm_families():
         assert min(r["p_holm"] for r in tested) == pytest.approx(
             min(1.0, raw[0] * size)
         )
+
+
+def test_compare_records_identical_runs_count_in_holm_and_are_never_marked():
+    base = [_record(s, 0.80 + 0.01 * (s % 3)) for s in range(1, 5)]
+    same = [_record(s, 0.80 + 0.01 * (s % 3), gamma=0.5) for s in range(1, 5)]
+    gains = (0.02, 0.03, 0.025, 0.022)
+    good = [
+        _record(s, 0.80 + 0.01 * (s % 3) + g, gamma=0.1)
+        for s, g in zip(range(1, 5), gains)
+    ]
+
+    rows = stats.compare_records(base + same + good)
+
+    rows = {r["config"]["gamma"]: r for r in rows}
+    identical, normal = rows[0.5], rows[0.1]
+    assert identical["identical"] and identical["note"] == "identical runs"
+    assert math.isnan(identical["p_value"]) and math.isnan(identical["p_holm"])
+    assert not identical["significant"] and not identical["significant_holm"]
+    # The normal row is as it would be on its own, Holm counting two tests
+    # (the identical runs as p = 1, as they counted before).
+    ours = {s: 0.80 + 0.01 * (s % 3) + g for s, g in zip(range(1, 5), gains)}
+    common = {s: 0.80 + 0.01 * (s % 3) for s in range(1, 5)}
+    p = stats.one_sided_paired_ttest(ours, common)
+    assert not normal["identical"] and normal["note"] == ""
+    assert normal["p_value"] == pytest.approx(p)
+    assert normal["p_holm"] == pytest.approx(min(1.0, 2 * p))
+    assert normal["significant"] and normal["significant_holm"]
 
 
 def test_compare_records_rejects_duplicates():

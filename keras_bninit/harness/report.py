@@ -15,6 +15,12 @@ the records into separate tables (one per data set, model, epochs, ...).
 
 Renderings: Markdown, LaTeX, CSV (every statistic of `harness.stats`) and
 plain text; `report_plots.plot_accuracy_vs_gamma` draws a PNG.
+
+Identical runs (every paired difference zero) have no t-test p-value (NaN,
+as scipy gives): every rendering prints "identical runs" where that p and
+its Holm-adjusted value would stand, the CSV's `p_value` and `p_holm`
+columns included. Their Wilcoxon p-value (1, defined) is printed as a
+number, and d_z (0 / 0) as "–".
 """
 
 import csv
@@ -25,7 +31,7 @@ import numbers
 import os
 import textwrap
 
-from keras_bninit.harness.stats import ALPHA, compare_records
+from keras_bninit.harness.stats import ALPHA, IDENTICAL_RUNS, compare_records
 from keras_bninit.harness.store import canonical_config
 
 # Fields that tell the compared methods apart: they always go into the row.
@@ -152,7 +158,8 @@ class Table:
         Each row is a dict of display strings: "configuration", "mean_std",
         "n" (pairs with BASE; a BASE row its seeds), "difference" (mean of
         ours - BASE with its 95 % t interval, in the table's unit), "dz"
-        (Cohen's d_z), "p" (one-sided paired t-test), "p_holm",
+        (Cohen's d_z), "p" (one-sided paired t-test; "identical runs" when
+        every paired difference is zero, and then "p_holm" too), "p_holm",
         "p_wilcoxon", "p_outperform" (P(ours > BASE)), plus "significant"
         (by the table's decision), "is_base" and "compared" (whether the
         statistics exist: False for BASE rows and rows without a BASE).
@@ -188,8 +195,8 @@ class Table:
                         f"[{s['ci_low'] * scale:+.{d}f}, "
                         f"{s['ci_high'] * scale:+.{d}f}]",
                         dz=_number(s["effect_size_dz"], ".2f"),
-                        p=_number(s["p_value"], ".3g"),
-                        p_holm=_number(s["p_holm"], ".3g"),
+                        p=_p_text(s, "p_value"),
+                        p_holm=_p_text(s, "p_holm"),
                         p_wilcoxon=_number(s["wilcoxon_p"], ".3g"),
                         p_outperform=_number(s["p_outperform"], ".2f"),
                     )
@@ -231,13 +238,20 @@ def _number(value, spec):
     return "–" if value is None or math.isnan(value) else format(value, spec)
 
 
+def _p_text(stats, name):
+    """A t-test p-value (`name`: "p_value" or "p_holm") for display."""
+    if stats["identical"]:
+        return IDENTICAL_RUNS
+    return _number(stats[name], ".3g")
+
+
 def _comparison_legend(table):
     test = "p Holm" if table.decision == "holm" else "p (t-test)"
     family = {
         "base": "the configurations sharing a BASE",
         "dataset": "the configurations of a data set",
     }.get(table.holm_family, table.holm_family)
-    return (
+    legend = (
         "Each configuration against its BASE, paired by seed: n pairs; "
         "ours - BASE: mean difference and its 95% t interval; d_z: mean "
         "difference / std of the differences; p (t-test): one-sided paired "
@@ -245,6 +259,12 @@ def _comparison_legend(table):
         "one-sided signed-rank test; P(> BASE): share of seeds where ours "
         f"is higher (ties half). Marked: {test} <= {table.alpha:g}."
     )
+    if any(c.stats["identical"] for c in table.cells.values()):
+        legend += (
+            f" {IDENTICAL_RUNS}: every paired difference is zero, so the "
+            "t-test has no p-value (never marked)."
+        )
+    return legend
 
 
 def _decision_key(table):
@@ -533,6 +553,8 @@ def _row_labels(rows, is_base, row_key):
 
 
 def _p_suffix(cell):
+    if cell.stats["identical"]:
+        return f" ({IDENTICAL_RUNS})"
     p = cell.stats["p_value"]
     return "" if math.isnan(p) else f" (p={p:.3g})"
 
@@ -702,8 +724,9 @@ def to_csv(tables, path=None, scale=100.0):
     Columns: table title, row and column labels, the method fields, then
     config_key, base_key, is_base, n_ours, n_base, n (pairs), n_failed,
     missing_seeds, mean, std, base_mean, base_std, mean_difference, ci_low,
-    ci_high (those seven times `scale`: percent), t, p_value, significant
-    (raw), p_holm, significant_holm, wilcoxon_p, effect_size_dz,
+    ci_high (those seven times `scale`: percent), t, p_value ("identical
+    runs" for identical runs), significant (raw), p_holm (likewise),
+    significant_holm, wilcoxon_p, effect_size_dz,
     p_outperform, p_outperform_ci_low, p_outperform_ci_high, best_in_column,
     note.
 
@@ -735,6 +758,8 @@ def to_csv(tables, path=None, scale=100.0):
             for name in _CSV_STATS:
                 if name == "best_in_column":
                     value = cell.underline
+                elif name in ("p_value", "p_holm") and stats["identical"]:
+                    value = IDENTICAL_RUNS
                 elif name == "missing_seeds":
                     value = " ".join(str(s) for s in stats[name])
                 else:

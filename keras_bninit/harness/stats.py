@@ -20,6 +20,11 @@ Beyond the paper, every comparison also reports
 
 Accuracies are compared as given (fractions or percent alike). Inputs are
 mappings `seed -> accuracy`, so pairs are matched by seed, never by position.
+
+Identical runs (every paired difference zero, e.g. a configuration that
+equals BASE) leave the t statistic 0 / 0: the t-test's p-value is NaN, as
+`scipy.stats.ttest_rel` gives, so it is never significant, and reports say
+"identical runs" in its place.
 """
 
 import dataclasses
@@ -50,6 +55,10 @@ BOOTSTRAP_RESAMPLES = 10_000
 # BASE: c = 1, a = 1, standard BN; everything else (input normalization
 # included, Section 3.2) is kept from the configuration compared.
 BASELINE_OVERRIDES = {"gamma": 1.0, "gamma_lr_divisor": 1.0, "bn": "standard"}
+
+# What reports print for the undefined p-value of identical runs (also the
+# `note` of such a row).
+IDENTICAL_RUNS = "identical runs"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +100,10 @@ class PairedComparison:
         mean_difference: mean of ours - base.
         ci_low, ci_high: 95 % t confidence interval of the mean difference.
         t: paired t statistic (inf/-inf/nan for zero-variance differences).
-        p_value: one-sided paired t-test p-value (alternative "greater").
+        p_value: one-sided paired t-test p-value (alternative "greater");
+            NaN for identical runs.
+        identical: every paired difference is zero (after rounding to
+            `DECIMALS`), so the t-test is undefined.
         wilcoxon_p: one-sided Wilcoxon signed-rank p-value.
         effect_size_dz: Cohen's d_z = mean(d) / sd(d).
         p_outperform: P(ours > base), ties counting one half.
@@ -105,6 +117,7 @@ class PairedComparison:
     ci_high: float
     t: float
     p_value: float
+    identical: bool
     wilcoxon_p: float
     effect_size_dz: float
     p_outperform: float
@@ -221,14 +234,21 @@ def _zero_variance(sample):
     return bool(np.all(d == d[0]))
 
 
+def _identical(sample):
+    """Whether the (rounded) differences are all zero."""
+    return not np.any(sample.differences)
+
+
 def paired_ttest(ours, base):
     """One-sided paired t-test of ours > base, pairing by seed.
 
     Uses `scipy.stats.ttest_rel(ours, base, alternative="greater")`. When
-    all paired differences are equal (zero variance) the t statistic is not
-    defined; then the result is the limit of the test: t = +inf and p = 0 for
-    a constant gain, t = -inf and p = 1 for a constant loss, and t = nan,
-    p = 1 for identical accuracies (no evidence of improvement).
+    all paired differences are equal (zero variance) the result is scipy's
+    for exactly equal differences, without its warnings and whatever float
+    noise the accuracies carry: t = +inf and p = 0 for a constant gain,
+    t = -inf and p = 1 for a constant loss, and t = p = NaN for identical
+    accuracies (0 / 0: no test, so never significant; reports print
+    "identical runs").
 
     Args:
         ours: mapping seed -> accuracy of the configuration (or a
@@ -246,7 +266,7 @@ def paired_ttest(ours, base):
             return math.inf, 0.0, df
         if gain < 0:
             return -math.inf, 1.0, df
-        return math.nan, 1.0, df
+        return math.nan, math.nan, df
     result = scipy.stats.ttest_rel(
         sample.ours, sample.base, alternative="greater"
     )
@@ -265,7 +285,7 @@ def one_sided_paired_ttest(ours, base):
         base: mapping seed -> accuracy of BASE, with exactly the same seeds.
 
     Returns:
-        The p-value, a float in [0, 1].
+        The p-value, a float in [0, 1], or NaN for identical runs.
 
     Raises:
         ValueError: mismatched seeds or fewer than 2 pairs.
@@ -289,7 +309,9 @@ def wilcoxon_signed_rank(ours, base, seed=0):
     own loop takes seconds per test for n = 15). scipy's normal
     approximation, which `wilcoxon` falls back to for ties, is never used.
 
-    If every difference is zero the p-value is 1.
+    If every difference is zero (identical runs) the p-value is 1, as
+    `scipy.stats.wilcoxon` gives: every sign assignment then has the
+    observed statistic 0, so this test is defined, and not significant.
 
     Args:
         ours: mapping seed -> accuracy (or a `PairedSample`).
@@ -356,8 +378,8 @@ def mean_difference_ci(ours, base, confidence=0.95):
 def cohens_dz(ours, base):
     """Paired effect size d_z = mean(d) / sd(d), sd with ddof = 1.
 
-    Zero-variance differences give +inf/-inf for a constant gain/loss and 0
-    for identical accuracies.
+    Zero-variance differences give +inf/-inf for a constant gain/loss and
+    NaN (0 / 0, as the formula gives) for identical accuracies.
 
     Args:
         ours: mapping seed -> accuracy (or a `PairedSample`).
@@ -369,7 +391,7 @@ def cohens_dz(ours, base):
     sample = _sample(ours, base)
     if _zero_variance(sample):
         gain = sample.differences[0]
-        return 0.0 if gain == 0 else math.copysign(math.inf, gain)
+        return math.nan if gain == 0 else math.copysign(math.inf, gain)
     d = sample.ours - sample.base
     return float(np.mean(d) / np.std(d, ddof=1))
 
@@ -421,7 +443,10 @@ def holm(p_values, alpha=ALPHA):
     """Holm's step-down correction (`multipletests(method="holm")`).
 
     NaN p-values (comparisons that could not be made) stay NaN, are not
-    rejected, and do not count towards the number of tests.
+    rejected, and do not count towards the number of tests: the others are
+    adjusted as a family without them. (`multipletests` given a NaN counts
+    it, and may reject it.) `compare_records` counts identical runs, whose
+    p-value is NaN, as tests with p = 1.
 
     Args:
         p_values: sequence of raw p-values of one family of tests.
@@ -469,6 +494,7 @@ def compare(ours, base, confidence=0.95, seed=0):
         ci_high=high,
         t=t,
         p_value=p,
+        identical=_identical(sample),
         wilcoxon_p=wilcoxon_signed_rank(sample, None, seed=seed),
         effect_size_dz=cohens_dz(sample, None),
         p_outperform=p_out,
@@ -507,6 +533,7 @@ _NAN_COMPARISON = {
     "ci_high": math.nan,
     "t": math.nan,
     "p_value": math.nan,
+    "identical": False,
     "wilcoxon_p": math.nan,
     "effect_size_dz": math.nan,
     "p_outperform": math.nan,
@@ -555,11 +582,14 @@ def compare_records(
     (`baseline_config`) on the seeds both completed. Failed runs and
     non-finite accuracies are left out and counted in `n_failed`. Rows of
     BASE configurations, and configurations without a BASE or with fewer
-    than 2 common seeds, carry NaN statistics and a `note`.
+    than 2 common seeds, carry NaN statistics and a `note`; identical runs
+    carry a NaN t-test p-value and the note `IDENTICAL_RUNS`.
 
     Holm's correction runs over each family of comparisons: those sharing
     the same BASE configuration (`holm_family="base"`, the default) or all
-    comparisons within a data set (`holm_family="dataset"`).
+    comparisons within a data set (`holm_family="dataset"`). Identical runs
+    count in their family as a test with p = 1 (compared, no evidence of a
+    gain), are never rejected, and keep a NaN `p_holm`.
 
     Args:
         records: iterable of result records (see `keras_bninit.harness.store`).
@@ -575,7 +605,8 @@ def compare_records(
         `seeds` (completed), `n_ours`, `n_base`, `n` (pairs), `n_failed`,
         `missing_seeds` (BASE seeds this configuration lacks), `mean`,
         `std` (ddof = 1, over all its completed seeds), `base_mean`,
-        `base_std`, the `PairedComparison` fields, `significant`
+        `base_std`, the `PairedComparison` fields (`identical` included),
+        `significant`
         (p <= alpha), `p_holm`, `significant_holm`, and `note`.
     """
     if holm_family not in ("base", "dataset"):
@@ -618,6 +649,8 @@ def compare_records(
             comparison = dataclasses.asdict(compare(sample, None, seed=seed))
             del comparison["seeds"]  # row["seeds"]: all completed seeds
             row.update(comparison)
+            if row["identical"]:
+                row["note"] = IDENTICAL_RUNS
         row["significant"] = bool(row["p_value"] <= alpha)
         rows.append(row)
     _add_holm(rows, alpha, holm_family)
@@ -640,7 +673,14 @@ def _add_holm(rows, alpha, holm_family):
             family = row["config"].get("dataset")
         families.setdefault(family, []).append(index)
     for indices in families.values():
-        reject, corrected = holm([rows[i]["p_value"] for i in indices], alpha)
+        # Identical runs were compared, so they count as tests (p = 1 can
+        # never be rejected); BASE rows and rows without a comparison (NaN)
+        # do not.
+        p_values = [
+            1.0 if rows[i]["identical"] else rows[i]["p_value"] for i in indices
+        ]
+        reject, corrected = holm(p_values, alpha)
         for i, r, c in zip(indices, reject, corrected):
-            rows[i]["p_holm"] = c
-            rows[i]["significant_holm"] = r
+            identical = rows[i]["identical"]
+            rows[i]["p_holm"] = math.nan if identical else c
+            rows[i]["significant_holm"] = r and not identical
