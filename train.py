@@ -531,7 +531,10 @@ def _check_store(sweep_dir):
     from keras_bninit.harness.store import STORE_FILENAME, ResultStore
 
     if os.path.exists(os.path.join(sweep_dir, STORE_FILENAME)):
-        ResultStore(sweep_dir).close()  # raises StoreError (a ValueError)
+        from keras_bninit.harness.sweep import check_backend
+
+        with ResultStore(sweep_dir) as store:  # StoreError: a ValueError
+            check_backend(store, sweep_dir)  # runs of another backend
 
 
 def _check_row_key(row_key):

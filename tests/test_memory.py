@@ -149,9 +149,7 @@ def test_memory_and_tfdata_load_the_same_arrays():
     assert (memory.num_train, memory.num_val, memory.num_test) == (180, 20, 40)
     np.testing.assert_array_equal(raw.train_labels, np.arange(200) % 10)
     images, labels = memory.arrays("val")
-    np.testing.assert_array_equal(
-        images, raw.train_images[memory.val_indices]
-    )
+    np.testing.assert_array_equal(images, raw.train_images[memory.val_indices])
     assert memory.describe()["input"] == "memory"
     with pytest.raises(ValueError, match="synthetic data set only"):
         load_raw("digits", size=10)
@@ -166,9 +164,11 @@ def test_weights_hold_the_model_not_the_images(tmp_path):
     with h5py.File(path) as f:
         sizes = []
         f.visititems(
-            lambda name, obj: sizes.append(obj.size)
-            if isinstance(obj, h5py.Dataset)
-            else None
+            lambda name, obj: (
+                sizes.append(obj.size)
+                if isinstance(obj, h5py.Dataset)
+                else None
+            )
         )
     weights = sum(int(np.prod(v.shape)) for v in model.weights)
     assert sum(sizes) == weights  # no uint8 image store

@@ -206,3 +206,54 @@ def test_claim_order_and_contract_names(tmp_path):
     ]
     with ResultStore(tmp_path) as store:
         assert store.claims() == {} and len(store.records()) == 4
+
+
+def test_a_sweep_directory_holds_one_backend(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from keras_bninit.harness.report import write_report
+
+    runs = expand([{"dataset": "digits", "gamma": 0.1}], "1", epochs=1)
+    runs = [dataclasses.replace(r, model="tiny") for r in runs]
+    run_sweep(runs, tmp_path, quiet=True, build_model=tiny_builder)
+    with ResultStore(tmp_path) as store:
+        (record, *_) = store.records()
+        text, _ = write_report(store, str(tmp_path / "report"))
+        assert text.splitlines()[0] == "Keras backend: tensorflow"
+        # The same run as JAX would have trained it (a 0.2 JAX sweep).
+        other = json.loads(json.dumps(record))
+        other["versions"]["keras_backend"] = "jax"
+        other["config"]["seed"] = 7
+        store.put(other)
+    with pytest.raises(ValueError, match="trained on the jax backend"):
+        run_sweep(runs, tmp_path, quiet=True, build_model=tiny_builder)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(root, "train.py"),
+            "sweep",
+            "--dataset",
+            "digits",
+            "--gamma",
+            "0.1",
+            "--seeds",
+            "1-2",
+            "--epochs",
+            "1",
+            "--backend",
+            "tensorflow",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--backend jax" in lines[0]
+    assert "Traceback" not in result.stderr

@@ -32,7 +32,7 @@ import os
 import textwrap
 
 from keras_bninit.harness.stats import ALPHA, IDENTICAL_RUNS, compare_records
-from keras_bninit.harness.store import canonical_config
+from keras_bninit.harness.store import canonical_config, record_backends
 
 # Fields that tell the compared methods apart: they always go into the row.
 METHOD_FIELDS = ("gamma", "gamma_lr_divisor", "bn", "input_norm")
@@ -841,7 +841,9 @@ def write_report(records, out_dir, row_key="gamma", col_key="lr", **kwargs):
     from keras_bninit.harness import report_plots  # it imports this module
 
     os.makedirs(out_dir, exist_ok=True)
+    records = _as_records(records)
     tables = build_tables(records, row_key=row_key, col_key=col_key, **kwargs)
+    backend = f"Keras backend: {', '.join(record_backends(records))}\n"
     scale = kwargs.get("scale", 100.0)
     paths = {
         "markdown": os.path.join(out_dir, "report.md"),
@@ -850,9 +852,13 @@ def write_report(records, out_dir, row_key="gamma", col_key="lr", **kwargs):
         "plots": [],
     }
     with open(paths["markdown"], "w", encoding="utf-8") as f:
-        f.write("\n".join(to_markdown(t) for t in tables))
+        f.write(backend + "\n" + "\n".join(to_markdown(t) for t in tables))
     with open(paths["latex"], "w", encoding="utf-8") as f:
-        f.write(_LATEX_PREAMBLE + "\n".join(to_latex(t) for t in tables))
+        f.write(
+            f"% {backend}"
+            + _LATEX_PREAMBLE
+            + "\n".join(to_latex(t) for t in tables)
+        )
     to_csv(tables, paths["csv"], scale=scale)
     if row_key == "gamma":
         for k, table in enumerate(tables):
@@ -871,5 +877,5 @@ def write_report(records, out_dir, row_key="gamma", col_key="lr", **kwargs):
             paths["plots"].append(
                 report_plots.plot_accuracy_vs_gamma(table, plot)
             )
-    text = "\n".join(to_text(t) for t in tables)
+    text = backend + "\n".join(to_text(t) for t in tables)
     return text, paths

@@ -210,6 +210,19 @@ def config_key(config):
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def record_backends(records):
+    """The Keras backends that trained `records`, sorted.
+
+    A record without one counts as TensorFlow, the only backend before 0.2.
+    """
+    return sorted(
+        {
+            (r.get("versions") or {}).get("keras_backend") or "tensorflow"
+            for r in records
+        }
+    )
+
+
 def _json_default(value):
     # numpy scalars and arrays, as written by Keras histories
     if hasattr(value, "tolist"):

@@ -42,6 +42,7 @@ from keras_bninit.harness.store import (
     STALE_AFTER_S,
     ResultStore,
     new_owner_id,
+    record_backends,
 )
 
 # Fields a grid may vary; every other RunConfig field is fixed per sweep.
@@ -495,6 +496,27 @@ def reconcile(store, configs, runs_dir):
     return written
 
 
+def check_backend(store, sweep_dir):
+    """Raises `ValueError` when the store holds runs of another backend.
+
+    The same seed gives other numbers on another backend, so a sweep's
+    paired comparisons hold within one backend: a sweep directory is
+    trained on one backend.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    stored = record_backends(store.records(status=None))
+    others = [b for b in stored if b != backend]
+    if others:
+        raise ValueError(
+            f"{sweep_dir!r} holds runs trained on the {', '.join(others)} "
+            f"backend; this sweep runs on {backend}, and runs of two "
+            f"backends are never paired. Use --backend {others[0]} to add "
+            "to it, or another --out."
+        )
+
+
 def run_sweep(
     configs,
     sweep_dir,
@@ -561,6 +583,7 @@ def run_sweep(
     retry_before = time.time() if retry_failed else None
     counts = {"total": len(configs), "skipped": 0, "ran": 0, "failed": 0}
     with ResultStore(sweep_dir) as store:
+        check_backend(store, sweep_dir)
         meta_path = os.path.join(sweep_dir, "sweep.json")
         try:
             meta = _io.read_json(meta_path, {})
