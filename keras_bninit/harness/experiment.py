@@ -106,10 +106,11 @@ class RunConfig:
         diagnostics: record BN diagnostics (keras_bninit.harness.diagnostics).
         verbose: Keras's verbosity: 1 progress bar, 2 a line per epoch,
             0 nothing.
-        data_dir: tensorflow-datasets' data directory.
+        data_dir: tensorflow-datasets' data directory, which may also hold
+            a prepared `.npz` or CIFAR's python pickles (`harness.datasets`).
         precise_bn: 0 (the paper's protocol: BN running statistics as
             moving averages), or N > 0 to recompute them after each epoch,
-            before validation, as true averages over up to N training
+            before validation, as population statistics over up to N training
             batches (`keras_bninit.update_bn_stats`; for short runs).
         torch_parity: train with `keras_bninit.TorchSGD`, PyTorch's
             momentum form (lr outside the buffer), instead of Keras's SGD;
