@@ -21,9 +21,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _HIDE_TENSORFLOW = textwrap.dedent(
     """
     import importlib.machinery
+    import os
     import sys
 
-    _HIDDEN = ("tensorflow", "tensorflow_datasets")
+    _HIDDEN = (
+        "tensorflow",
+        "tensorflow_datasets",
+        *os.environ.get("HIDE_MODULES", "").split(),
+    )
 
 
     class _Hide(importlib.machinery.PathFinder):
@@ -111,6 +116,8 @@ def test_run_without_tensorflow_learns_digits(no_tf_env, tmp_path, backend):
 
 @pytest.mark.slow
 def test_jax_sweep_and_report_without_tensorflow(no_tf_env, tmp_path):
+    # Nor matplotlib, which a GPU machine may lack: the report has no plot.
+    no_tf_env = dict(no_tf_env, HIDE_MODULES="matplotlib")
     common = ["--dataset", "digits", "--model", "resnet8", "--epochs", "1"]
     result = _train(
         no_tf_env,
@@ -133,6 +140,7 @@ def test_jax_sweep_and_report_without_tensorflow(no_tf_env, tmp_path):
     report = _train(no_tf_env, "report", "sweep", cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-2000:]
     assert "gamma=0.1" in report.stdout
+    assert "(no plots: matplotlib is not installed)" in report.stdout
     assert os.path.isfile(tmp_path / "sweep" / "report" / "report.md")
 
 

@@ -8,8 +8,8 @@ is a small int32 array with one row per example:
 
     (position in the image store, flip, crop top, crop left)
 
-and the labels. The layer gathers the examples on the device, crops and
-flips them by one gather each (in `keras.ops`, inside the compiled step)
+and the labels. The layer gathers the examples on the device, crops them
+by a gather per axis and flips them (in `keras.ops`, inside the compiled step)
 and applies the input normalization, so no per-step host work remains
 beyond slicing those rows.
 
@@ -100,16 +100,16 @@ class ImagePipeline(keras.layers.Layer):
                 (batch, height, images.shape[2], channels),
             )
             images = ops.take_along_axis(images, index, axis=1)
-        if self.cropped or self.flip:
+        if self.cropped:
             steps = ops.arange(width, dtype="int32")[None, :]
-            flipped = rows[:, FLIP, None] > 0
-            index = rows[:, LEFT, None] + ops.where(
-                flipped, width - 1 - steps, steps
-            )
             index = ops.broadcast_to(
-                index[:, None, :, None], (batch, height, width, channels)
+                (rows[:, LEFT, None] + steps)[:, None, :, None],
+                (batch, height, width, channels),
             )
             images = ops.take_along_axis(images, index, axis=2)
+        if self.flip:  # elementwise: cheaper than a gather on every device
+            flipped = ops.reshape(rows[:, FLIP] > 0, (-1, 1, 1, 1))
+            images = ops.where(flipped, ops.flip(images, axis=2), images)
         images = ops.cast(images, "float32")
         if self.input_norm == "fixed":
             half = (self.pixel_max + 1.0) / 2.0

@@ -25,6 +25,7 @@ number, and d_z (0 / 0) as "–".
 
 import csv
 import dataclasses
+import importlib.util
 import io
 import math
 import numbers
@@ -843,7 +844,7 @@ def write_report(records, out_dir, row_key="gamma", col_key="lr", **kwargs):
     os.makedirs(out_dir, exist_ok=True)
     records = _as_records(records)
     tables = build_tables(records, row_key=row_key, col_key=col_key, **kwargs)
-    backend = f"Keras backend: {', '.join(record_backends(records))}\n"
+    header = f"Keras backend: {', '.join(record_backends(records))}\n"
     scale = kwargs.get("scale", 100.0)
     paths = {
         "markdown": os.path.join(out_dir, "report.md"),
@@ -852,15 +853,18 @@ def write_report(records, out_dir, row_key="gamma", col_key="lr", **kwargs):
         "plots": [],
     }
     with open(paths["markdown"], "w", encoding="utf-8") as f:
-        f.write(backend + "\n" + "\n".join(to_markdown(t) for t in tables))
+        f.write(header + "\n" + "\n".join(to_markdown(t) for t in tables))
     with open(paths["latex"], "w", encoding="utf-8") as f:
         f.write(
-            f"% {backend}"
+            f"% {header}"
             + _LATEX_PREAMBLE
             + "\n".join(to_latex(t) for t in tables)
         )
     to_csv(tables, paths["csv"], scale=scale)
-    if row_key == "gamma":
+    plots = row_key == "gamma" and importlib.util.find_spec("matplotlib")
+    if row_key == "gamma" and not plots:
+        header += "(no plots: matplotlib is not installed)\n"
+    if plots:
         for k, table in enumerate(tables):
             name = "_".join(
                 _fmt(table.fixed[f])
@@ -877,5 +881,5 @@ def write_report(records, out_dir, row_key="gamma", col_key="lr", **kwargs):
             paths["plots"].append(
                 report_plots.plot_accuracy_vs_gamma(table, plot)
             )
-    text = backend + "\n".join(to_text(t) for t in tables)
+    text = header + "\n".join(to_text(t) for t in tables)
     return text, paths
