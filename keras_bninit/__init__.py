@@ -5,6 +5,8 @@ initialize every BN scale to a constant c < 1 (`batch_norm(gamma=c)`), train
 the scales with the learning rate divided by a = 100
 (`ParamGroupOptimizer`), and normalize the input with a BN layer
 (`InputBatchNorm`). `retrofit` applies them to an existing Keras model.
+`set_seed` seeds a run; `keras_bninit.initializers` draws initial weights
+from that seed with NumPy, the same on every backend.
 
 This package is the method alone: it imports Keras, NumPy and SciPy and runs
 on every Keras backend (TensorFlow, JAX, PyTorch). The experiment harness
@@ -15,6 +17,7 @@ reachable from here (`keras_bninit.RunConfig`, `keras_bninit.run_experiment`,
 
 import importlib
 
+from keras_bninit import initializers
 from keras_bninit.activations import activation_std, available_activations
 from keras_bninit.layers import (
     PAPER_EPSILON,

@@ -10,7 +10,11 @@ Initialization follows Section 4.1:
 convolution kernels Kaiming normal, fan-in, ReLU gain
 (std = sqrt(2 / fan_in)); dense kernels PyTorch's `nn.Linear` default
 U(-1/sqrt(fan_in), 1/sqrt(fan_in)); all biases 0; BN beta 0 and gamma c (set
-by the `norm_layer` factory).
+by the `norm_layer` factory). The random kernels come from
+`keras_bninit.initializers`, keyed by each variable's path
+(`"conv1/kernel"`): NumPy draws them from the seed of
+`keras_bninit.set_seed` (Section 4.3), so a seed builds the same network on
+every backend.
 """
 
 import dataclasses
@@ -18,35 +22,48 @@ from collections.abc import Callable
 
 import keras
 
+from keras_bninit.initializers import VarianceScaling
 
-def conv_kernel_initializer():
-    """Kaiming normal, fan-in, ReLU gain: N(0, 2 / fan_in), untruncated."""
-    return keras.initializers.VarianceScaling(
-        scale=2.0, mode="fan_in", distribution="untruncated_normal"
+
+def conv_kernel_initializer(key):
+    """Kaiming normal, fan-in, ReLU gain: N(0, 2 / fan_in), untruncated.
+
+    Args:
+        key: the kernel's path, e.g. `"conv1/kernel"` (see
+            `keras_bninit.initializers.VarianceScaling`).
+    """
+    return VarianceScaling(
+        scale=2.0, mode="fan_in", distribution="untruncated_normal", key=key
     )
 
 
-def depthwise_kernel_initializer():
+def depthwise_kernel_initializer(key):
     """Kaiming normal for a depthwise kernel, with PyTorch's fan-in.
 
     PyTorch's depthwise weight has shape (C, 1, k, k), so its fan-in is k*k.
     Keras's depthwise kernel has shape (k, k, C, 1) and Keras reads C as the
     input channels (fan_in = k*k*C), but its fan-out is k*k*1: the fan-in
     PyTorch uses. Hence mode="fan_out" gives std = sqrt(2 / (k*k)).
+
+    Args:
+        key: the kernel's path.
     """
-    return keras.initializers.VarianceScaling(
-        scale=2.0, mode="fan_out", distribution="untruncated_normal"
+    return VarianceScaling(
+        scale=2.0, mode="fan_out", distribution="untruncated_normal", key=key
     )
 
 
-def dense_kernel_initializer():
+def dense_kernel_initializer(key):
     """PyTorch's `nn.Linear` default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 
     VarianceScaling's uniform limit is sqrt(3 * scale / fan_in); scale 1/3
     makes it 1/sqrt(fan_in).
+
+    Args:
+        key: the kernel's path.
     """
-    return keras.initializers.VarianceScaling(
-        scale=1.0 / 3.0, mode="fan_in", distribution="uniform"
+    return VarianceScaling(
+        scale=1.0 / 3.0, mode="fan_in", distribution="uniform", key=key
     )
 
 
@@ -109,13 +126,16 @@ def conv(
     )
     if depthwise:
         layer = keras.layers.DepthwiseConv2D(
-            depthwise_initializer=depthwise_kernel_initializer(), **common
+            depthwise_initializer=depthwise_kernel_initializer(
+                f"{name}/kernel"
+            ),
+            **common,
         )
     else:
         layer = keras.layers.Conv2D(
             filters,
             groups=groups,
-            kernel_initializer=conv_kernel_initializer(),
+            kernel_initializer=conv_kernel_initializer(f"{name}/kernel"),
             **common,
         )
     return layer(x)
@@ -198,7 +218,7 @@ def classifier(x, num_classes, *, pool_name, fc_name, dropout=0.0):
         fc_name = fc_name + "_1"
     return keras.layers.Dense(
         num_classes,
-        kernel_initializer=dense_kernel_initializer(),
+        kernel_initializer=dense_kernel_initializer(f"{fc_name}/kernel"),
         bias_initializer="zeros",
         name=fc_name,
     )(x)

@@ -46,3 +46,31 @@ def test_set_seed_reproduces_every_generator():
     assert draw() == first
     kb.set_seed(4, deterministic=False)
     assert draw() != first
+
+
+def test_set_seed_seeds_and_restarts_the_initial_weights():
+    from keras_bninit.seeding import variable_seed
+
+    kb.set_seed(3, deterministic=False)
+    seed = kb.make_complex(3)
+    assert variable_seed("conv1/kernel") == (seed, 0)
+    assert variable_seed("conv1/kernel") == (seed, 1)
+    assert variable_seed("fc/kernel") == (seed, 0)
+    kb.set_seed(3, deterministic=False)
+    assert variable_seed("conv1/kernel") == (seed, 0)
+
+
+def test_initial_weights_before_set_seed_draw_from_python_random(monkeypatch):
+    """As Keras's unseeded initializers: a seed from Python's `random`, so
+    keras.utils.set_random_seed (or random.seed) makes them reproducible."""
+    import random
+
+    from keras_bninit import seeding
+
+    monkeypatch.setitem(seeding._WEIGHTS, "seed", None)
+    keras.utils.set_random_seed(11)
+    first = seeding.variable_seed("conv1/kernel")
+    assert first == (random.Random(11).getrandbits(32), 0)
+    assert seeding.variable_seed("conv1/kernel") != first
+    keras.utils.set_random_seed(11)
+    assert seeding.variable_seed("conv1/kernel") == first
