@@ -68,15 +68,9 @@ class DatasetSplits(SplitArrays):
     yields `(images, labels)` batches of float32 images (input normalization
     applied) and int64 labels.
 
-    Attributes:
-        name, num_classes, class_names, input_shape, batch_size, input_norm,
-        flip, crop: what `load_dataset` chose (see there).
-        num_train, num_val, num_test: examples per split, counted.
-        steps_per_epoch: `ceil(num_train / batch_size)`.
-        train_indices, val_indices: positions in the original training set
-            (the output of `validation_split`); used as example ids.
-        norm_mean, norm_std: per-channel statistics of the training split
-            in [0, 1] pixels (`input_norm="offline"`), else None.
+    Its attributes (name, classes, shapes, counts, steps per epoch, the
+    split's example ids, the input normalization's statistics) are those of
+    `harness.datasets.SplitArrays`, which both input paths share.
     """
 
     input_path = "tfdata"
