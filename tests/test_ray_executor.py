@@ -374,8 +374,7 @@ def test_dry_run_prints_work_and_estimated_hours():
     assert lines[-3] == "360 runs, 64,800 epochs, 2,916,000,000 training images"
     hours = 2_916_000_000 / 27_600 / 3600  # 29.3
     assert lines[-2] == (
-        f"estimated {hours:.1f} hours on one GPU at 27,600 images/s "
-        "(training steps only)"
+        f"estimated {hours:.1f} hours on one GPU at 27,600 images/s"
     )
     # 360 equal runs on 4 workers: 90 each.
     assert (

@@ -317,6 +317,7 @@ def test_plot_and_write_report(store, tmp_path):
             r"% keras_bninit report. Needs \usepackage{booktabs}"
         )
     with open(paths["markdown"], encoding="utf-8") as f:
+        assert f.readline() == "Keras backend: tensorflow\n"
         assert "p Wilcoxon" in f.read()
 
 

@@ -856,8 +856,8 @@ def write_report(records, out_dir, row_key="gamma", col_key="lr", **kwargs):
         f.write(header + "\n" + "\n".join(to_markdown(t) for t in tables))
     with open(paths["latex"], "w", encoding="utf-8") as f:
         f.write(
-            f"% {header}"
-            + _LATEX_PREAMBLE
+            _LATEX_PREAMBLE
+            + f"% {header}"
             + "\n".join(to_latex(t) for t in tables)
         )
     to_csv(tables, paths["csv"], scale=scale)
