@@ -173,7 +173,8 @@ def _add_run_config_args(parser, many):
     other.add_argument(
         "--batch-size",
         type=int,
-        help="batch size (default: 128; 64 for birds and cars)",
+        help="batch size (default: the data set's: 64 digits, birds and "
+        "cars; 128 otherwise)",
     )
     other.add_argument(
         "--weight-decay",
@@ -464,7 +465,7 @@ def _parser():
         "--decision",
         choices=("raw", "holm"),
         default="raw",
-        help="bold a row when its raw or its Holm-adjusted p < alpha",
+        help="bold a row when its raw or its Holm-adjusted p <= alpha",
     )
 
     plot = command("plot", "diagnostics plots of a run")
