@@ -21,13 +21,6 @@ def available(module="tensorflow"):
         return False
 
 
-def keras_backend():
-    """The Keras backend in use (read without importing TensorFlow)."""
-    import keras
-
-    return keras.backend.backend()
-
-
 def tensorflow():
     """Imports TensorFlow; hides the GPUs from it off the TF backend.
 
@@ -35,9 +28,10 @@ def tensorflow():
         The `tensorflow` module.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
     import tensorflow as tf
 
-    if keras_backend() != "tensorflow" and not _HIDDEN:
+    if keras.backend.backend() != "tensorflow" and not _HIDDEN:
         try:
             tf.config.set_visible_devices([], "GPU")
         except RuntimeError:

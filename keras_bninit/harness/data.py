@@ -40,7 +40,6 @@ from keras_bninit.harness.datasets import (  # noqa: F401  (public here too)
     EpochTracker,
     SplitArrays,
     available_datasets,
-    check_load_args,
     ensure_available,
     load_raw,
     prepare,

@@ -774,8 +774,16 @@ class SplitArrays:
         return top, left
 
 
-def check_load_args(input_norm, batch_size, spec):
-    """The shared argument checks of both input paths' loaders."""
+def prepare(
+    name, data_dir, download, batch_size, input_norm, flip, image_size, size
+):
+    """`load_raw` with both input paths' argument checks and defaults;
+    the arguments are checked before anything is read.
+
+    Returns:
+        `(spec, raw, batch_size, flip)`.
+    """
+    spec, _ = resolve_name(name, data_dir)
     if input_norm not in INPUT_NORMS:
         raise ValueError(
             f"`input_norm` must be one of {', '.join(INPUT_NORMS)}. "
@@ -783,19 +791,7 @@ def check_load_args(input_norm, batch_size, spec):
         )
     if batch_size is None:
         batch_size = spec.batch_size
-    return positive_int("batch_size", batch_size)
-
-
-def prepare(
-    name, data_dir, download, batch_size, input_norm, flip, image_size, size
-):
-    """`load_raw` with both input paths' argument checks and defaults.
-
-    Returns:
-        `(spec, raw, batch_size, flip)`.
-    """
-    spec, _ = resolve_name(name, data_dir)
-    batch_size = check_load_args(input_norm, batch_size, spec)
+    batch_size = positive_int("batch_size", batch_size)
     flip = spec.flip if flip is None else bool(flip)
     spec, raw = load_raw(name, data_dir, download, image_size, size)
     return spec, raw, batch_size, flip
