@@ -22,51 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DEMO_DIR = os.path.join("runs", "demo")
 
-# The valid values, listed in --help. Help answers before TensorFlow and
-# Keras load, so these are copies; tests/test_train_cli.py checks them
-# against the registries (models.available(), keras_bninit.NORM_LAYERS,
-# harness.data.available_datasets(), harness.sweep.PRESETS, ...).
-MODELS = (
-    "mobilenet_v2",
-    "repvgg_a0",
-    "resnet8",
-    "resnet18",
-    "resnet20",
-    "resnet32",
-    "resnet34",
-    "resnet44",
-    "resnet50",
-    "resnet56",
-    "resnet101",
-    "resnet110",
-    "resnet152",
-    "resnext50_32x4d",
-)
-DATASETS = (
-    "digits",
-    "cifar10",
-    "cifar100",
-    "caltech_birds2011",
-    "cars196",
-    "synthetic",
-)
-BN_KINDS = ("standard", "a1", "a2", "rbn", "iebn", "rbn-", "iebn-")
-INPUT_NORMS = ("bn", "fixed", "offline", "none")
-ABLATIONS = ("init-only", "lr-only")
-PRESETS = (
-    "demo",
-    "table1a",
-    "table1b",
-    "table2a",
-    "table2b",
-    "ablation-a1a2",
-    "ablation-init-lr",
-    "input-norm",
-)
-PRECISE_BN_BATCHES = 200
 BACKENDS = ("tensorflow", "jax", "torch")
-INPUTS = ("tfdata", "memory")
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 EXECUTORS = ("local", "ray")
 
 
@@ -107,171 +63,106 @@ def _fail(message):
 # ============================================================================
 
 
+def _light_module(name):
+    """A module of keras_bninit that imports no backend, loaded without the
+    package's `__init__` (which imports Keras) when Keras is not loaded yet:
+    the backend is chosen after parsing, and --help answers before Keras
+    loads. Registered under its own name, so later imports share it."""
+    import importlib
+    import importlib.util
+
+    if name in sys.modules or "keras_bninit" in sys.modules:
+        return importlib.import_module(name)
+    root = importlib.util.find_spec("keras_bninit").submodule_search_locations
+    path = os.path.join(root[0], *name.split(".")[1:]) + ".py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _config():
+    """`keras_bninit.harness.config`, before Keras loads."""
+    _light_module("keras_bninit._validation")
+    return _light_module("keras_bninit.harness.config")
+
+
+def _presets():
+    """`keras_bninit.harness.presets`, before Keras loads."""
+    _config()
+    return _light_module("keras_bninit.harness.presets")
+
+
+def _field_argument(field, many):
+    """The flags and argparse settings of one RunConfig field, from its
+    metadata (`harness.config`): help, choices, type."""
+    meta = field.metadata
+    settings = dict(meta["cli"] or {})
+    flags = settings.pop("flags", ("--" + field.name.replace("_", "-"),))
+    settings.update(dest=field.name, help=meta["help"])
+    if "action" not in settings:
+        if field.default is False:
+            settings.update(action="store_true", default=None)
+        else:
+            kinds = getattr(field.type, "__args__", (field.type,))
+            settings["type"] = next(t for t in kinds if t is not type(None))
+            if many and meta["grid"]:
+                settings["nargs"] = "+"
+    if meta["choices"] is not None:
+        settings["choices"] = meta["choices"]
+        if not all(str(c) in meta["help"] for c in meta["choices"]):
+            settings["help"] += f" ({', '.join(map(str, meta['choices']))})"
+    if field.default not in (None, False) and "action" not in settings:
+        settings["help"] += f" (default: {field.default})"
+    return flags, settings
+
+
 def _add_run_config_args(parser, many):
     """The RunConfig fields; `many` lets grid fields take several values."""
-    nargs = "+" if many else None
+    config = _config()
     grid = parser.add_argument_group(
         "configuration" + (" (each takes one or more values)" if many else "")
     )
-    grid.add_argument(
-        "--dataset",
-        nargs=nargs,
-        metavar="NAME|DIR",
-        help=f"{', '.join(DATASETS)}, or a directory of class subfolders "
-        "(default: digits)",
-    )
-    grid.add_argument(
-        "--model",
-        nargs=nargs,
-        metavar="NAME",
-        help=f"{', '.join(MODELS)} (default: the data set's: resnet8 "
-        "digits, resnet18 cifar10, resnet34 cifar100, resnet50 birds/cars)",
-    )
-    grid.add_argument(
-        "--lr",
-        type=float,
-        nargs=nargs,
-        help="base learning rate alpha, cosine-decayed per epoch "
-        "(default: 0.1)",
-    )
-    grid.add_argument(
-        "--gamma",
-        type=float,
-        nargs=nargs,
-        help="c, the initial value of every BN scale (default: 0.1; 1 for "
-        "rbn/iebn)",
-    )
-    grid.add_argument(
-        "--gamma-lr-divisor",
-        type=float,
-        nargs=nargs,
-        metavar="A",
-        help="a, the BN scales' learning-rate divisor (default: 100; 1 for "
-        "rbn/iebn)",
-    )
-    grid.add_argument(
-        "--bn",
-        nargs=nargs,
-        choices=BN_KINDS,
-        metavar="KIND",
-        help=f"BN formulation: {', '.join(BN_KINDS)} (default: standard)",
-    )
-    grid.add_argument(
-        "--input-norm",
-        nargs=nargs,
-        choices=INPUT_NORMS,
-        metavar="KIND",
-        help="input normalization: bn (InputBatchNorm), fixed "
-        "((x-128)/128), offline (mean/std), none (default: bn)",
-    )
     other = parser.add_argument_group("training")
-    other.add_argument(
-        "--epochs",
-        type=int,
-        help="epochs (default: the data set's: 15 digits, 180 otherwise)",
+    for field in config.fields():
+        if field.metadata["cli"] is not False:
+            flags, settings = _field_argument(field, many)
+            group = grid if field.metadata["grid"] else other
+            group.add_argument(*flags, **settings)
+    keras_forms = " ".join(
+        f"--{k.replace('_', '-')} {v}"
+        for k, v in config.KERAS_SEMANTICS.items()
     )
     other.add_argument(
-        "--batch-size",
-        type=int,
-        help="batch size (default: the data set's: 64 digits, birds and "
-        "cars; 128 otherwise)",
+        "--keras-semantics",
+        action="store_true",
+        help="Keras's forms instead of the reference's PyTorch ones "
+        f"({keras_forms}; docs/method.md)",
     )
-    other.add_argument(
-        "--weight-decay",
-        type=float,
-        help="coupled L2 on conv/dense kernels (default: 0.0001)",
-    )
-    other.add_argument(
-        "--momentum", type=float, help="SGD momentum (default: 0.9)"
-    )
-    other.add_argument(
-        "--activation-std",
-        type=float,
-        help="sigma_act, InputBatchNorm's scale is c times it (default: 0.58)",
-    )
-    other.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        help="tensorflow-datasets data directory (default: its own)",
-    )
-    other.add_argument(
-        "--precise-bn",
-        type=int,
-        nargs="?",
-        const=PRECISE_BN_BATCHES,
-        metavar="N",
-        help="recompute BN statistics before each validation as averages "
-        f"over N training batches (N default: {PRECISE_BN_BATCHES}, or "
-        "the epoch's batches if fewer); off: the paper's moving averages",
-    )
+    # 0.2's option: PyTorch's SGD form, now the default.
     other.add_argument(
         "--torch-parity",
-        action="store_true",
-        help="PyTorch's SGD momentum form (lr outside the buffer)",
+        dest="sgd",
+        action="store_const",
+        const="torch",
+        help=argparse.SUPPRESS,
     )
-    other.add_argument(
-        "--deterministic",
-        action="store_true",
-        help="op determinism (no XLA): same seed, same numbers",
-    )
-    other.add_argument(
-        "--input",
-        choices=INPUTS,
-        metavar="PATH",
-        help="input path: tfdata (tf.data, needs TensorFlow) or memory "
-        "(the images on the accelerator, no TensorFlow) (default: tfdata "
-        "on --backend tensorflow, memory on jax and torch: the faster)",
-    )
-    other.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        metavar="POLICY",
-        help="Keras dtype policy: float32 (the paper's), mixed_bfloat16, "
-        "mixed_float16 (with loss scaling) (default: float32)",
-    )
-    other.add_argument(
-        "--steps-per-execution",
-        type=int,
-        metavar="N",
-        help="optimizer steps per dispatch (Keras's steps_per_execution; "
-        "not on torch); same epochs, same numbers (default: 1)",
-    )
-    other.add_argument(
-        "--synthetic-size",
-        type=int,
-        metavar="N",
-        help="with --dataset synthetic: training images before the 10 %% "
-        "validation split (default: 50000, CIFAR-10's)",
-    )
-    other.add_argument("--no-jit", action="store_true", help="no XLA")
-    other.add_argument("--quiet", action="store_true", help="print nothing")
 
 
-def _fixed_fields(args):
-    """RunConfig fields given on the command line that are not grid axes."""
-    fields = {
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "weight_decay": args.weight_decay,
-        "momentum": args.momentum,
-        "activation_std": args.activation_std,
-        "data_dir": args.data_dir,
-        "input": args.input,
-        "precision": args.precision,
-        "steps_per_execution": args.steps_per_execution,
-        "synthetic_size": args.synthetic_size,
-    }
+def _config_fields(args, grid):
+    """The RunConfig fields given on the command line: the grid's (`grid`
+    True) or the others (with --keras-semantics's)."""
+    config = _config()
+    names = [
+        f.name
+        for f in config.fields(grid=grid)
+        if f.metadata["cli"] is not False
+    ]
+    fields = {n: getattr(args, n) for n in names}
     fields = {k: v for k, v in fields.items() if v is not None}
-    if args.precise_bn is not None:
-        fields["precise_bn"] = args.precise_bn
-    if args.torch_parity:
-        fields["torch_parity"] = True
-    if args.deterministic:
-        fields["deterministic"] = True
-    if args.no_jit:
-        fields["jit_compile"] = False
-    if args.quiet:
-        fields["verbose"] = 0
+    if not grid and args.keras_semantics:
+        fields = {**config.KERAS_SEMANTICS, **fields}
     return fields
 
 
@@ -400,7 +291,7 @@ def _parser():
     run.add_argument("--seed", type=int, default=1, help="the run seed n")
     run.add_argument(
         "--ablation",
-        choices=ABLATIONS,
+        choices=_config().ABLATIONS,
         metavar="KIND",
         help="init-only (c kept, a = 1) or lr-only (c = 1, a kept)",
     )
@@ -419,13 +310,13 @@ def _parser():
     _add_backend_arg(sweep)
     sweep.add_argument(
         "--preset",
-        choices=PRESETS,
+        choices=tuple(_presets().PRESETS),
         metavar="NAME",
-        help=f"a paper experiment: {', '.join(PRESETS)}",
+        help=f"a paper experiment: {', '.join(_presets().PRESETS)}",
     )
     sweep.add_argument(
         "--ablation",
-        choices=ABLATIONS,
+        choices=_config().ABLATIONS,
         metavar="KIND",
         help="init-only or lr-only, for every run",
     )
@@ -539,11 +430,8 @@ def _check_store(sweep_dir):
 
 
 def _check_row_key(row_key):
-    import dataclasses
 
-    from keras_bninit.harness.experiment import RunConfig
-
-    fields = [f.name for f in dataclasses.fields(RunConfig)]
+    fields = _config().field_names()
     if row_key is not None and row_key not in fields:
         raise ValueError(
             f"Unknown --row-key {row_key!r}; valid: the configuration "
@@ -552,24 +440,17 @@ def _check_row_key(row_key):
 
 
 def _run_config(args):
-    from keras_bninit.harness.experiment import RunConfig, apply_ablation
+    from keras_bninit.harness.config import RunConfig, apply_ablation
+    from keras_bninit.harness.experiment import validate
 
-    fields = {
-        "dataset": args.dataset,
-        "model": args.model,
-        "lr": args.lr,
-        "gamma": args.gamma,
-        "gamma_lr_divisor": args.gamma_lr_divisor,
-        "bn": args.bn,
-        "input_norm": args.input_norm,
-    }
-    fields = {k: v for k, v in fields.items() if v is not None}
-    fields.update(_fixed_fields(args), seed=args.seed, out=args.out)
+    fields = {**_config_fields(args, grid=True), **_config_fields(args, False)}
+    fields.update(seed=args.seed, out=args.out)
     fields.update(export=args.export, diagnostics=args.diagnostics)
     config = RunConfig.from_dict(fields)
     if args.ablation is not None:
         config = apply_ablation(config, args.ablation)
-    config = config.resolved()  # validates every field
+    config = config.resolved()
+    validate(config)  # every field, and what this machine can give them
     _check_models([config])
     _check_data([config])
     return config
@@ -595,17 +476,10 @@ def _run(args):
 
 
 def _sweep_runs(args):
-    from keras_bninit.harness.sweep import (
-        GRID_FIELDS,
-        PRESETS,
-        expand,
-        preset_runs,
-    )
+    from keras_bninit.harness.presets import PRESETS, expand, preset_runs
 
-    grid = {
-        f: getattr(args, f) for f in GRID_FIELDS if getattr(args, f) is not None
-    }
-    fixed = _fixed_fields(args)
+    grid = _config_fields(args, grid=True)
+    fixed = _config_fields(args, grid=False)
     if args.seeds is not None and not args.seeds.strip():
         _fail("--seeds is empty; give e.g. 1-15 or 1,2,5 or 1-3,7")
     if args.preset is not None:
@@ -747,7 +621,7 @@ def _executor(args):
 
 def _print_estimate(runs, images_per_second, workers):
     """The work of a sweep, and its hours at a measured throughput."""
-    from keras_bninit.harness.sweep import estimate
+    from keras_bninit.harness.presets import estimate
 
     plan = estimate(runs, images_per_second, workers or 1)
     images = (

@@ -14,16 +14,24 @@ def tiny_builder(
     input_bn,
     activation_std,
     norm_layer,
+    moving_variance="biased",
 ):
     del name
     inputs = keras.Input(input_shape)
     x = inputs
     if input_bn:
-        x = InputBatchNorm(bn_gamma, activation_std, name="input_bn")(x)
+        x = InputBatchNorm(
+            bn_gamma,
+            activation_std,
+            moving_variance=moving_variance,
+            name="input_bn",
+        )(x)
     x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="conv1")(
         x
     )
-    x = norm_layer(gamma=bn_gamma, name="bn1")(x)
+    x = norm_layer(gamma=bn_gamma, name="bn1", moving_variance=moving_variance)(
+        x
+    )
     x = keras.layers.ReLU()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(num_classes, name="fc")(x)

@@ -28,10 +28,10 @@ from keras_bninit.harness import checkpoints
 from keras_bninit.harness.checkpoints import RunState
 from keras_bninit.harness.experiment import RunConfig, run_experiment
 from keras_bninit.harness.store import ResultStore
+from keras_bninit.harness.presets import expand
 from keras_bninit.harness.sweep import (
     EnvironmentFailure,
     execute_run,
-    expand,
     run_sweep,
 )
 from tests._tiny import Crash, CrashAt, tiny_builder
@@ -334,7 +334,8 @@ DRIVER = textwrap.dedent(
     import dataclasses, json, os, random, signal, sys
 
     from keras_bninit.harness import _io, checkpoints
-    from keras_bninit.harness.sweep import expand, run_sweep
+    from keras_bninit.harness.presets import expand
+    from keras_bninit.harness.sweep import run_sweep
     from tests._tiny import Crash, CrashAt, tiny_builder
 
     sweep_dir, trained_log, kill_at, epochs, seeds = sys.argv[1:6]

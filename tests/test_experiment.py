@@ -293,20 +293,33 @@ def test_precise_bn_run_saves_the_recomputed_statistics(tmp_path, recwarn):
     assert val["accuracy"] == pytest.approx(record["val_accuracy"])
 
 
-def test_torch_parity_trains_with_pytorchs_sgd_form(tmp_path):
-    from keras_bninit import TorchSGD
+@pytest.mark.parametrize("semantics", ["torch", "keras"])
+def test_the_reference_forms_by_default_kerass_on_request(tmp_path, semantics):
+    from keras_bninit import TorchSGD, batch_norm_layers
+    from keras_bninit.harness.config import KERAS_SEMANTICS
 
+    forms = KERAS_SEMANTICS if semantics == "keras" else {}
     record = run_experiment(
-        _config(tmp_path, epochs=1, torch_parity=True),
-        build_model=tiny_builder,
+        _config(tmp_path, epochs=1, **forms), build_model=tiny_builder
     )
-    assert record["status"] == "ok" and record["config"]["torch_parity"]
+    assert record["status"] == "ok"
     model = keras.models.load_model(
         os.path.join(record["run_dir"], "model.keras")
     )
-    assert type(model.optimizer.inner_optimizer) is TorchSGD
-    with pytest.raises(ValueError, match="torch_parity='yes'"):
-        validate(_config(tmp_path, torch_parity="yes"))
+    inner = model.optimizer.inner_optimizer
+    schedule = inner.learning_rate
+    torch = semantics == "torch"
+    assert (type(inner) is TorchSGD) == torch
+    assert type(inner) in (TorchSGD, keras.optimizers.SGD)
+    assert schedule.per_group_floor == torch
+    conventions = {
+        layer.name: getattr(layer, "moving_variance_convention", "biased")
+        for layer in batch_norm_layers(model)
+    }
+    expected = "unbiased" if torch else "biased"
+    assert conventions == {"input_bn": expected, "bn1": expected}
+    with pytest.raises(ValueError, match="sgd='yes'"):
+        validate(_config(tmp_path, sgd="yes"))
     with pytest.raises(ValueError, match="precise_bn=-1"):
         validate(_config(tmp_path, precise_bn=-1))
 

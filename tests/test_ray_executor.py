@@ -15,7 +15,8 @@ import pytest
 
 from keras_bninit.harness.ray_executor import GPU_SHARING_ENV, RayExecutor
 from keras_bninit.harness.store import ResultStore
-from keras_bninit.harness.sweep import expand, run_sweep
+from keras_bninit.harness.presets import expand
+from keras_bninit.harness.sweep import run_sweep
 from tests._tiny import tiny_builder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -385,7 +386,7 @@ def test_dry_run_prints_work_and_estimated_hours():
 
 def test_estimate_counts_images_and_schedules_runs_in_order():
     from keras_bninit.harness.data import load_dataset
-    from keras_bninit.harness.sweep import estimate, train_images
+    from keras_bninit.harness.presets import estimate, train_images
 
     assert train_images("digits") == load_dataset("digits").num_train == 1293
     assert train_images("cifar10") == 45_000

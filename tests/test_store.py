@@ -44,8 +44,8 @@ def test_config_key_is_canonical():
     assert key == config_key(dict(reversed(list(CONFIG.items()))))
     assert key == config_key({**CONFIG, "gamma_lr_divisor": 100.0})
     assert key == config_key({**CONFIG, "lr": np.float64(0.1)})
-    assert key == config_key({**CONFIG, "seed": 7, "output_dir": "/tmp/x"})
-    assert key == config_key({**CONFIG, "verbose": 2, "quiet": True})
+    assert key == config_key({**CONFIG, "seed": 7, "out": "/tmp/x"})
+    assert key == config_key({**CONFIG, "verbose": 2, "data_dir": "/d"})
     assert key == config_key({**CONFIG, "bn": "standard", "input_norm": "bn"})
     for change in ({"lr": 0.01}, {"bn": "rbn"}, {"epochs": 90}):
         assert key != config_key({**CONFIG, **change})
@@ -64,8 +64,8 @@ def test_later_fields_keep_stored_keys_at_their_default():
 
 
 def test_canonical_config_drops_seed_and_fills_defaults():
-    canonical = canonical_config({**CONFIG, "seed": 3, "out_dir": "x"})
-    assert "seed" not in canonical and "out_dir" not in canonical
+    canonical = canonical_config({**CONFIG, "seed": 3, "out": "x"})
+    assert "seed" not in canonical and "out" not in canonical
     assert canonical["bn"] == "standard"
     assert canonical["epochs"] == 180.0
     assert list(canonical) == sorted(canonical)

@@ -220,35 +220,45 @@ def test_help_lists_choices_and_defaults_of_every_option():
     assert "table1a" in subparsers["sweep"].format_help()
 
 
-def test_help_choices_equal_the_registries():
-    import keras_bninit
-    import models
+def test_options_and_choices_come_from_the_config_metadata():
     import train
-    from keras_bninit.harness import data, experiment, sweep
+    from keras_bninit.harness import config
 
-    assert sorted(train.MODELS) == sorted(models.available())
-    assert sorted(train.DATASETS) == sorted(
-        d for d in data.available_datasets() if d != "directory"
-    )
-    assert train.BN_KINDS == tuple(keras_bninit.NORM_LAYERS)
-    assert train.INPUT_NORMS == experiment.INPUT_NORMS
-    assert train.ABLATIONS == experiment.ABLATIONS
-    assert sorted(train.PRESETS) == sorted(sweep.PRESETS)
-    assert (
-        train.PRECISE_BN_BATCHES == keras_bninit.precise_bn.DEFAULT_NUM_BATCHES
-    )
+    run = train._parser()._subparsers._group_actions[0].choices["run"]
+    actions = {a.dest: a for a in run._actions if a.help != "==SUPPRESS=="}
+    for field in config.fields():
+        cli = field.metadata["cli"]
+        if cli is False:
+            continue
+        action = actions[field.name]
+        assert field.metadata["help"] in action.help, field.name
+        if field.metadata["choices"] is not None:
+            assert tuple(action.choices) == field.metadata["choices"]
+    # The store key is derived from the same metadata.
+    assert config.NON_RESULT_FIELDS == {
+        f.name for f in config.fields(result=False)
+    }
 
 
-def test_precise_bn_and_torch_parity_reach_the_config():
+def test_the_reference_forms_by_default_and_keras_semantics():
     import train
 
     def config(*argv):
         return train._run_config(train._parser().parse_args(["run", *argv]))
 
-    assert config().precise_bn == 0 and config().torch_parity is False
+    forms = ("sgd", "moving_variance", "scale_lr_floor")
+    assert [getattr(config(), f) for f in forms] == [
+        "torch",
+        "unbiased",
+        "per_group",
+    ]
+    keras = config("--keras-semantics")
+    assert [getattr(keras, f) for f in forms] == ["keras", "biased", "divided"]
+    mixed = config("--keras-semantics", "--sgd", "torch")
+    assert [getattr(mixed, f) for f in forms] == ["torch", "biased", "divided"]
     assert config("--precise-bn").precise_bn == 200
     assert config("--precise-bn", "50").precise_bn == 50
-    assert config("--torch-parity").torch_parity is True
+    assert config("--torch-parity").sgd == "torch"  # 0.2's option
 
 
 def test_input_precision_and_steps_reach_the_config():

@@ -21,12 +21,14 @@ import importlib
 
 _SUBMODULES = (
     "checkpoints",
+    "config",
     "data",
     "datasets",
     "diagnostic_plots",
     "diagnostics",
     "experiment",
     "memory",
+    "presets",
     "probes",
     "ray_executor",
     "report",
@@ -37,7 +39,7 @@ _SUBMODULES = (
     "tfds_source",
 )
 _NAMES = {
-    "RunConfig": "experiment",
+    "RunConfig": "config",
     "run_experiment": "experiment",
     "run_sweep": "sweep",
     "ResultStore": "store",

@@ -36,19 +36,16 @@ from sklearn.model_selection import train_test_split
 
 from keras_bninit._validation import non_negative_int, positive_int
 from keras_bninit.harness import _tf
+from keras_bninit.harness.config import (  # noqa: F401  (public here too)
+    DATASET_DEFAULTS,
+    DIRECTORY,
+    INPUT_NORMS,
+    SYNTHETIC_SIZE,
+    TEST_FRACTION,
+)
 from keras_bninit.seeding import make_complex
 
-INPUT_NORMS = ("bn", "fixed", "offline", "none")
-DIRECTORY = "directory"
 SYNTHETIC = "synthetic"
-# Data sets without a test split of their own (digits, a flat directory)
-# hold out this stratified fraction as the test set, seeded like the
-# validation split.
-TEST_FRACTION = 0.2
-# The synthetic set's default size: CIFAR-10's training set (45,000
-# training and 5,000 validation images after the split); its test set is a
-# fifth of it, as CIFAR's.
-SYNTHETIC_SIZE = 50_000
 CACHE_VERSION = 1
 
 
@@ -66,7 +63,8 @@ class DatasetSpec:
 
     Attributes:
         name: the name `load_raw` accepts.
-        batch_size: default batch size (128 CIFAR, 64 CUB/Cars and digits).
+        batch_size: default batch size (128 CIFAR, 64 CUB/Cars and digits:
+            `config.DATASET_DEFAULTS`).
         flip: whether training applies a random horizontal flip.
         resize: `(height, width)` every image is resized to at load time, or
             None to keep the stored size (which must then be fixed).
@@ -78,12 +76,15 @@ class DatasetSpec:
     """
 
     name: str
-    batch_size: int
     flip: bool
     resize: tuple | None = None
     crop: tuple | None = None
     tfds_name: str | None = None
     how_to_get: str = ""
+
+    @property
+    def batch_size(self):
+        return DATASET_DEFAULTS[self.name]["batch"]
 
 
 def _tfds_how_to_get(name):
@@ -123,8 +124,8 @@ _CARS_HOW_TO_GET = (
 
 # The paper's protocol (Section 4.2): CIFAR: batch 128, flip only;
 # CUB/Cars: batch 64, resize to 256x256, random crop 224x224, flip.
-_SMALL = {"batch_size": 128}
-_LARGE = {"batch_size": 64, "resize": (256, 256), "crop": (224, 224)}
+_SMALL = {}
+_LARGE = {"resize": (256, 256), "crop": (224, 224)}
 
 
 def _tfds_spec(name, sizes, how_to_get=None):
@@ -148,10 +149,10 @@ DATASETS = {
         # 7, 9), so digits train without the flip unless `flip=True`.
         # Batch 64: 1293 training images give 21 steps per epoch, so a
         # 3-epoch smoke run takes 63 optimizer steps instead of 33.
-        DatasetSpec("digits", batch_size=64, flip=False),
-        DatasetSpec(DIRECTORY, batch_size=128, flip=True),
+        DatasetSpec("digits", flip=False),
+        DatasetSpec(DIRECTORY, flip=True),
         # CIFAR-shaped random images for timing the harness end to end.
-        DatasetSpec(SYNTHETIC, batch_size=128, flip=True),
+        DatasetSpec(SYNTHETIC, flip=True),
     )
 }
 """The registry: data set name -> `DatasetSpec`. Configuration is data."""

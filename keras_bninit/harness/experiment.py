@@ -22,327 +22,72 @@ import warnings
 import keras
 import numpy as np
 
-from keras_bninit._validation import (
-    non_negative_int,
-    positive_float,
-    positive_int,
-)
 from keras_bninit.activations import activation_std
 from keras_bninit.harness import _io, _tf
+from keras_bninit.harness import config as _config
 from keras_bninit.harness.checkpoints import RunState
-from keras_bninit.harness.datasets import (
-    DATASETS,
-    SYNTHETIC,
-    EpochTracker,
-    available_datasets,
+from keras_bninit.harness.config import (
+    DATASET_NAMES,
+    ETA_MIN,
+    RunConfig,
+    apply_ablation,
 )
-from keras_bninit.harness.stats import BASELINE_OVERRIDES
-from keras_bninit.harness.store import config_key
+from keras_bninit.harness.datasets import DATASETS, EpochTracker
 from keras_bninit.layers import PAPER_MOMENTUM
-from keras_bninit.norms import NORM_LAYERS, norm_layer
+from keras_bninit.norms import norm_layer
 from keras_bninit.optimizers import ParamGroupOptimizer, TorchSGD
 from keras_bninit.precise_bn import PreciseBNCallback
 from keras_bninit.schedules import EpochCosineDecay
 from keras_bninit.seeding import set_seed
 
-INPUT_NORMS = ("bn", "fixed", "offline", "none")
-# The proposal's defaults (Section 3.2), and the related methods'
-# (Section 4.5: RBN and IEBN are trained like BASE unless asked otherwise).
-PROPOSAL_DEFAULTS = {"gamma": 0.1, "gamma_lr_divisor": 100.0}
-RELATED = ("rbn", "rbn-", "iebn", "iebn-")
-RELATED_DEFAULTS = {"gamma": 1.0, "gamma_lr_divisor": 1.0}
-ABLATIONS = ("init-only", "lr-only")
-
-# The paper's settings per data set (Sections 4.1, 4.2); digits is the
-# offline demo, sized for a CPU.
-DATASET_DEFAULTS = {
-    "cifar10": {"model": "resnet18", "epochs": 180, "lr": 0.1},
-    "cifar100": {"model": "resnet34", "epochs": 180, "lr": 0.1},
-    "caltech_birds2011": {"model": "resnet50", "epochs": 180, "lr": 0.1},
-    "cars196": {"model": "resnet50", "epochs": 180, "lr": 0.1},
-    "digits": {"model": "resnet8", "epochs": 15, "lr": 0.1},
-    "directory": {"model": "resnet18", "epochs": 180, "lr": 0.1},
-    "synthetic": {"model": "resnet18", "epochs": 3, "lr": 0.1},
-}
-
-# The input paths (`harness.data`: tf.data; `harness.memory`: the images
-# on the accelerator, rows of indices per step). The default is the faster
-# one on each backend, as measured by benchmarks/harness.py (README).
-INPUTS = ("tfdata", "memory")
-DEFAULT_INPUT = {"tensorflow": "tfdata", "jax": "memory", "torch": "memory"}
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-
-
-@dataclasses.dataclass
-class RunConfig:
-    """Everything that defines one run; stored beside its result.
-
-    Attributes:
-        dataset: a name from `harness.data.available_datasets()` or
-            the path of a directory of class subfolders.
-        model: a model-zoo name; None takes the paper's model for the data
-            set (ResNet-18 for CIFAR-10, ...).
-        lr: the base learning rate alpha; None takes 0.1.
-        gamma: the constant c every BN scale starts at (Section 3.2); None takes
-            0.1, or 1 for the related methods RBN/IEBN (trained like BASE
-            unless asked, Section 4.5).
-        gamma_lr_divisor: a, the BN scales' learning-rate divisor (Section 3.2);
-            None takes 100, or 1 for RBN/IEBN.
-        weight_decay: coupled L2 on conv/dense kernels (1e-4).
-        momentum: SGD momentum (0.9).
-        epochs: None takes the data set's default (180 in the paper).
-        batch_size: None takes the data set's default (128 or 64).
-        seed: the run seed n; every generator is seeded with
-            `make_complex(n)` (Section 4.3).
-        bn: the BN formulation: one of `keras_bninit.NORM_LAYERS`.
-        input_norm: "bn" (InputBatchNorm, the paper's proposal), "fixed",
-            "offline" or "none" (Section 3.4).
-        activation_std: sigma_act for the InputBatchNorm scale (0.58).
-        deterministic: turn on TensorFlow op determinism (and no XLA), so
-            the same seed gives the same numbers.
-        jit_compile: passed to `model.compile` ("auto", True, False).
-        out: the directory that receives the run's own directory.
-        export: also export the best model as a SavedModel.
-        diagnostics: record BN diagnostics (keras_bninit.harness.diagnostics).
-        verbose: Keras's verbosity: 1 progress bar, 2 a line per epoch,
-            0 nothing.
-        data_dir: tensorflow-datasets' data directory, which may also hold
-            a prepared `.npz` or CIFAR's python pickles (`harness.datasets`).
-        precise_bn: 0 (the paper's protocol: BN running statistics as
-            moving averages), or N > 0 to recompute them after each epoch,
-            before validation, as population statistics over up to N training
-            batches (`keras_bninit.update_bn_stats`; for short runs).
-        torch_parity: train with `keras_bninit.TorchSGD`, PyTorch's
-            momentum form (lr outside the buffer), instead of Keras's SGD;
-            the two differ only when the learning rate changes.
-        input: the input path, "tfdata" (`harness.data`) or "memory"
-            (`harness.memory`, no TensorFlow needed); None takes the
-            faster one for the Keras backend (`DEFAULT_INPUT`). The two draw
-            different augmentations, so it is part of the run's identity.
-        precision: "float32" (the paper's), "mixed_bfloat16" or
-            "mixed_float16" (with dynamic loss scaling): the Keras dtype
-            policy the model is built and trained under.
-        steps_per_execution: Keras's `steps_per_execution`: optimizer steps
-            per dispatch (not on PyTorch). Epochs, the per-epoch schedule
-            and checkpoints are unchanged; the numbers too.
-        synthetic_size: training images of `dataset="synthetic"` before the
-            validation split (None: 50,000, CIFAR-10's).
-    """
-
-    dataset: str = "digits"
-    model: str | None = None
-    lr: float | None = None
-    gamma: float | None = None
-    gamma_lr_divisor: float | None = None
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    epochs: int | None = None
-    batch_size: int | None = None
-    seed: int = 1
-    bn: str = "standard"
-    input_norm: str = "bn"
-    activation_std: float = 0.58
-    deterministic: bool = False
-    jit_compile: str | bool = "auto"
-    out: str = "runs"
-    export: bool = False
-    diagnostics: bool = False
-    verbose: int = 1
-    data_dir: str | None = None
-    precise_bn: int = 0
-    torch_parity: bool = False
-    input: str | None = None
-    precision: str = "float32"
-    steps_per_execution: int = 1
-    synthetic_size: int | None = None
-
-    @classmethod
-    def baseline(cls, **kwargs):
-        """BASE: c = 1, a = 1, standard BN, the input BN kept (Section 3.2)."""
-        return cls(**{**kwargs, **BASELINE_OVERRIDES})
-
-    @classmethod
-    def from_dict(cls, values):
-        """A config from a dict, rejecting unknown keys by name."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(
-                f"Unknown run configuration fields {unknown}; valid fields: "
-                f"{sorted(names)}"
-            )
-        return cls(**values)
-
-    def resolved(self):
-        """A copy with the data set's defaults filled in, validated."""
-        validate(self)
-        name = self.dataset if self.dataset in DATASETS else "directory"
-        defaults = DATASET_DEFAULTS[name]
-        method = RELATED_DEFAULTS if self.bn in RELATED else PROPOSAL_DEFAULTS
-        return dataclasses.replace(
-            self,
-            gamma=float(method["gamma"] if self.gamma is None else self.gamma),
-            gamma_lr_divisor=float(
-                method["gamma_lr_divisor"]
-                if self.gamma_lr_divisor is None
-                else self.gamma_lr_divisor
-            ),
-            model=self.model or defaults["model"],
-            lr=float(self.lr if self.lr is not None else defaults["lr"]),
-            epochs=self.epochs or defaults["epochs"],
-            batch_size=self.batch_size or DATASETS[name].batch_size,
-            input=self.input or DEFAULT_INPUT[keras.backend.backend()],
-        )
-
-    def key(self):
-        """`harness.store.config_key` of the resolved configuration."""
-        return config_key(dataclasses.asdict(self.resolved()))
-
-    def run_name(self):
-        """A readable, unique directory name for this run."""
-        c = self.resolved()
-        dataset = os.path.basename(os.path.normpath(c.dataset))
-        return (
-            f"{dataset}-{c.model}-{c.bn}-lr{c.lr:g}-c{c.gamma:g}"
-            f"-a{c.gamma_lr_divisor:g}-s{c.seed}-{c.key()[:8]}"
-        )
-
-
-def apply_ablation(config, ablation):
-    """The paper's ablations (Section 3.2): init only or LR only.
-
-    Args:
-        config: a `RunConfig`.
-        ablation: "init-only" (c < 1 kept, a = 1) or "lr-only" (c = 1,
-            a kept).
-    """
-    if ablation == "init-only":
-        return dataclasses.replace(config, gamma_lr_divisor=1.0)
-    if ablation == "lr-only":
-        return dataclasses.replace(
-            config,
-            gamma=1.0,
-            gamma_lr_divisor=config.gamma_lr_divisor
-            or PROPOSAL_DEFAULTS["gamma_lr_divisor"],
-        )
-    raise ValueError(
-        f"Unknown ablation {ablation!r}. Valid: {', '.join(ABLATIONS)}"
-    )
+__all__ = ["RunConfig", "apply_ablation", "run_experiment", "validate"]
 
 
 def validate(config):
-    """Raises one `ValueError` for the first bad field, naming valid values."""
-    if not isinstance(config, RunConfig):
-        raise ValueError(f"Expected a RunConfig. Received: {config!r}")
+    """Raises one `ValueError` for the first bad field or the first thing
+    this machine cannot give it (`config.validate`, then
+    `check_environment`)."""
+    _config.validate(config)
+    check_environment(config)
+
+
+def check_environment(config):
+    """Raises `ValueError` if this machine cannot run `config`: the data
+    set is neither a name nor a directory, the backend lacks what a field
+    needs (a SavedModel, tf.data, steps per execution on torch), or the
+    output folder cannot be written. Called once per run or sweep."""
     if config.dataset not in DATASETS and not os.path.isdir(
         str(config.dataset)
     ):
-        names = [d for d in available_datasets() if d != "directory"]
         raise ValueError(
-            f"Unknown data set {config.dataset!r}. Valid: {', '.join(names)}, "
-            "or the path of a directory of class subfolders."
+            f"Unknown data set {config.dataset!r}. Valid: "
+            f"{', '.join(DATASET_NAMES)}, or the path of a directory of "
+            "class subfolders."
         )
-    for name in ("gamma", "gamma_lr_divisor", "lr"):
-        if getattr(config, name) is not None:
-            _float32(name, positive_float(name, getattr(config, name)))
-    for name in ("weight_decay", "momentum"):
-        value = positive_float(name, getattr(config, name), allow_zero=True)
-        _float32(name, value)
-    _float32("activation_std", activation_std(config.activation_std))
-    for name in ("epochs", "batch_size"):
-        if getattr(config, name) is not None:
-            positive_int(name, getattr(config, name))
-    non_negative_int("seed", config.seed)
-    if config.export and keras.backend.backend() != "tensorflow":
+    activation_std(config.activation_std)  # a name must be a known one
+    backend = keras.backend.backend()
+    if config.export and backend != "tensorflow":
         raise ValueError(
             "export=True (a SavedModel) needs the TensorFlow backend; Keras "
-            f"runs on {keras.backend.backend()!r}. The run's model.keras "
-            "loads on every backend."
-        )
-    if config.seed >= SEED_LIMIT:
-        raise ValueError(
-            f"`seed` must be < 2**31 ({SEED_LIMIT}). Received: "
-            f"seed={config.seed}"
-        )
-    non_negative_int("precise_bn", config.precise_bn)
-    if not isinstance(config.torch_parity, bool):
-        raise ValueError(
-            "`torch_parity` must be True or False. "
-            f"Received: torch_parity={config.torch_parity!r}"
-        )
-    _check_input_options(config)
-    if config.bn not in NORM_LAYERS:
-        raise ValueError(
-            f"Unknown BN formulation {config.bn!r}. Valid: "
-            f"{', '.join(NORM_LAYERS)}"
-        )
-    if config.input_norm not in INPUT_NORMS:
-        raise ValueError(
-            f"Unknown input normalization {config.input_norm!r}. Valid: "
-            f"{', '.join(INPUT_NORMS)}"
-        )
-    if os.path.exists(config.out) and not os.path.isdir(config.out):
-        raise ValueError(
-            f"The output path {config.out!r} is a file; give a directory."
-        )
-    check_output_dir(config.out)
-
-
-def _check_input_options(config):
-    """The input path, precision, steps per execution and synthetic size."""
-    backend = keras.backend.backend()
-    if config.input is not None and config.input not in INPUTS:
-        raise ValueError(
-            f"Unknown input path {config.input!r}. Valid: {', '.join(INPUTS)}"
+            f"runs on {backend!r}. The run's model.keras loads on every "
+            "backend."
         )
     if config.input == "tfdata" and not _tf.available():
         raise ValueError(
             "input='tfdata' needs TensorFlow, which is not installed; use "
             "input='memory' (--input memory)."
         )
-    if config.precision not in PRECISIONS:
-        raise ValueError(
-            f"Unknown precision {config.precision!r}. Valid: "
-            f"{', '.join(PRECISIONS)}"
-        )
-    positive_int("steps_per_execution", config.steps_per_execution)
     if config.steps_per_execution > 1 and backend == "torch":
         raise ValueError(
             "steps_per_execution > 1 is not supported by Keras on the torch "
             f"backend. Received: steps_per_execution="
             f"{config.steps_per_execution}; use 1 or --backend jax/tensorflow."
         )
-    if config.synthetic_size is not None:
-        if config.dataset != SYNTHETIC:
-            raise ValueError(
-                "synthetic_size is for dataset='synthetic' only. Received: "
-                f"synthetic_size={config.synthetic_size!r}, "
-                f"dataset={config.dataset!r}"
-            )
-        positive_int("synthetic_size", config.synthetic_size)
-        if config.synthetic_size < 20:
-            raise ValueError(
-                "synthetic_size must be >= 20 (10 classes, each in training "
-                "and validation). Received: synthetic_size="
-                f"{config.synthetic_size}"
-            )
-
-
-# Seeds fit a signed 32-bit integer (TensorFlow's and NumPy's seeds).
-SEED_LIMIT = 2**31
-
-
-def _float32(name, value):
-    """Checks that `value` stays finite, and non-zero, in float32."""
-    with np.errstate(over="ignore", under="ignore"):
-        single = np.float32(value)
-    if not np.isfinite(single) or (value != 0 and single == 0):
+    if os.path.exists(config.out) and not os.path.isdir(config.out):
         raise ValueError(
-            f"`{name}` must be representable in float32 (finite, and "
-            f"non-zero when non-zero: about 1e-38 to 3.4e38). Received: "
-            f"{name}={value!r}"
+            f"The output path {config.out!r} is a file; give a directory."
         )
-    return value
+    check_output_dir(config.out)
 
 
 def check_output_dir(path):
@@ -458,6 +203,7 @@ def run_experiment(config, build_model=None, callbacks=()):
     if isinstance(config, dict):
         config = RunConfig.from_dict(config)
     config = config.resolved()
+    validate(config)
     if build_model is None:
         build_model, names = _default_builder()
         if config.model not in names:
@@ -582,19 +328,12 @@ def _build(config, splits, build_model):
             input_bn=config.input_norm == "bn",
             activation_std=config.activation_std,
             norm_layer=norm_layer(config.bn),
+            moving_variance=config.moving_variance,
         )
         fit_model = splits.fit_model(model)
     finally:
         keras.config.set_dtype_policy(previous)
-    schedule = EpochCosineDecay(
-        config.lr, splits.steps_per_epoch, config.epochs, eta_min=1e-8
-    )
-    sgd = TorchSGD if config.torch_parity else keras.optimizers.SGD
-    optimizer = ParamGroupOptimizer(
-        sgd(schedule, momentum=config.momentum),
-        gamma_lr_divisor=config.gamma_lr_divisor,
-        weight_decay=config.weight_decay,
-    )
+    optimizer = make_optimizer(config, splits.steps_per_epoch)
     if config.precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     fit_model.compile(
@@ -605,6 +344,29 @@ def _build(config, splits, build_model):
         steps_per_execution=config.steps_per_execution,
     )
     return model, fit_model
+
+
+def make_optimizer(config, steps_per_epoch):
+    """The run's optimizer: SGD in the configured form with the paper's
+    parameter groups and per-epoch cosine schedule (Sections 3.2, 4.2).
+
+    Args:
+        config: a resolved `RunConfig`.
+        steps_per_epoch: optimizer steps per epoch.
+    """
+    schedule = EpochCosineDecay(
+        config.lr,
+        steps_per_epoch,
+        config.epochs,
+        eta_min=ETA_MIN,
+        per_group_floor=config.scale_lr_floor == "per_group",
+    )
+    sgd = TorchSGD if config.sgd == "torch" else keras.optimizers.SGD
+    return ParamGroupOptimizer(
+        sgd(schedule, momentum=config.momentum),
+        gamma_lr_divisor=config.gamma_lr_divisor,
+        weight_decay=config.weight_decay,
+    )
 
 
 def _callbacks(config, splits, run_dir, callbacks):

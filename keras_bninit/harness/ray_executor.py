@@ -3,7 +3,8 @@
 `RayExecutor` is an executor for `keras_bninit.harness.sweep.run_sweep`:
 
     from keras_bninit.harness.ray_executor import RayExecutor
-    from keras_bninit.harness.sweep import preset_runs, run_sweep
+    from keras_bninit.harness.presets import preset_runs
+    from keras_bninit.harness.sweep import run_sweep
 
     with RayExecutor(workers=2) as executor:  # a local Ray, 2 CPUs
         run_sweep(preset_runs("demo"), "runs/demo", executor=executor)

@@ -35,7 +35,7 @@ import numpy as np
 import scipy.stats
 from statsmodels.stats.multitest import multipletests
 
-from keras_bninit.harness.store import config_key
+from keras_bninit.harness.config import BASELINE_OVERRIDES, config_key
 
 ALPHA = 0.05
 
@@ -52,9 +52,6 @@ WILCOXON_RESAMPLES = 2**16 - 1
 
 BOOTSTRAP_RESAMPLES = 10_000
 
-# BASE: c = 1, a = 1, standard BN; everything else (input normalization
-# included, Section 3.2) is kept from the configuration compared.
-BASELINE_OVERRIDES = {"gamma": 1.0, "gamma_lr_divisor": 1.0, "bn": "standard"}
 
 # What reports print for the undefined p-value of identical runs (also the
 # `note` of such a row).

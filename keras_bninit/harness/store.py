@@ -31,7 +31,6 @@ A result record (what one run of the experiment produces) is a dict:
 """
 
 import datetime
-import hashlib
 import json
 import math
 import numbers
@@ -41,6 +40,14 @@ import sqlite3
 import threading
 import time
 import uuid
+
+from keras_bninit.harness.config import (  # noqa: F401  (the store's key)
+    KEY_DEFAULTS,
+    LATER_FIELDS,
+    NON_RESULT_FIELDS,
+    canonical_config,
+    config_key,
+)
 
 STORE_FILENAME = "results.sqlite"
 
@@ -81,49 +88,6 @@ def owner_alive(owner):
 
 STATUSES = ("ok", "failed")
 
-# Configuration fields that never change a run's result: where it writes,
-# how much it prints, how the sweep is driven. `config_key` leaves them out
-# (and the seed, which is the second half of the key).
-NON_RESULT_FIELDS = frozenset(
-    {
-        "seed",
-        "output_dir",
-        "out_dir",
-        "sweep_dir",
-        "run_dir",
-        "log_dir",
-        "checkpoint_dir",
-        "verbose",
-        "verbosity",
-        "quiet",
-        "progress",
-        "dry_run",
-        "retry_failed",
-        # harness.experiment.RunConfig fields about paths and output:
-        "out",
-        "export",
-        "diagnostics",
-        "data_dir",
-        # Optimizer steps per dispatch: the same steps, the same numbers.
-        "steps_per_execution",
-    }
-)
-
-# Defaults filled in before hashing, so a configuration that spells a
-# default out and one that leaves it implicit get the same key.
-CONFIG_DEFAULTS = {"bn": "standard", "input_norm": "bn"}
-
-# Fields added after results were first stored, with the value that means
-# "as before": left out of the key at that value, so stored runs keep
-# their keys (precise BN off, Keras's SGD form, tf.data input, float32).
-LATER_FIELDS = {
-    "precise_bn": 0,
-    "torch_parity": False,
-    "input": "tfdata",
-    "precision": "float32",
-    "synthetic_size": None,
-}
-
 # The indexed columns: (column, SQL type, config field).
 _INDEXED = (
     ("dataset", "TEXT", "dataset"),
@@ -136,78 +100,6 @@ _INDEXED = (
 )
 
 _SCHEMA_VERSION = 1
-
-
-def _canonical(value):
-    """Turns a config value into a JSON-ready value with one spelling.
-
-    Numbers become floats (so `1`, `1.0` and `numpy.float32(1)` agree),
-    tuples become lists, mappings get sorted keys.
-    """
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, numbers.Real):
-        value = float(value)
-        if not math.isfinite(value):
-            return repr(value)  # JSON has no NaN/inf; keep them distinct
-        return value
-    if isinstance(value, dict):
-        return {str(k): _canonical(v) for k, v in sorted(value.items())}
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    if hasattr(value, "tolist"):  # numpy arrays and scalars
-        return _canonical(value.tolist())
-    raise TypeError(
-        f"Config values must be numbers, strings, booleans, None, lists or "
-        f"dicts. Received: {value!r} of type {type(value).__name__}"
-    )
-
-
-def canonical_config(config):
-    """The configuration that `config_key` hashes, as a sorted dict.
-
-    Fields in `NON_RESULT_FIELDS` (the seed, output directories, verbosity,
-    sweep flags) and `LATER_FIELDS` at their default are dropped,
-    `CONFIG_DEFAULTS` are filled in and every number becomes a float.
-
-    Args:
-        config: mapping of configuration fields (a record's "config").
-
-    Returns:
-        A new dict with sorted keys.
-    """
-    if not isinstance(config, dict):
-        raise TypeError(
-            f"`config` must be a dict. Received: {type(config).__name__}"
-        )
-    full = {**CONFIG_DEFAULTS, **config}
-    kept = {
-        k: v
-        for k, v in full.items()
-        if k not in NON_RESULT_FIELDS
-        and not (k in LATER_FIELDS and v == LATER_FIELDS[k])
-    }
-    return _canonical(kept)
-
-
-def config_key(config):
-    """A stable key for a configuration, the same for all its seeds.
-
-    The key is the first 16 hex digits of the SHA-256 of the canonical JSON
-    of `canonical_config(config)`: it does not depend on the order of the
-    fields, on `1` versus `1.0`, on the seed or on the fields listed in
-    `NON_RESULT_FIELDS`; every other field (data set, model, learning rate,
-    gamma, divisor, weight decay, epochs, batch size, bn, input_norm, ...)
-    changes it.
-
-    Args:
-        config: mapping of configuration fields (a record's "config").
-
-    Returns:
-        A 16-character hex string.
-    """
-    text = json.dumps(canonical_config(config), sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def record_backends(records):
@@ -268,7 +160,7 @@ def _row(record):
         raise ValueError(
             f"`status` must be one of {STATUSES}. Received: {status!r}"
         )
-    full = {**CONFIG_DEFAULTS, **config}
+    full = {**KEY_DEFAULTS, **config}
     indexed = [
         _text_or_none(full.get(field))
         if kind == "TEXT"
