@@ -1,6 +1,7 @@
 """Parameter groups of the paper as a Keras optimizer wrapper (Section 3.2)."""
 
 import re
+import warnings
 
 import keras
 from keras import ops
@@ -145,9 +146,38 @@ class TorchSGD(keras.optimizers.SGD):
         self.assign_sub(variable, ops.multiply(step, learning_rate))
 
 
+_WARNED = set()
+
+
+def _inner_argument(inner_optimizer, optimizer):
+    """`inner_optimizer`, or the deprecated `optimizer=` (warned once)."""
+    if optimizer is None:
+        return inner_optimizer
+    if inner_optimizer is not None:
+        raise ValueError(
+            "Pass the wrapped optimizer once, as `inner_optimizer` "
+            "(`optimizer` is its former name). Received both."
+        )
+    if "optimizer" not in _WARNED:
+        _WARNED.add("optimizer")
+        warnings.warn(
+            "ParamGroupOptimizer(optimizer=...) is deprecated; use "
+            "inner_optimizer=..., as keras.optimizers.LossScaleOptimizer "
+            "names it.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+    return optimizer
+
+
 @keras.saving.register_keras_serializable(package="keras_bninit")
 class ParamGroupOptimizer(keras.optimizers.Optimizer):
     """Wraps any Keras optimizer and gives it the paper's parameter groups.
+
+    `weight_decay` here is PyTorch's *coupled* L2 (`g <- g + wd * w`, added
+    to the gradient before the inner optimizer's update), as in the
+    reference, not Keras's decoupled `weight_decay` argument of optimizers
+    (which an inner AdamW keeps, see below).
 
     Three groups, decided once per variable when the optimizer is built
     (Section 3.2, Proposal 2):
@@ -161,9 +191,11 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
 
     The reduced learning rate scales the inner optimizer's *step* (it is
     passed as that variable's learning rate), so it is exact for adaptive
-    optimizers too (Adam is invariant to gradient scale). With SGD and
-    momentum 0.9 the whole update equals PyTorch's SGD with the reference's
-    parameter groups for a constant learning rate.
+    optimizers too (Adam is invariant to gradient scale). A schedule with
+    a `group_learning_rate(lr, factor)` method (`EpochCosineDecay`) decides
+    the scales' rate itself (e.g. PyTorch's per-group `eta_min` floor).
+    With `TorchSGD` the whole update equals PyTorch's SGD with the
+    reference's parameter groups.
 
     The inner optimizer's own state (iterations, learning rate or schedule,
     moments) is the state of the wrapper: `learning_rate` and `iterations`
@@ -172,9 +204,15 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
     `weight_decay` (e.g. AdamW) is kept, and restricted to the `"decay"`
     group.
 
+    A variable's group is decided in one order: an explicit tag
+    (`tag_variable`, which this package's layers set) first, then
+    `classify`, then the patterns (scale, no-decay, decay), then the
+    default rule by name (`default_group`).
+
     Args:
-        optimizer: a Keras optimizer instance, not yet built (SGD, Adam, AdamW,
-            RMSprop, ...; float learning rate or a schedule).
+        inner_optimizer: a Keras optimizer instance, not yet built (SGD,
+            Adam, AdamW, RMSprop, ...; float learning rate or a schedule),
+            as `keras.optimizers.LossScaleOptimizer` names it.
         gamma_lr_divisor: the divisor a (> 0) of the scales' learning rate;
             the paper uses 100. 1 gives BASE.
         weight_decay: coupled L2 coefficient (>= 0) for the `"decay"` group;
@@ -189,6 +227,17 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
         clipnorm, clipvalue, global_clipnorm: gradient clipping, applied
             before weight decay (as Keras does).
         name: optimizer name.
+        optimizer: the former name of `inner_optimizer` (deprecated).
+
+    Example:
+
+    ```python
+    optimizer = kb.ParamGroupOptimizer(
+        kb.TorchSGD(0.1, momentum=0.9), gamma_lr_divisor=100, weight_decay=1e-4
+    )
+    model.compile(optimizer, "sparse_categorical_crossentropy")
+    print(optimizer.describe(model.trainable_variables))
+    ```
 
     Reference:
         Davis & Frank, "Revisiting Batch Norm Initialization", ECCV 2022,
@@ -197,7 +246,7 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
 
     def __init__(
         self,
-        optimizer,
+        inner_optimizer=None,
         gamma_lr_divisor=100.0,
         weight_decay=1e-4,
         scale_patterns=None,
@@ -208,8 +257,10 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
         clipvalue=None,
         global_clipnorm=None,
         name="param_group_optimizer",
+        optimizer=None,
         **kwargs,
     ):
+        optimizer = _inner_argument(inner_optimizer, optimizer)
         if kwargs:
             raise ValueError(
                 "ParamGroupOptimizer does not support the arguments "
@@ -220,21 +271,22 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
             optimizer, keras.optimizers.LossScaleOptimizer
         ):
             raise ValueError(
-                "`optimizer` must be a Keras optimizer instance such as "
+                "`inner_optimizer` must be a Keras optimizer instance such as "
                 "keras.optimizers.SGD(0.1, momentum=0.9) (not a "
-                f"LossScaleOptimizer). Received: optimizer={optimizer!r}"
+                f"LossScaleOptimizer). Received: inner_optimizer={optimizer!r}"
             )
         if isinstance(optimizer, ParamGroupOptimizer):
             raise ValueError(
-                "`optimizer` is already a ParamGroupOptimizer; wrap the inner "
-                "optimizer once (its groups would apply twice). Received: "
-                f"optimizer={optimizer.name!r} wrapping "
+                "`inner_optimizer` is already a ParamGroupOptimizer; wrap "
+                "the inner optimizer once (its groups would apply twice). "
+                f"Received: inner_optimizer={optimizer.name!r} wrapping "
                 f"{optimizer.inner_optimizer.name!r}"
             )
         if optimizer.built:
             raise ValueError(
-                "`optimizer` must not be built yet: the wrapper builds it on "
-                f"the model's variables. Received a built {optimizer.name!r}."
+                "`inner_optimizer` must not be built yet: the wrapper "
+                "builds it on the model's variables. Received a built "
+                f"{optimizer.name!r}."
             )
         for attr, hint in _UNSUPPORTED_INNER.items():
             value = getattr(optimizer, attr, None)
@@ -276,7 +328,7 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
         # One step counter: the inner optimizer's. Base `apply` increments
         # `self._iterations`, and the inner `update_step` (e.g. Adam's bias
         # correction) and its schedule read it.
-        self._iterations = optimizer._iterations
+        self._iterations = optimizer.iterations
         self._groups = []
         self._lr_factors = []
         self._decays = []
@@ -284,7 +336,11 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
     # -- parameter groups ----------------------------------------------------
 
     def group_of(self, variable):
-        """The group (`"scale"`, `"decay"`, `"no_decay"`) of a variable."""
+        """The group (`"scale"`, `"decay"`, `"no_decay"`) of a variable: its
+        tag, else `classify`'s answer, else a pattern's, else the rule."""
+        tag = getattr(variable, _TAG, None)
+        if tag is not None:
+            return tag
         if self.classify is not None:
             group = self.classify(variable)
             if group is not None:
@@ -357,6 +413,11 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
             for row in [header] + rows
         ]
         counts = {g: sum(1 for r in rows if r[2] == g) for g in GROUPS}
+        lines.insert(
+            0,
+            "group order: tag > classify > patterns > default rule "
+            "(ParamGroupOptimizer.group_of)",
+        )
         lines.append(
             "groups: "
             + ", ".join(f"{g}={n}" for g, n in counts.items())
@@ -380,10 +441,16 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
             )
         factor = self._lr_factors[index]
         if factor != 1.0:
-            learning_rate = ops.multiply(
-                ops.cast(learning_rate, variable.dtype),
-                ops.cast(factor, variable.dtype),
-            )
+            learning_rate = ops.cast(learning_rate, variable.dtype)
+            schedule = self.inner_optimizer._learning_rate
+            if hasattr(schedule, "group_learning_rate"):
+                learning_rate = schedule.group_learning_rate(
+                    learning_rate, factor
+                )
+            else:
+                learning_rate = ops.multiply(
+                    learning_rate, ops.cast(factor, variable.dtype)
+                )
         self.inner_optimizer.update_step(gradient, variable, learning_rate)
 
     def _apply_weight_decay(self, variables):
@@ -422,19 +489,33 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
         return self.inner_optimizer._get_current_learning_rate()
 
     @property
+    def iterations(self):
+        """The step counter: the inner optimizer's."""
+        return self.inner_optimizer.iterations
+
+    @property
     def weight_decay(self):
+        """The coupled L2 coefficient of the `"decay"` group."""
         return self.coupled_weight_decay
 
     @weight_decay.setter
     def weight_decay(self, value):
-        # The base class sets this to None; the wrapper's decay is coupled
-        # and lives in `coupled_weight_decay`.
-        pass
+        if not hasattr(self, "coupled_weight_decay"):
+            return  # the base class's __init__ (None); set in ours
+        if self.built:
+            raise ValueError(
+                "Set `weight_decay` before the optimizer is built (its "
+                "groups' decays are fixed then): e.g. before model.fit. "
+                f"Received: weight_decay={value!r} on a built optimizer"
+            )
+        self.coupled_weight_decay = positive_float(
+            "weight_decay", value, allow_zero=True
+        )
 
     def get_config(self):
         return {
             "name": self.name,
-            "optimizer": keras.saving.serialize_keras_object(
+            "inner_optimizer": keras.saving.serialize_keras_object(
                 self.inner_optimizer
             ),
             "gamma_lr_divisor": self.gamma_lr_divisor,
@@ -453,8 +534,10 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        config["optimizer"] = keras.optimizers.deserialize(
-            config["optimizer"], custom_objects=custom_objects
+        if "optimizer" in config:  # written by 0.2
+            config["inner_optimizer"] = config.pop("optimizer")
+        config["inner_optimizer"] = keras.optimizers.deserialize(
+            config["inner_optimizer"], custom_objects=custom_objects
         )
         if config.get("classify") is not None:
             config["classify"] = keras.saving.deserialize_keras_object(

@@ -15,17 +15,34 @@ class EpochCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
     lr(epoch) = eta_min + (lr_0 - eta_min) * (1 + cos(pi * epoch / epochs)) / 2
     with epoch = floor(step / steps_per_epoch): PyTorch's
     `CosineAnnealingLR(T_max=epochs, eta_min=1e-8)` stepped after every
-    epoch, as in the reference (Section 4.2).
+    epoch, as in the reference (Section 4.2). It is computed in
+    `keras.config.floatx()`.
+
+    A parameter group whose rate is lr_0 * f (the BN scales of Section 3.2:
+    f = 1 / a) gets `group_learning_rate(lr(epoch), f)`. By default that is
+    f * lr(epoch), the whole schedule divided (floor f * eta_min). PyTorch's
+    `CosineAnnealingLR` gives every group the same floor instead:
+    eta_min + (lr_0 * f - eta_min) * (1 + cos(pi * epoch / epochs)) / 2,
+    which `per_group_floor=True` reproduces.
 
     Args:
         initial_learning_rate: lr_0 (> 0).
         steps_per_epoch: optimizer steps per epoch (>= 1).
         epochs: T_max, the number of epochs of the run (>= 1).
         eta_min: the floor, 1e-8 in the reference.
+        per_group_floor: whether every parameter group anneals to eta_min
+            (PyTorch's, the reference's) rather than to its share of it.
+            Needs `eta_min != initial_learning_rate` (a constant schedule
+            carries no cosine to give the groups).
     """
 
     def __init__(
-        self, initial_learning_rate, steps_per_epoch, epochs, eta_min=1e-8
+        self,
+        initial_learning_rate,
+        steps_per_epoch,
+        epochs,
+        eta_min=1e-8,
+        per_group_floor=False,
     ):
         self.initial_learning_rate = positive_float(
             "initial_learning_rate", initial_learning_rate
@@ -33,15 +50,55 @@ class EpochCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.steps_per_epoch = positive_int("steps_per_epoch", steps_per_epoch)
         self.epochs = positive_int("epochs", epochs)
         self.eta_min = positive_float("eta_min", eta_min, allow_zero=True)
+        if not isinstance(per_group_floor, bool):
+            raise ValueError(
+                "`per_group_floor` must be True or False. "
+                f"Received: per_group_floor={per_group_floor!r}"
+            )
+        if per_group_floor and self.eta_min == self.initial_learning_rate:
+            raise ValueError(
+                "per_group_floor=True needs eta_min != initial_learning_rate: "
+                "the schedule is then constant and carries no cosine for the "
+                "groups. Received: "
+                f"initial_learning_rate={self.initial_learning_rate!r}, "
+                f"eta_min={self.eta_min!r}"
+            )
+        self.per_group_floor = per_group_floor
 
     def __call__(self, step):
+        dtype = keras.config.floatx()
         epoch = ops.floor_divide(
-            ops.cast(step, "float32"), float(self.steps_per_epoch)
+            ops.cast(step, dtype), ops.cast(self.steps_per_epoch, dtype)
         )
         cosine = 0.5 * (1.0 + ops.cos(math.pi * epoch / self.epochs))
-        return (
-            self.eta_min + (self.initial_learning_rate - self.eta_min) * cosine
-        )
+        return ops.cast(self.eta_min, dtype) + ops.cast(
+            self.initial_learning_rate - self.eta_min, dtype
+        ) * ops.cast(cosine, dtype)
+
+    def group_learning_rate(self, learning_rate, factor):
+        """The rate of a parameter group whose rate is lr_0 * `factor`.
+
+        Args:
+            learning_rate: this schedule's rate lr_t at the step (a tensor
+                or float).
+            factor: the group's factor f (> 0), e.g. 1 / a for the BN
+                scales (Section 3.2).
+
+        Returns:
+            f * lr_t, or with `per_group_floor` PyTorch's per-group cosine
+            eta_min + (lr_t - eta_min) * (lr_0 * f - eta_min) /
+            (lr_0 - eta_min), in `learning_rate`'s dtype.
+        """
+        factor = positive_float("factor", factor)
+        learning_rate = ops.convert_to_tensor(learning_rate)
+        dtype = learning_rate.dtype
+        if not self.per_group_floor:
+            return learning_rate * ops.cast(factor, dtype)
+        # (lr_t - eta_min) / (lr_0 - eta_min) is the cosine term of step t.
+        lr0, eta_min = self.initial_learning_rate, self.eta_min
+        ratio = (lr0 * factor - eta_min) / (lr0 - eta_min)
+        eta_min = ops.cast(eta_min, dtype)
+        return eta_min + (learning_rate - eta_min) * ops.cast(ratio, dtype)
 
     def get_config(self):
         return {
@@ -49,4 +106,5 @@ class EpochCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
             "steps_per_epoch": self.steps_per_epoch,
             "epochs": self.epochs,
             "eta_min": self.eta_min,
+            "per_group_floor": self.per_group_floor,
         }

@@ -132,7 +132,10 @@ def test_same_accuracies_as_local_and_killed_worker_resumes(
     out = capsys.readouterr().out
     host = socket.gethostname()
     assert out.count("[sweep] finished ") == 4
-    assert f"(ok) on {host} in 0:00:" in out
+    # Each finished line gives the run's test accuracy, as stored.
+    for record in got.values():
+        line = f"(ok, test accuracy {record['test_accuracy']:.4f}) on {host} in"
+        assert line in out
     assert f"[sweep] ran on {host}: 4 runs, " in out
     # Two runs in flight from the start: the second is run 2/4.
     assert "[sweep] run 2/4 (0 done before or elsewhere, 1 running) " in out

@@ -34,7 +34,7 @@ def _config(seed, lr, gamma, divisor):
         "gamma_lr_divisor": divisor,
         "epochs": 2,
         "seed": seed,
-        "output_dir": "/tmp/ignored",
+        "out": "/tmp/ignored",
     }
 
 

@@ -541,9 +541,3 @@ def _remove(path):
         shutil.rmtree(path, ignore_errors=True)
     elif os.path.lexists(path):
         os.remove(path)
-
-
-# A share momentum^T of the running variance's start (1) is left after T
-# steps; relative to the variance it should estimate (about c^2 in later
-# layers, Section 3.2) it must fall below 10 %: T > log(0.1 c^2) / log(0.9),
-# 66 steps for c = 0.1.

@@ -447,6 +447,13 @@ LATER_FIELDS = {
 }
 
 
+def format_value(value):
+    """A configuration value as reports and plots print it (`0.1`, `100`)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return str(value)
+    return f"{float(value):g}"
+
+
 def keras_backend():
     """The Keras backend: the loaded Keras's, else KERAS_BACKEND's."""
     keras = sys.modules.get("keras")

@@ -202,7 +202,8 @@ class DatasetSplits(SplitArrays):
 
             tracker = EpochTracker()
             model.fit(splits.fit_train_dataset(seed, tracker), epochs=...,
-                      callbacks=[tracker, keras.callbacks.BackupAndRestore(d)])
+                      initial_epoch=state.restore(model),
+                      callbacks=[tracker, state])  # a harness RunState
 
         A resumed run then trains on the same data as an uninterrupted one.
 

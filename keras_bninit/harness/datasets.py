@@ -802,8 +802,8 @@ class EpochTracker(keras.callbacks.Callback):
     """Tells `DatasetSplits.fit_train_dataset` which epoch Keras runs.
 
     Keras calls `on_epoch_begin(epoch)` before it creates the epoch's
-    data iterator, also for the first epoch after
-    `keras.callbacks.BackupAndRestore` or `initial_epoch` moved the
+    data iterator, also for the first epoch after a checkpoint
+    (`harness.checkpoints.RunState`) or `initial_epoch` moved the
     start, so the data of every epoch is the one `train_dataset(seed,
     epoch)` gives, however the run got there.
 

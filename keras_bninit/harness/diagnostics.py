@@ -78,8 +78,8 @@ class _RunLogCallback(keras.callbacks.Callback):
     was not already recorded. `epoch` in the records counts completed
     epochs (0 = initialization).
 
-    A file already in `run_dir` is the log of the run being resumed (e.g.
-    by `keras.callbacks.BackupAndRestore` or `fit(initial_epoch=...)`):
+    A file already in `run_dir` is the log of the run being resumed (from
+    `harness.checkpoints.RunState` or `fit(initial_epoch=...)`):
     when the first epoch E begins, the rows of epochs after E (written by
     a process killed before its checkpoint) are dropped, so a resumed run
     has one row per (epoch, step, layer, ...) as an uninterrupted one.

@@ -154,6 +154,10 @@ def _versions():
     }
 
 
+# A share momentum^T of the running variance's start (1) is left after T
+# steps; relative to the variance it should estimate (about c^2 in later
+# layers, Section 3.2) it must fall below 10 %: T > log(0.1 c^2) / log(0.9),
+# 66 steps for c = 0.1.
 _STALE_SHARE = 0.1
 
 
@@ -250,12 +254,27 @@ def run_experiment(config, build_model=None, callbacks=()):
         )
     finally:  # a checkpoint written in the background is committed
         state.wait()
+    record = _evaluate(config, splits, model, fit_model, state, run_dir)
+    record["complex_seed"] = complex_seed
+    train_time = sum(e["epoch_time_s"] for e in state.entries)
+    # Epochs of earlier, interrupted invocations count; this invocation's
+    # own epochs are inside its elapsed time already.
+    elapsed = time.perf_counter() - start
+    record["wall_time_s"] = elapsed + train_time - state.session_epoch_time
+    _io.atomic_write_json(result_path, record)
+    state.delete()  # only now: the result is committed
+    return record
+
+
+def _evaluate(config, splits, model, fit_model, state, run_dir):
+    """The result record of a trained run: the best epoch's weights on the
+    test split, `model.keras` (and the SavedModel) written; or a failed
+    record with the reason."""
     entries = state.entries
     record = {
         "config": dataclasses.asdict(config),
         "status": "ok",
         "reason": None,
-        "complex_seed": complex_seed,
         "history": _history(entries),
         "data": splits.describe(),
         "versions": _versions(),
@@ -271,30 +290,22 @@ def run_experiment(config, build_model=None, callbacks=()):
     if state.failure is not None or len(entries) < config.epochs:
         record["status"] = "failed"
         record["reason"] = state.failure or "training stopped early"
-    else:
-        best_epoch, val_accuracy = state.best()
-        fit_model.load_weights(state.best_weights_path())
-        test = fit_model.evaluate(
-            splits.eval_data("test"), verbose=0, return_dict=True
-        )
-        record.update(
-            val_accuracy=val_accuracy,
-            test_accuracy=float(test["accuracy"]),
-            best_epoch=best_epoch + 1,
-        )
-        if model is not fit_model:  # saved with its optimizer, as compiled
-            model.compile(
-                fit_model.optimizer, fit_model.loss, metrics=["accuracy"]
-            )
-        model.save(os.path.join(run_dir, "model.keras"))
-        if config.export:
-            model.export(os.path.join(run_dir, "saved_model"), verbose=False)
-    # Epochs of earlier, interrupted invocations count; this invocation's
-    # own epochs are inside its elapsed time already.
-    elapsed = time.perf_counter() - start
-    record["wall_time_s"] = elapsed + train_time - state.session_epoch_time
-    _io.atomic_write_json(result_path, record)
-    state.delete()  # only now: the result is committed
+        return record
+    best_epoch, val_accuracy = state.best()
+    fit_model.load_weights(state.best_weights_path())
+    test = fit_model.evaluate(
+        splits.eval_data("test"), verbose=0, return_dict=True
+    )
+    record.update(
+        val_accuracy=val_accuracy,
+        test_accuracy=float(test["accuracy"]),
+        best_epoch=best_epoch + 1,
+    )
+    if model is not fit_model:  # saved with its optimizer, as compiled
+        model.compile(fit_model.optimizer, fit_model.loss, metrics=["accuracy"])
+    model.save(os.path.join(run_dir, "model.keras"))
+    if config.export:
+        model.export(os.path.join(run_dir, "saved_model"), verbose=False)
     return record
 
 

@@ -32,6 +32,8 @@ import numbers
 import os
 import textwrap
 
+from keras_bninit.harness import report_plots
+from keras_bninit.harness.config import format_value
 from keras_bninit.harness.stats import ALPHA, IDENTICAL_RUNS, compare_records
 from keras_bninit.harness.store import canonical_config, record_backends
 
@@ -342,10 +344,7 @@ def comparisons_text(table):
 # ---------------------------------------------------------------------------
 
 
-def _fmt(value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return str(value)
-    return f"{float(value):g}"
+_fmt = format_value
 
 
 def _sort_key(value):
@@ -839,8 +838,6 @@ def write_report(records, out_dir, row_key="gamma", col_key="lr", **kwargs):
         `(text, paths)`: the terminal rendering of every table and a dict
         of the files written ("markdown", "latex", "csv", "plots").
     """
-    from keras_bninit.harness import report_plots  # it imports this module
-
     os.makedirs(out_dir, exist_ok=True)
     records = _as_records(records)
     tables = build_tables(records, row_key=row_key, col_key=col_key, **kwargs)

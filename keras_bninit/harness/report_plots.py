@@ -3,7 +3,7 @@
 import math
 import textwrap
 
-from keras_bninit.harness.report import _fmt
+from keras_bninit.harness.config import format_value as _fmt
 
 
 def plot_accuracy_vs_gamma(table, path, ylabel="test accuracy (%)"):
@@ -34,81 +34,105 @@ def accuracy_vs_gamma_figure(table, ylabel="test accuracy (%)"):
     """The matplotlib `Figure` that `plot_accuracy_vs_gamma` saves."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
 
     if table.row_key != "gamma":
         raise ValueError(
             f'The plot needs a table with row_key="gamma". '
             f"Received: row_key={table.row_key!r}"
         )
-
     fig = Figure(figsize=(7, 4.8), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    colors = [f"C{k % 10}" for k in range(len(table.columns))]
     _, varying = _series_fields(table)
     extent = []  # every drawn y value, to size the axis
+    band_of = {}  # BASE line -> its band, shown together in the legend
     any_star = False
-    band_of = {}
     for j, label in enumerate(table.column_labels):
-        color = colors[j]
+        color = f"C{j % 10}"
         series = {}
         for i, row in enumerate(table.rows):
             cell = table.cells.get((i, j))
             if cell is None or math.isnan(cell.mean):
                 continue
             if table.is_base_row[i]:
-                std = 0.0 if math.isnan(cell.std) else cell.std
-                band = ax.axhspan(
-                    cell.mean - std,
-                    cell.mean + std,
-                    facecolor=color,
-                    edgecolor="none",
-                    alpha=0.1,
-                )
-                line = ax.axhline(
-                    cell.mean,
-                    color=color,
-                    linestyle="--",
-                    linewidth=1,
-                    label=f"BASE, {label} (band: ±1 std)",
-                )
-                band_of[line] = band  # the legend shows both
-                extent += [cell.mean - std, cell.mean + std]
+                line, band = _draw_base(ax, cell, color, label)
+                band_of[line] = band
+                extent += _band(cell)
                 continue
             name = tuple((f, row[f]) for f in varying)
             series.setdefault(name, []).append((float(row["gamma"]), cell))
         for k, (name, points) in enumerate(sorted(series.items())):
-            points.sort(key=lambda p: p[0])
             # nudge each learning rate sideways so error bars do not overlap
             dodge = 10 ** (0.012 * (j - (len(table.columns) - 1) / 2))
-            x = [p[0] * dodge for p in points]
-            y = [p[1].mean for p in points]
-            err = [0.0 if math.isnan(p[1].std) else p[1].std for p in points]
-            extent += [v - e for v, e in zip(y, err)]
-            extent += [v + e for v, e in zip(y, err)]
             extra = ", ".join(f"{f}={_fmt(v)}" for f, v in name)
-            ax.errorbar(
-                x,
-                y,
-                yerr=err,
-                color=color,
-                marker="o",
-                capsize=3,
-                linestyle=["-", ":", "-."][k % 3],
-                label=f"{label}, {extra}" if extra else label,
+            drawn, starred = _draw_series(
+                ax,
+                sorted(points, key=lambda p: p[0]),
+                dodge,
+                color,
+                k,
+                f"{label}, {extra}" if extra else label,
             )
-            stars = [(p[0] * dodge, p[1].mean) for p in points if p[1].bold]
-            any_star = any_star or bool(stars)
-            if stars:
-                ax.plot(
-                    *zip(*stars),
-                    linestyle="none",
-                    marker="*",
-                    markersize=11,
-                    color=color,
-                    markeredgecolor="black",
-                )
+            extent += drawn
+            any_star = any_star or starred
+    _finish_axes(ax, table, extent, ylabel)
+    _legend(ax, band_of, any_star, table.alpha)
+    return fig
+
+
+def _band(cell):
+    std = 0.0 if math.isnan(cell.std) else cell.std
+    return [cell.mean - std, cell.mean + std]
+
+
+def _draw_base(ax, cell, color, label):
+    """BASE: a dashed line at its mean in a light band of +/- 1 std."""
+    low, high = _band(cell)
+    band = ax.axhspan(low, high, facecolor=color, edgecolor="none", alpha=0.1)
+    line = ax.axhline(
+        cell.mean,
+        color=color,
+        linestyle="--",
+        linewidth=1,
+        label=f"BASE, {label} (band: ±1 std)",
+    )
+    return line, band
+
+
+def _draw_series(ax, points, dodge, color, k, label):
+    """One line of (gamma, cell) points with error bars, stars on the
+    significantly better ones; returns the y extent and whether a star
+    was drawn."""
+    x = [p[0] * dodge for p in points]
+    y = [p[1].mean for p in points]
+    err = [0.0 if math.isnan(p[1].std) else p[1].std for p in points]
+    ax.errorbar(
+        x,
+        y,
+        yerr=err,
+        color=color,
+        marker="o",
+        capsize=3,
+        linestyle=["-", ":", "-."][k % 3],
+        label=label,
+    )
+    stars = [(p[0] * dodge, p[1].mean) for p in points if p[1].bold]
+    if stars:
+        ax.plot(*zip(*stars), color=color, **_STAR)
+    extent = [v - e for v, e in zip(y, err)] + [v + e for v, e in zip(y, err)]
+    return extent, bool(stars)
+
+
+_STAR = {
+    "linestyle": "none",
+    "marker": "*",
+    "markersize": 11,
+    "markeredgecolor": "black",
+}
+
+
+def _finish_axes(ax, table, extent, ylabel):
+    """Log gamma axis with the rows' ticks, a padded y range, the title."""
     ax.set_xscale("log")
     gammas = sorted(
         {
@@ -132,33 +156,23 @@ def accuracy_vs_gamma_figure(table, ylabel="test accuracy (%)"):
     fewest, most = table.seed_counts()
     seeds = f"{most}" if fewest == most else f"{fewest}-{most}"
     common = ", ".join(f"{k}={_fmt(v)}" for k, v in table.common.items())
-    title = [
-        table.title,
-        f"gamma rows: {common}; " if common else "",
-        f"{seeds} seeds per point; bars: ±1 std",
-    ]
-    title = [title[0], title[1] + title[2]]
+    shared = f"gamma rows: {common}; " if common else ""
+    title = [table.title, f"{shared}{seeds} seeds per point; bars: ±1 std"]
     ax.set_title(
         "\n".join(textwrap.fill(t, 80) for t in title if t), fontsize=9
     )
     ax.grid(True, which="both", alpha=0.3)
+
+
+def _legend(ax, band_of, any_star, alpha):
+    from matplotlib.lines import Line2D
+
     handles, labels = ax.get_legend_handles_labels()
     handles = [(band_of[h], h) if h in band_of else h for h in handles]
     if any_star:
-        handles.append(
-            Line2D(
-                [],
-                [],
-                linestyle="none",
-                marker="*",
-                markersize=11,
-                color="gray",
-                markeredgecolor="black",
-            )
-        )
-        labels.append(f"better than BASE (p <= {table.alpha:g})")
+        handles.append(Line2D([], [], color="gray", **_STAR))
+        labels.append(f"better than BASE (p <= {alpha:g})")
     ax.legend(handles, labels, fontsize=8, loc="best")
-    return fig
 
 
 def _series_fields(table):

@@ -3,7 +3,7 @@
 A sweep is a list of (configuration, seed) runs of `run_experiment`. Each
 completed run is written to the sweep directory's `ResultStore` in one
 transaction; re-running the same sweep skips what the store holds, resumes
-the interrupted run from its last epoch (BackupAndRestore) and runs the
+the interrupted run from its last checkpointed epoch (`RunState`) and runs the
 rest, so however often it is killed and restarted, every (configuration,
 seed) ends up in the store exactly once. Runs go seed by seed (all
 configurations of seed 1, then seed 2, ...), so a partial sweep already
@@ -248,122 +248,162 @@ def run_sweep(
         executor = LocalExecutor(build_model)
     elif getattr(executor, "build_model", False) is None:
         executor.build_model = build_model  # e.g. a RayExecutor's tasks
-    stale_after = STALE_AFTER_S if stale_after is None else stale_after
-    heartbeat_every = (
-        HEARTBEAT_EVERY_S if heartbeat_every is None else heartbeat_every
-    )
-    owner = new_owner_id()
-    retry_before = time.time() if retry_failed else None
-    counts = {"total": len(configs), "skipped": 0, "ran": 0, "failed": 0}
+    reporter = SweepReporter(len(configs), quiet=quiet)
     with ResultStore(sweep_dir) as store:
         check_backend(store, sweep_dir)
-        meta_path = os.path.join(sweep_dir, "sweep.json")
-        try:
-            meta = _io.read_json(meta_path, {})
-        except ValueError:  # a torn sweep.json: rebuilt below
-            print(f"[sweep] {meta_path} is unreadable; rewriting it")
-            meta = {}
-        meta["row_key"] = row_key
-        _io.atomic_write_json(meta_path, meta)
+        _write_meta(sweep_dir, row_key, reporter)
         reconcile(store, configs, runs_dir)
+        sweep = _Sweep(store, configs, retry_failed, stale_after, reporter)
+        sweep.run(executor, heartbeat_every, poll_every)
+    reporter.places(sweep.places)
+    return sweep.counts
+
+
+class SweepReporter:
+    """Every line a sweep prints, in one place (nothing when `quiet`)."""
+
+    def __init__(self, total, quiet=False):
+        self.total = total
+        self.quiet = quiet
+        self.start = time.perf_counter()
+
+    def _print(self, text):
+        if not self.quiet:
+            print(f"[sweep] {text}", flush=True)
+
+    def unreadable(self, path):
+        self._print(f"{path} is unreadable; rewriting it")
+
+    def takeover(self, config, owner):
+        self._print(f"taking over {config.run_name()} from {owner} (dead)")
+
+    def starting(self, config, counts, started, pending):
+        """A run starts; executors may train several at once (Ray):
+        `started - ran` were started and have not come back yet."""
+        done = counts["skipped"] + started
+        running = started - counts["ran"]
+        elapsed = time.perf_counter() - self.start
+        left = pending + 1 + running
+        eta = _clock(elapsed / counts["ran"] * left) if counts["ran"] else "?"
+        self._print(
+            f"run {done + 1}/{self.total} "
+            f"({counts['skipped']} done before or elsewhere"
+            f"{f', {running} running' if running else ''}) "
+            f"elapsed {_clock(elapsed)} remaining {eta}: {config.run_name()}"
+        )
+
+    def finished(self, config, record, place, seconds):
+        accuracy = record.get("test_accuracy")
+        outcome = record["status"]
+        if outcome == "ok" and isinstance(accuracy, (int, float)):
+            outcome = f"ok, test accuracy {accuracy:.4f}"
+        self._print(
+            f"finished {config.run_name()} ({outcome}) on {place} in "
+            f"{_clock(seconds)}"
+        )
+
+    def places(self, places):
+        for place, seconds in sorted(places.items()):
+            self._print(
+                f"ran on {place}: {len(seconds)} run"
+                f"{'s' if len(seconds) != 1 else ''}, "
+                f"{_clock(sum(seconds) / len(seconds))} each on average "
+                f"({_clock(min(seconds))} to {_clock(max(seconds))})"
+            )
+
+
+def _write_meta(sweep_dir, row_key, reporter):
+    """Remembers the report's row field in `sweep.json`."""
+    meta_path = os.path.join(sweep_dir, "sweep.json")
+    try:
+        meta = _io.read_json(meta_path, {})
+    except ValueError:  # a torn sweep.json: rebuilt
+        reporter.unreadable(meta_path)
+        meta = {}
+    meta["row_key"] = row_key
+    _io.atomic_write_json(meta_path, meta)
+
+
+class _Sweep:
+    """One process's share of a sweep: claims runs from the store, hands
+    them to an executor, stores their records, releases its claims."""
+
+    def __init__(self, store, configs, retry_failed, stale_after, reporter):
+        self.store = store
+        self.reporter = reporter
+        self.owner = new_owner_id()
+        self.retry_before = time.time() if retry_failed else None
+        self.stale_after = STALE_AFTER_S if stale_after is None else stale_after
+        self.counts = {"total": len(configs), "skipped": 0, "ran": 0}
+        self.counts["failed"] = 0
+        self.started = 0
+        self.places = collections.defaultdict(list)  # node -> seconds
+        self.stored_failed = store.runs("failed")
         stored_ok = store.runs("ok")
-        stored_failed = store.runs("failed")
-        pending = collections.deque()
+        self.pending = collections.deque()
         for config in configs:
             key = (config.key(), config.seed)
-            if key in stored_ok or (key in stored_failed and not retry_failed):
-                counts["skipped"] += 1
+            if key in stored_ok or (
+                key in self.stored_failed and not retry_failed
+            ):
+                self.counts["skipped"] += 1
             else:
-                pending.append(config)
-        start = time.perf_counter()
-        started = 0
+                self.pending.append(config)
 
-        def claim_next():
-            nonlocal started
-            for _ in range(len(pending)):
-                config = pending.popleft()
-                key = (config.key(), config.seed)
-                state = store.claim(
-                    *key,
-                    owner,
-                    retry_before=retry_before,
-                    stale_after=stale_after,
-                )
-                if state == "done":
-                    counts["skipped"] += 1
-                    continue
-                if state == "busy":
-                    pending.append(config)  # another process trains it
-                    continue
-                if store.last_takeover and not quiet:
-                    print(
-                        f"[sweep] taking over {config.run_name()} from "
-                        f"{store.last_takeover} (dead)",
-                        flush=True,
-                    )
-                _prepare(config, key in stored_failed)
-                if not quiet:
-                    # Executors may train several runs at once (Ray):
-                    # `running` were started and have not come back yet.
-                    done = counts["skipped"] + started
-                    running = started - counts["ran"]
-                    elapsed = time.perf_counter() - start
-                    left = len(pending) + 1 + running
-                    eta = (
-                        _clock(elapsed / counts["ran"] * left)
-                        if counts["ran"]
-                        else "?"
-                    )
-                    print(
-                        f"[sweep] run {done + 1}/{len(configs)} "
-                        f"({counts['skipped']} done before or elsewhere"
-                        f"{f', {running} running' if running else ''}) "
-                        f"elapsed {_clock(elapsed)} remaining {eta}: "
-                        f"{config.run_name()}",
-                        flush=True,
-                    )
-                started += 1
-                return config
-            return None
+    def claim_next(self):
+        """The next run this process claimed, or None (all done or held
+        by other processes)."""
+        for _ in range(len(self.pending)):
+            config = self.pending.popleft()
+            key = (config.key(), config.seed)
+            state = self.store.claim(
+                *key,
+                self.owner,
+                retry_before=self.retry_before,
+                stale_after=self.stale_after,
+            )
+            if state == "done":
+                self.counts["skipped"] += 1
+                continue
+            if state == "busy":
+                self.pending.append(config)  # another process trains it
+                continue
+            if self.store.last_takeover:
+                self.reporter.takeover(config, self.store.last_takeover)
+            _prepare(config, key in self.stored_failed)
+            self.reporter.starting(
+                config, self.counts, self.started, len(self.pending)
+            )
+            self.started += 1
+            return config
+        return None
 
-        places = collections.defaultdict(list)  # node (and GPU) -> seconds
+    def on_record(self, config, record, where):
+        """Stores a run's record and releases its claim, in one step."""
+        self.store.finish(record, self.owner)
+        self.counts["ran"] += 1
+        self.counts["failed"] += record["status"] == "failed"
+        place = _place(where)
+        self.places[place].append(where["seconds"])
+        self.reporter.finished(config, record, place, where["seconds"])
 
-        def on_record(config, record, where):
-            store.finish(record, owner)
-            counts["ran"] += 1
-            counts["failed"] += record["status"] == "failed"
-            place = _place(where)
-            places[place].append(where["seconds"])
-            if not quiet:
-                print(
-                    f"[sweep] finished {config.run_name()} "
-                    f"({record['status']}) on {place} in "
-                    f"{_clock(where['seconds'])}",
-                    flush=True,
-                )
-
-        heartbeat = _Heartbeat(store.path, owner, heartbeat_every)
+    def run(self, executor, heartbeat_every, poll_every):
+        """Runs until no run is pending; claims released in every case."""
+        every = (
+            HEARTBEAT_EVERY_S if heartbeat_every is None else heartbeat_every
+        )
+        heartbeat = _Heartbeat(self.store.path, self.owner, every)
         heartbeat.start()
         try:
             while True:
-                executor.run(claim_next, on_record)
-                if not pending:
+                executor.run(self.claim_next, self.on_record)
+                if not self.pending:
                     break
                 time.sleep(poll_every)  # runs other live processes hold
         finally:
             heartbeat.stop.set()
             heartbeat.join()
-            store.release_all(owner)
-    if not quiet:
-        for place, seconds in sorted(places.items()):
-            print(
-                f"[sweep] ran on {place}: {len(seconds)} run"
-                f"{'s' if len(seconds) != 1 else ''}, "
-                f"{_clock(sum(seconds) / len(seconds))} each on average "
-                f"({_clock(min(seconds))} to {_clock(max(seconds))})",
-                flush=True,
-            )
-    return counts
+            self.store.release_all(self.owner)
 
 
 def _place(where):
