@@ -113,7 +113,11 @@ def _field_argument(field, many):
         settings["choices"] = meta["choices"]
         if not all(str(c) in meta["help"] for c in meta["choices"]):
             settings["help"] += f" ({', '.join(map(str, meta['choices']))})"
-    if field.default not in (None, False) and "action" not in settings:
+    if (
+        field.default not in (None, False)
+        and "action" not in settings
+        and "(default:" not in settings["help"]
+    ):
         settings["help"] += f" (default: {field.default})"
     return flags, settings
 
@@ -140,6 +144,11 @@ def _add_run_config_args(parser, many):
         help="Keras's forms instead of the reference's PyTorch ones "
         f"({keras_forms}; docs/method.md)",
     )
+    other.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print nothing (Keras's verbose 0 and no summary lines)",
+    )
     # 0.2's option: PyTorch's SGD form, now the default.
     other.add_argument(
         "--torch-parity",
@@ -161,8 +170,13 @@ def _config_fields(args, grid):
     ]
     fields = {n: getattr(args, n) for n in names}
     fields = {k: v for k, v in fields.items() if v is not None}
-    if not grid and args.keras_semantics:
-        fields = {**config.KERAS_SEMANTICS, **fields}
+    if not grid:
+        if args.keras_semantics:
+            fields = {**config.KERAS_SEMANTICS, **fields}
+        if args.quiet:
+            fields["verbose"] = 0
+        elif "verbose" not in fields:  # plain lines into a log file
+            fields["verbose"] = 1 if sys.stdout.isatty() else 2
     return fields
 
 
@@ -449,8 +463,8 @@ def _run_config(args):
     config = RunConfig.from_dict(fields)
     if args.ablation is not None:
         config = apply_ablation(config, args.ablation)
+    validate(config.resolved())  # every field, and what this machine has
     config = config.resolved()
-    validate(config)  # every field, and what this machine can give them
     _check_models([config])
     _check_data([config])
     return config

@@ -198,7 +198,9 @@ def test_each_run_constant_is_defined_once():
     sources = [os.path.join(ROOT, "train.py")]
     for folder in ("keras_bninit", "models"):
         for path, _, names in os.walk(os.path.join(ROOT, folder)):
-            sources += [os.path.join(path, n) for n in names if n.endswith(".py")]
+            sources += [
+                os.path.join(path, n) for n in names if n.endswith(".py")
+            ]
     for name in RUN_CONSTANTS:
         pattern = re.compile(rf"^{name}\s*=", re.MULTILINE)
         defined = [p for p in sources if pattern.search(open(p).read())]
@@ -215,7 +217,9 @@ def test_copied_choices_equal_the_registries():
     assert config.BN_KINDS == tuple(keras_bninit.NORM_LAYERS)
     assert sorted(config.MODELS) == models.available()
     assert set(config.DATASET_DEFAULTS) == set(DATASETS)
-    assert config.PRECISE_BN_BATCHES == keras_bninit.precise_bn.DEFAULT_NUM_BATCHES
+    assert (
+        config.PRECISE_BN_BATCHES == keras_bninit.precise_bn.DEFAULT_NUM_BATCHES
+    )
 
 
 def test_a_0_2_store_is_reused_without_training(tmp_path):
@@ -229,14 +233,20 @@ def test_a_0_2_store_is_reused_without_training(tmp_path):
     grid = [{"dataset": "digits", "model": "tiny", "gamma": 0.1}]
     runs = expand(grid, "1-2", **fixed, **KERAS_SEMANTICS)
     runs += expand(
-        grid, "1", add_base=False, **fixed, **{**KERAS_SEMANTICS, "sgd": "torch"}
+        grid,
+        "1",
+        add_base=False,
+        **fixed,
+        **{**KERAS_SEMANTICS, "sgd": "torch"},
     )
 
     def never(*args, **kwargs):
         raise AssertionError("a stored run was built again")
 
     counts = run_sweep(runs, str(sweep_dir), quiet=True, build_model=never)
-    assert counts["total"] == 5 and counts["skipped"] == 5 and counts["ran"] == 0
+    assert (
+        counts["total"] == 5 and counts["skipped"] == 5 and counts["ran"] == 0
+    )
     # Today's defaults (the reference's forms) are other runs.
     with ResultStore(str(sweep_dir)) as store:
         for run in expand(grid, "1-2", **fixed):

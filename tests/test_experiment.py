@@ -307,7 +307,7 @@ def test_the_reference_forms_by_default_kerass_on_request(tmp_path, semantics):
         os.path.join(record["run_dir"], "model.keras")
     )
     inner = model.optimizer.inner_optimizer
-    schedule = inner.learning_rate
+    schedule = inner._learning_rate  # the schedule, not its value
     torch = semantics == "torch"
     assert (type(inner) is TorchSGD) == torch
     assert type(inner) in (TorchSGD, keras.optimizers.SGD)

@@ -54,7 +54,7 @@ def _result(out_dir):
         (["run", "--precise-bn", "-1"], "precise_bn=-1"),
         (["run", "--dataset", "cars196"], "downloads/manual"),
         (["run", "--dataset", "cifar10"], "cannot be loaded offline"),
-        (["sweep", "--preset", "table9"], "'table9' (choose from 'demo'"),
+        (["sweep", "--preset", "table9"], "'table9' (choose from 'table1a'"),
         (["sweep", "--seeds", "1-x", "--gamma", "0.1"], "'1-x'"),
         (["report", "nowhere"], "holds no sweep results"),
         (["run", "--input", "disk"], "'disk' (choose from 'tfdata', 'memory'"),
@@ -259,6 +259,22 @@ def test_the_reference_forms_by_default_and_keras_semantics():
     assert config("--precise-bn").precise_bn == 200
     assert config("--precise-bn", "50").precise_bn == 50
     assert config("--torch-parity").sgd == "torch"  # 0.2's option
+
+
+def test_verbosity_plain_lines_when_redirected():
+    import train
+
+    def verbose(*argv):
+        args = train._parser().parse_args(["run", *argv])
+        return train._run_config(args).verbose
+
+    assert not sys.stdout.isatty()  # pytest captures the output
+    assert verbose() == 2  # one line per epoch, no progress bar
+    assert verbose("--verbose", "1") == 1
+    assert verbose("--quiet") == 0
+    result = _train("run", "--verbose", "3", check=False)
+    assert result.returncode == 2
+    assert "argument --verbose: invalid choice: 3" in result.stderr
 
 
 def test_input_precision_and_steps_reach_the_config():

@@ -262,9 +262,11 @@ class RunConfig:
     )
     verbose: int = _field(
         1,
-        "print nothing",
+        "Keras's verbosity: 0 nothing, 1 a progress bar, 2 one line per "
+        "epoch (default: 1 on a terminal, 2 when the output is redirected)",
         result=False,
-        cli={"flags": ("--quiet",), "action": "store_const", "const": 0},
+        choices=(0, 1, 2),
+        cli={"metavar": "N"},
     )
     data_dir: str | None = _field(
         None,
@@ -386,11 +388,19 @@ class RunConfig:
             gamma_lr_divisor=number(
                 self.gamma_lr_divisor, method["gamma_lr_divisor"]
             ),
-            model=self.model or defaults["model"],
+            model=defaults["model"] if self.model is None else self.model,
             lr=number(self.lr, defaults["lr"]),
-            epochs=self.epochs or defaults["epochs"],
-            batch_size=self.batch_size or defaults["batch"],
-            input=self.input or DEFAULT_INPUT.get(backend or keras_backend()),
+            epochs=defaults["epochs"] if self.epochs is None else self.epochs,
+            batch_size=(
+                defaults["batch"]
+                if self.batch_size is None
+                else self.batch_size
+            ),
+            input=(
+                DEFAULT_INPUT.get(backend or keras_backend())
+                if self.input is None
+                else self.input
+            ),
         )
 
     def key(self, backend=None):

@@ -61,8 +61,8 @@ def check_environment(config):
     ):
         raise ValueError(
             f"Unknown data set {config.dataset!r}. Valid: "
-            f"{', '.join(DATASET_NAMES)}, or the path of a directory of "
-            "class subfolders."
+            f"{', '.join(sorted(DATASET_NAMES))}, or the path of a "
+            "directory of class subfolders."
         )
     activation_std(config.activation_std)  # a name must be a known one
     backend = keras.backend.backend()
@@ -206,8 +206,9 @@ def run_experiment(config, build_model=None, callbacks=()):
     start = time.perf_counter()
     if isinstance(config, dict):
         config = RunConfig.from_dict(config)
+    _config.validate(config)
     config = config.resolved()
-    validate(config)
+    check_environment(config)
     if build_model is None:
         build_model, names = _default_builder()
         if config.model not in names:
