@@ -22,6 +22,7 @@ from keras_bninit.activations import activation_std, available_activations
 from keras_bninit.layers import (
     PAPER_EPSILON,
     PAPER_MOMENTUM,
+    BatchNormalization,
     InputBatchNorm,
     batch_norm,
 )

@@ -8,7 +8,10 @@ subclasses `keras.layers.BatchNormalization` with `center=False` and
 
 (batch statistics with the biased variance in training, running statistics
 with momentum 0.9 and eps 1e-5 at inference, Section 3.1) comes from the
-stock code path, and only the tail that follows is new. The model zoo takes
+stock code path, and only the tail that follows is new. Like
+`keras_bninit.BatchNormalization`, which they extend, they take
+`moving_variance="biased"` (Keras's running variance, the default) or
+`"unbiased"` (PyTorch's, the reference's). The model zoo takes
 these layers through a factory called as `factory(gamma=c, name=...)`;
 `norm_layer(kind)` returns it for one of the kinds in `NORM_LAYERS`.
 """
@@ -20,7 +23,12 @@ import keras
 from keras import backend, ops
 
 from keras_bninit._validation import positive_float, reject_arguments
-from keras_bninit.layers import PAPER_EPSILON, PAPER_MOMENTUM, batch_norm
+from keras_bninit.layers import (
+    PAPER_EPSILON,
+    PAPER_MOMENTUM,
+    BatchNormalization,
+    batch_norm,
+)
 from keras_bninit.optimizers import NO_DECAY, SCALE, tag_variable
 
 # Arguments of the stock layer that concern its own affine tail or change its
@@ -40,7 +48,7 @@ _STOCK_ONLY_ARGS = (
 )
 
 
-class _BatchNormHead(keras.layers.BatchNormalization):
+class _BatchNormHead(BatchNormalization):
     """The stock BN head (x_hat) plus per-channel parameters of a new tail.
 
     Subclasses create their tail's weights with `_add_channel_weight` in
@@ -122,6 +130,10 @@ class A1BatchNorm(_BatchNormHead):
         axis: the channel axis (default -1, channels last).
         momentum: running-statistics momentum (default 0.9, PyTorch's 0.1).
         epsilon: variance epsilon (default 1e-5).
+        moving_variance: what the running variance averages: `"biased"`
+            batch variances (Keras's, the default) or `"unbiased"` ones
+            (PyTorch's, the reference's); see
+            `keras_bninit.BatchNormalization`.
         **kwargs: other `keras.layers.BatchNormalization` arguments that do
             not concern the affine tail (e.g. `name`, `synchronized`).
 
@@ -174,6 +186,10 @@ class A2BatchNorm(_BatchNormHead):
         axis: the channel axis (default -1, channels last).
         momentum: running-statistics momentum (default 0.9, PyTorch's 0.1).
         epsilon: variance epsilon (default 1e-5).
+        moving_variance: what the running variance averages: `"biased"`
+            batch variances (Keras's, the default) or `"unbiased"` ones
+            (PyTorch's, the reference's); see
+            `keras_bninit.BatchNormalization`.
         **kwargs: other `keras.layers.BatchNormalization` arguments that do
             not concern the affine tail (e.g. `name`, `synchronized`).
 
@@ -312,6 +328,10 @@ class RepresentativeBatchNorm(_GatedBatchNorm):
         axis: the channel axis (default -1, channels last).
         momentum: running-statistics momentum (default 0.9, PyTorch's 0.1).
         epsilon: variance epsilon (default 1e-5).
+        moving_variance: what the running variance averages: `"biased"`
+            batch variances (Keras's, the default) or `"unbiased"` ones
+            (PyTorch's, the reference's); see
+            `keras_bninit.BatchNormalization`.
         **kwargs: other `keras.layers.BatchNormalization` arguments that do
             not concern the affine tail (e.g. `name`, `synchronized`).
 
@@ -350,6 +370,10 @@ class InstanceEnhancementBatchNorm(_GatedBatchNorm):
         axis: the channel axis (default -1, channels last).
         momentum: running-statistics momentum (default 0.9, PyTorch's 0.1).
         epsilon: variance epsilon (default 1e-5).
+        moving_variance: what the running variance averages: `"biased"`
+            batch variances (Keras's, the default) or `"unbiased"` ones
+            (PyTorch's, the reference's); see
+            `keras_bninit.BatchNormalization`.
         **kwargs: other `keras.layers.BatchNormalization` arguments that do
             not concern the affine tail (e.g. `name`, `synchronized`).
 
@@ -414,7 +438,9 @@ def norm_layer(kind, **defaults):
     Args:
         kind: one of the keys of `NORM_LAYERS`.
         **defaults: keyword arguments bound into every layer the factory
-            makes (e.g. `momentum`); those given at the call win.
+            makes (e.g. `momentum`, or `moving_variance="unbiased"` for
+            PyTorch's running variance, which every kind takes); those
+            given at the call win.
 
     Returns:
         A callable `factory(gamma=1.0, **kwargs)` returning a layer.

@@ -56,6 +56,12 @@ _UNSUPPORTED_INNER = {
 }
 
 
+def _constant(value, dtype):
+    """A Python number as a tensor of `dtype`, rounded once (`ops.cast`
+    goes through float32 first on TensorFlow, which float64 runs notice)."""
+    return ops.convert_to_tensor(value, dtype=dtype)
+
+
 def _short_name(variable):
     path = getattr(variable, "path", None) or variable.name
     return path.split("/")[-1].split(":")[0]
@@ -137,7 +143,7 @@ class TorchSGD(keras.optimizers.SGD):
         if self.momentum == 0:
             self.assign_sub(variable, ops.multiply(gradient, learning_rate))
             return
-        momentum = ops.cast(self.momentum, variable.dtype)
+        momentum = _constant(self.momentum, variable.dtype)
         buffer = self.momentums[self._get_variable_index(variable)]
         self.assign(buffer, ops.add(ops.multiply(buffer, momentum), gradient))
         step = buffer
@@ -437,7 +443,7 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
         if decay:
             gradient = ops.add(
                 gradient,
-                ops.multiply(ops.cast(decay, variable.dtype), variable),
+                ops.multiply(_constant(decay, variable.dtype), variable),
             )
         factor = self._lr_factors[index]
         if factor != 1.0:
@@ -449,7 +455,7 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
                 )
             else:
                 learning_rate = ops.multiply(
-                    learning_rate, ops.cast(factor, variable.dtype)
+                    learning_rate, _constant(factor, variable.dtype)
                 )
         self.inner_optimizer.update_step(gradient, variable, learning_rate)
 

@@ -14,8 +14,12 @@ training mode: the mean of the batch means, and the mean of (batch variance
 + batch mean^2) minus the squared mean, i.e. the variance of all the
 batches' samples pooled, so the spread between batch means counts too (Wu &
 Johnson, "Rethinking 'Batch' in BatchNorm", 2021; fvcore's
-`update_bn_stats`). `PreciseBNCallback` does it in `model.fit` after each
-epoch's training, before validation.
+`update_bn_stats`). That variance is the biased one for every layer,
+including those whose running variance averages unbiased batch variances in
+training (`moving_variance="unbiased"`, PyTorch's convention): fvcore stores
+the same for PyTorch's BN, undoing the Bessel correction with each batch's
+count. `PreciseBNCallback` does it in `model.fit` after each epoch's
+training, before validation.
 """
 
 import numbers
@@ -53,21 +57,6 @@ def _inputs(batch):
 def _batch_size(inputs):
     """The number of examples in a batch of inputs: its leading dimension."""
     return int(keras.tree.flatten(inputs)[0].shape[0])
-
-
-def _variance_convention(layer):
-    """Which batch variance `layer` keeps in `moving_variance`.
-
-    "biased" (the sum of squares divided by the count) for Keras's
-    `BatchNormalization` and every BN layer of this package, so the
-    population variance is stored biased too. A layer keeping the unbiased
-    one (divided by count - 1, PyTorch's convention) would answer
-    "unbiased" here; `update_bn_stats` refuses such layers until the
-    conversion, which needs each channel's count (batch size times spatial
-    positions), is written.
-    """
-    del layer  # every BN layer known today stores the biased variance
-    return "biased"
 
 
 class _PooledMoments:
@@ -155,11 +144,15 @@ def update_bn_stats(
     which is the biased variance of all the batches' samples pooled (for a
     convolution's BN: over examples and positions), the spread between the
     batch means included. Batches of equal size weigh the same; a last,
-    smaller batch weighs less. Keras's BN stores the biased variance, and
-    so does this (see `_variance_convention`). Trainable weights are not
-    changed; each layer's momentum is restored afterwards. Layers that are
-    frozen (`trainable=False`) use their running statistics in training
-    mode too, so they are left as they are.
+    smaller batch weighs less. The stored variance is this biased one for
+    every layer, also for layers built with `moving_variance="unbiased"`
+    (their batches are read with the biased variance): fvcore does the same
+    for PyTorch's BN, whose running variance is otherwise the unbiased one,
+    so both frameworks end with the same statistics. Trainable weights are
+    not changed; each layer's momentum and moving-variance convention are
+    restored afterwards. Layers that are frozen (`trainable=False`) use
+    their running statistics in training mode too, so they are left as
+    they are.
 
     Call it on training data (with the training augmentation, as fvcore
     does), after training or after each epoch (see `PreciseBNCallback`).
@@ -179,7 +172,6 @@ def update_bn_stats(
 
     Raises:
         ValueError: bad arguments, or `data` yields no batch.
-        NotImplementedError: a BN layer stores the unbiased variance.
 
     Reference:
         Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021, Section 3
@@ -194,21 +186,23 @@ def update_bn_stats(
     ]
     if not layers:
         return 0
-    for layer in layers:
-        if _variance_convention(layer) != "biased":
-            raise NotImplementedError(
-                "update_bn_stats pools biased batch variances; layer "
-                f"{layer.name!r} stores the unbiased one."
-            )
     batches = _batches(data, batch_size)
     pooled = [_PooledMoments(layer.moving_mean.shape) for layer in layers]
     momenta = [layer.momentum for layer in layers]
+    # keras_bninit.BatchNormalization and its subclasses; None for Keras's
+    # own layer, which always keeps the biased variance.
+    conventions = [
+        getattr(layer, "moving_variance_convention", None) for layer in layers
+    ]
     count = 0
     try:
         # With momentum 0 the layer stores exactly the batch statistics of
-        # the call (Keras: moving = m * moving + (1 - m) * batch).
-        for layer in layers:
+        # the call (Keras: moving = m * moving + (1 - m) * batch), and with
+        # the biased convention the biased batch variance, which pools.
+        for layer, convention in zip(layers, conventions):
             layer.momentum = 0.0
+            if convention is not None:
+                layer.moving_variance_convention = "biased"
         for batch in batches:
             if count == num_batches:
                 break
@@ -223,8 +217,10 @@ def update_bn_stats(
                 )
             count += 1
     finally:
-        for layer, momentum in zip(layers, momenta):
+        for layer, momentum, convention in zip(layers, momenta, conventions):
             layer.momentum = momentum
+            if convention is not None:
+                layer.moving_variance_convention = convention
     if count == 0:
         raise ValueError("`data` yielded no batch; BN statistics unchanged.")
     for layer, moments in zip(layers, pooled):

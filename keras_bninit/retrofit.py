@@ -4,7 +4,7 @@ import keras
 import numpy as np
 
 from keras_bninit._validation import positive_float
-from keras_bninit.layers import InputBatchNorm
+from keras_bninit.layers import BatchNormalization, InputBatchNorm
 
 
 def batch_norm_layers(model):
@@ -104,7 +104,11 @@ def retrofit(
         )
     layers = batch_norm_layers(model)
     for layer in layers:
-        if type(layer) not in (keras.layers.BatchNormalization, InputBatchNorm):
+        if type(layer) not in (
+            keras.layers.BatchNormalization,
+            BatchNormalization,
+            InputBatchNorm,
+        ):
             raise ValueError(
                 f"retrofit resets stock BatchNormalization layers; layer "
                 f"{layer.name!r} is a {type(layer).__name__}. Build such "

@@ -8,6 +8,12 @@ from keras import ops
 from keras_bninit._validation import positive_float, positive_int
 
 
+def _constant(value, dtype):
+    """A Python number as a tensor of `dtype`, rounded once (a cast would
+    go through float32 first on some backends)."""
+    return ops.convert_to_tensor(value, dtype=dtype)
+
+
 @keras.saving.register_keras_serializable(package="keras_bninit")
 class EpochCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
     """Half-period cosine decay stepped once per epoch.
@@ -68,12 +74,17 @@ class EpochCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
     def __call__(self, step):
         dtype = keras.config.floatx()
         epoch = ops.floor_divide(
-            ops.cast(step, dtype), ops.cast(self.steps_per_epoch, dtype)
+            ops.cast(step, dtype), _constant(self.steps_per_epoch, dtype)
         )
-        cosine = 0.5 * (1.0 + ops.cos(math.pi * epoch / self.epochs))
-        return ops.cast(self.eta_min, dtype) + ops.cast(
-            self.initial_learning_rate - self.eta_min, dtype
-        ) * ops.cast(cosine, dtype)
+        angle = (
+            _constant(math.pi, dtype) * epoch / _constant(self.epochs, dtype)
+        )
+        cosine = _constant(0.5, dtype) * (
+            _constant(1.0, dtype) + ops.cos(angle)
+        )
+        eta_min = _constant(self.eta_min, dtype)
+        span = _constant(self.initial_learning_rate - self.eta_min, dtype)
+        return eta_min + span * cosine
 
     def group_learning_rate(self, learning_rate, factor):
         """The rate of a parameter group whose rate is lr_0 * `factor`.
@@ -93,12 +104,12 @@ class EpochCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
         learning_rate = ops.convert_to_tensor(learning_rate)
         dtype = learning_rate.dtype
         if not self.per_group_floor:
-            return learning_rate * ops.cast(factor, dtype)
+            return learning_rate * _constant(factor, dtype)
         # (lr_t - eta_min) / (lr_0 - eta_min) is the cosine term of step t.
         lr0, eta_min = self.initial_learning_rate, self.eta_min
-        ratio = (lr0 * factor - eta_min) / (lr0 - eta_min)
-        eta_min = ops.cast(eta_min, dtype)
-        return eta_min + (learning_rate - eta_min) * ops.cast(ratio, dtype)
+        ratio = _constant((lr0 * factor - eta_min) / (lr0 - eta_min), dtype)
+        eta_min = _constant(eta_min, dtype)
+        return eta_min + (learning_rate - eta_min) * ratio
 
     def get_config(self):
         return {

@@ -10,10 +10,11 @@ CIFAR ResNets resnet8 ... resnet110), `models.mobilenet` (MobileNetV2) and
 `models.repvgg` (RepVGG-A0 and `reparameterize`). Every builder follows
 torchvision's (or the RepVGG paper's) architecture layer for layer and
 takes the same arguments: `num_classes`, `input_shape`, `bn_gamma`,
-`input_bn`, `activation_std`, `norm_layer`, `small_inputs` (see
-`models._common.build_classifier`). Initial weights come from the seed of
-`keras_bninit.set_seed` through NumPy (`keras_bninit.initializers`), so a
-seed builds the same network on TensorFlow, JAX and PyTorch.
+`input_bn`, `activation_std`, `norm_layer`, `small_inputs`,
+`moving_variance` (see `models._common.build_classifier`). Initial weights
+come from the seed of `keras_bninit.set_seed` through NumPy
+(`keras_bninit.initializers`), so a seed builds the same network on
+TensorFlow, JAX and PyTorch.
 
 Layer names are torchvision's module names with `_` for `.` (`layer2_0_bn1`
 for `layer2.0.bn1`; PyTorch refuses `.` in names), the same on every Keras

@@ -10,12 +10,15 @@ All arguments are checked before any layer or weight is made, so a bad value
 fails at once with a `ValueError` that names it.
 """
 
+import functools
+import inspect
 import numbers
 
 import keras
 
 import keras_bninit
-from keras_bninit._validation import positive_float
+from keras_bninit._validation import choice, positive_float
+from keras_bninit.layers import MOVING_VARIANCE
 from models._layers import Norm, classifier
 
 # Inputs of this many pixels or fewer (both sides) get the paper's
@@ -102,6 +105,15 @@ def resolve_small_inputs(small_inputs, input_shape):
     return max(input_shape[:2]) <= SMALL_INPUT_MAX_SIZE
 
 
+def _takes_argument(factory, name):
+    """Whether `factory` accepts the keyword `name` (True when unsure)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
 def build_classifier(
     name,
     features,
@@ -114,6 +126,7 @@ def build_classifier(
     activation_std=0.58,
     norm_layer=None,
     small_inputs=None,
+    moving_variance="biased",
     pool_name="avgpool",
     fc_name="fc",
     dropout=0.0,
@@ -139,6 +152,11 @@ def build_classifier(
             every normalization layer; None means `keras_bninit.batch_norm`.
         small_inputs: the paper's small-input (CIFAR) variant; None (the
             default) turns it on for inputs of 64 px or less.
+        moving_variance: what every BN's running variance averages:
+            `"biased"` batch variances (Keras's, the default) or
+            `"unbiased"` ones (PyTorch's, the reference's, Section 3.1).
+            It goes to the input BN, and `"unbiased"` is bound into
+            `norm_layer` (every `keras_bninit.norm_layer` factory takes it).
         pool_name, fc_name, dropout: the head's layer names and dropout
             rate (see `models._layers.classifier`).
 
@@ -160,6 +178,21 @@ def build_classifier(
             "`norm_layer` must be a callable `norm_layer(gamma=c, name=...)` "
             f"returning a Keras layer. Received: norm_layer={norm_layer!r}"
         )
+    moving_variance = choice(
+        "moving_variance", moving_variance, MOVING_VARIANCE
+    )
+    if moving_variance != "biased":
+        # "biased" is every factory's default, so only the other is bound.
+        if not _takes_argument(norm_layer, "moving_variance"):
+            raise ValueError(
+                f"moving_variance={moving_variance!r} needs a `norm_layer` "
+                "that takes `moving_variance` (as keras_bninit.batch_norm "
+                f"and every keras_bninit.norm_layer factory do). Received: "
+                f"norm_layer={norm_layer!r}"
+            )
+        norm_layer = functools.partial(
+            norm_layer, moving_variance=moving_variance
+        )
     small = resolve_small_inputs(small_inputs, input_shape)
     stride = total_stride(small)
     if any(d is not None and d < stride for d in input_shape[:2]):
@@ -174,7 +207,10 @@ def build_classifier(
     x = inputs
     if input_bn:
         x = keras_bninit.InputBatchNorm(
-            gamma=gamma, activation_std=activation_std, name="input_bn"
+            gamma=gamma,
+            activation_std=activation_std,
+            moving_variance=moving_variance,
+            name="input_bn",
         )(x)
     x = features(x, Norm(norm_layer, gamma), small)
     outputs = classifier(

@@ -14,6 +14,7 @@ COMMON_ARGS = (
     "activation_std",
     "norm_layer",
     "small_inputs",
+    "moving_variance",
 )
 
 
@@ -52,7 +53,8 @@ def build(name, **kwargs):
         name: one of `available()`, e.g. `"resnet18"`.
         **kwargs: the builder's arguments: `num_classes`, `input_shape`,
             `bn_gamma`, `input_bn`, `activation_std`, `norm_layer`,
-            `small_inputs` (see `models._common.build_classifier`).
+            `small_inputs`, `moving_variance` (see
+            `models._common.build_classifier`).
 
     Returns:
         A `keras.Model` from channels-last images to logits.

@@ -101,7 +101,7 @@ def mobilenet_v2(**kwargs):
     Args:
         **kwargs: the common builder arguments (`num_classes`,
             `input_shape`, `bn_gamma`, `input_bn`, `activation_std`,
-            `norm_layer`, `small_inputs`), see
+            `norm_layer`, `small_inputs`, `moving_variance`), see
             `models._common.build_classifier`.
 
     Returns:

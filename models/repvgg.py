@@ -27,6 +27,7 @@ import re
 import keras
 import numpy as np
 
+import keras_bninit
 from models._common import build_classifier, positive_ints
 from models._layers import conv, conv_bn
 from models._registry import register_model
@@ -93,7 +94,7 @@ def repvgg(name, *, blocks, widths, deploy=False, **kwargs):
             training-time model.
         **kwargs: the common builder arguments (`num_classes`,
             `input_shape`, `bn_gamma`, `input_bn`, `activation_std`,
-            `norm_layer`, `small_inputs`), see
+            `norm_layer`, `small_inputs`, `moving_variance`), see
             `models._common.build_classifier`.
 
     Returns:
@@ -174,10 +175,14 @@ def _float64(variable):
 
 def _bn_scale_shift(layer):
     """A BN in inference mode as y = scale * x + shift (float64)."""
-    if type(layer) is not keras.layers.BatchNormalization:
+    if type(layer) not in (
+        keras.layers.BatchNormalization,
+        keras_bninit.BatchNormalization,
+    ):
         raise ValueError(
             "reparameterize fuses only `keras.layers.BatchNormalization` "
-            "(an affine map in inference mode). "
+            "and `keras_bninit.BatchNormalization` (affine maps in inference "
+            "mode). "
             f"Received: layer {layer.name!r} of type {type(layer).__name__}"
         )
     mean = _float64(layer.moving_mean)
@@ -244,8 +249,9 @@ def reparameterize(model):
     Args:
         model: a training-time RepVGG from `repvgg` / `repvgg_a0` whose
             block norms are `keras.layers.BatchNormalization` (the default
-            `keras_bninit.batch_norm`); formulations that are not affine in
-            inference mode cannot be fused and raise `ValueError`.
+            `keras_bninit.batch_norm`, either moving variance); formulations
+            that are not affine in inference mode cannot be fused and raise
+            `ValueError`.
 
     Returns:
         A new `keras.Model` (same name, inputs and outputs); `model` is
@@ -253,6 +259,7 @@ def reparameterize(model):
     """
     blocks, widths, small = _architecture(model)
     names = {layer.name for layer in model.layers}
+    input_bn = "input_bn" in names
     fused = repvgg(
         model.name,
         blocks=blocks,
@@ -260,8 +267,13 @@ def reparameterize(model):
         deploy=True,
         num_classes=model.get_layer("linear").units,
         input_shape=tuple(model.inputs[0].shape[1:]),
-        input_bn="input_bn" in names,
+        input_bn=input_bn,
         small_inputs=small,
+        moving_variance=getattr(
+            model.get_layer("input_bn") if input_bn else None,
+            "moving_variance_convention",
+            "biased",
+        ),
     )
     for layer in fused.layers:
         if layer.name.endswith("_rbr_reparam"):

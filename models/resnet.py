@@ -127,7 +127,7 @@ def resnet(
             `int(planes * width_per_group / 64) * groups` channels.
         **kwargs: the common builder arguments (`num_classes`,
             `input_shape`, `bn_gamma`, `input_bn`, `activation_std`,
-            `norm_layer`, `small_inputs`), see
+            `norm_layer`, `small_inputs`, `moving_variance`), see
             `models._common.build_classifier`.
 
     Returns:

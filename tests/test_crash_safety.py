@@ -27,8 +27,8 @@ import keras_bninit
 from keras_bninit.harness import checkpoints
 from keras_bninit.harness.checkpoints import RunState
 from keras_bninit.harness.experiment import RunConfig, run_experiment
-from keras_bninit.harness.store import ResultStore
 from keras_bninit.harness.presets import expand
+from keras_bninit.harness.store import ResultStore
 from keras_bninit.harness.sweep import (
     EnvironmentFailure,
     execute_run,

@@ -438,6 +438,58 @@ def test_norm_layer_factories_plug_in(kind):
     assert out.shape == (2, 10)
 
 
+@pytest.mark.parametrize("kind", ["standard", "a2"])
+def test_unbiased_moving_variance_reaches_every_bn(kind):
+    """moving_variance="unbiased": PyTorch's update in every BN (the input
+    BN included), the same initial weights and outputs."""
+    built = {}
+    for moving_variance in ("biased", "unbiased"):
+        keras_bninit.set_seed(3)
+        built[moving_variance] = models.build(
+            "resnet8",
+            input_shape=(8, 8, 3),
+            bn_gamma=C,
+            input_bn=True,
+            norm_layer=norm_layer(kind),
+            moving_variance=moving_variance,
+        )
+    biased, unbiased = built["biased"], built["unbiased"]
+    for a, b in zip(biased.weights, unbiased.weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b), a.path)
+    layers = keras_bninit.batch_norm_layers(unbiased)
+    assert len(layers) == 1 + 1 + 3 * 2 + 2
+    assert all(
+        layer.moving_variance_convention == "unbiased" for layer in layers
+    )
+    pairs = list(zip(layers, keras_bninit.batch_norm_layers(biased)))
+    for layer, ref in pairs:  # from 0, a step stores its share alone
+        for bn in (layer, ref):
+            bn.moving_variance.assign(np.zeros(bn.moving_variance.shape))
+    x = np.random.default_rng(0).normal(size=(4, 8, 8, 3)).astype("f4")
+    np.testing.assert_array_equal(
+        to_numpy(biased(x, training=True)), to_numpy(unbiased(x, training=True))
+    )
+    # One step stores 0.1 v (Keras) or 0.1 v n / (n - 1) (PyTorch), with
+    # n = batch x positions at the layer (16 to 256 here).
+    for layer, ref in pairs:
+        n = int(np.prod(layer.input.shape[1:-1])) * len(x)
+        np.testing.assert_allclose(
+            to_numpy(layer.moving_variance),
+            to_numpy(ref.moving_variance).astype(np.float64) * n / (n - 1),
+            rtol=1e-5,
+            err_msg=layer.name,
+        )
+
+
+def test_unbiased_needs_a_norm_layer_that_takes_it():
+    def plain(gamma, name):
+        return keras.layers.BatchNormalization(name=name)
+
+    with pytest.raises(ValueError, match="takes `moving_variance`"):
+        models.build("resnet8", norm_layer=plain, moving_variance="unbiased")
+    models.build("resnet8", norm_layer=plain)  # the default binds nothing
+
+
 # ---------------------------------------------------------------------------
 # Argument errors, before any layer is made
 # ---------------------------------------------------------------------------
@@ -459,6 +511,10 @@ def test_norm_layer_factories_plug_in(kind):
         ({"bn_gamma": 0}, "bn_gamma=0"),
         ({"activation_std": -1.0}, "activation_std"),
         ({"input_bn": 1}, "input_bn=1"),
+        (
+            {"moving_variance": "Unbiased"},
+            r"one of biased, unbiased\. Received: moving_variance='Unbiased'",
+        ),
     ],
 )
 def test_invalid_arguments(kwargs, match):
@@ -585,6 +641,28 @@ def test_repvgg_reparameterize_matches_in_inference(size):
     np.testing.assert_allclose(got, expected, atol=1e-5 * scale, rtol=0)
 
 
+def test_repvgg_reparameterize_keeps_an_unbiased_input_bn():
+    model = models.build(
+        "repvgg_a0",
+        input_shape=(32, 32, 3),
+        input_bn=True,
+        moving_variance="unbiased",
+    )
+    _randomize_norms(model, np.random.default_rng(2))
+    fused = repvgg.reparameterize(model)
+    assert fused.get_layer("input_bn").moving_variance_convention == (
+        "unbiased"
+    )
+    x = np.random.default_rng(3).uniform(size=(2, 32, 32, 3)).astype("f4")
+    expected = to_numpy(model(x, training=False))
+    np.testing.assert_allclose(
+        to_numpy(fused(x, training=False)),
+        expected,
+        atol=1e-5 * np.abs(expected).max(),
+        rtol=0,
+    )
+
+
 def test_repvgg_fused_saved_model_export(tmp_path):
     model = models.build(
         "repvgg_a0",
@@ -669,5 +747,7 @@ def test_build_names_an_unknown_argument_and_the_builder():
         r"Received: gamma=0\.1$",
     ):
         models.build("resnet8", gamma=0.1)
-    with pytest.raises(ValueError, match="'repvgg_a0' .* small_inputs, deploy"):
+    with pytest.raises(
+        ValueError, match="'repvgg_a0' .* moving_variance, deploy"
+    ):
         models.build("repvgg_a0", widths=2)

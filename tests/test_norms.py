@@ -404,3 +404,101 @@ def test_gated_layers_reject_masks():
     x = _data((2, 4, 3))
     with pytest.raises(ValueError, match="does not support masks"):
         layer(x, mask=np.ones((2, 4), bool))
+
+
+# ------------------------------------ PyTorch's moving variance (Sec. 3.1)
+
+
+def _pytorch_running_stats(batches):
+    """running = 0.9 running + 0.1 batch, with the unbiased batch variance
+    (over n - 1, n = the values a channel reduces over), as PyTorch's BN."""
+    mean, var = 0.0, 1.0
+    for x in batches:
+        flat = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+        mean = 0.9 * mean + 0.1 * flat.mean(axis=0)
+        var = 0.9 * var + 0.1 * flat.var(axis=0, ddof=1)
+    return mean, var
+
+
+@pytest.mark.parametrize("shape", SHAPES[::2])
+@pytest.mark.parametrize("kind", KINDS)
+def test_unbiased_moving_variance(kind, shape):
+    factory = norms.norm_layer(kind, moving_variance="unbiased")
+    unbiased, biased = factory(gamma=0.5), _make(kind, gamma=0.5)
+    assert unbiased.moving_variance_convention == "unbiased"
+    unbiased.build(shape)
+    biased.build(shape)
+    params = _randomize(unbiased)
+    for name, value in params.items():
+        next(v for v in biased.trainable_weights if v.name == name).assign(
+            value
+        )
+    batches = [_data(shape, seed=s) for s in range(3)]
+    for x in batches:
+        # Normalization uses the biased batch variance either way.
+        np.testing.assert_array_equal(
+            unbiased(x, training=True), biased(x, training=True)
+        )
+    mean, var = _pytorch_running_stats(batches)
+    np.testing.assert_allclose(unbiased.moving_mean, mean, rtol=1e-5)
+    np.testing.assert_allclose(unbiased.moving_variance, var, rtol=1e-5)
+    assert not np.allclose(biased.moving_variance, var, rtol=1e-4)
+    # Inference: the tail on the running statistics.
+    x = batches[0]
+    expected = _reference(kind, x, params, mean, var)
+    np.testing.assert_allclose(
+        unbiased(x, training=False), expected, rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unbiased_moving_variance_in_compiled_fit(kind):
+    batches = [_data((8, 4, 4, 3), seed=s) for s in range(3)]
+    inputs = keras.Input(shape=(4, 4, 3))
+    layer = norms.norm_layer(kind, moving_variance="unbiased")(gamma=0.1)
+    model = keras.Model(inputs, layer(inputs))
+    jit = keras.backend.backend() != "torch"  # torch.compile is not XLA
+    model.compile(optimizer="sgd", loss="mse", jit_compile=jit)
+    x = np.concatenate(batches)
+    model.fit(x, x, batch_size=8, epochs=1, shuffle=False, verbose=0)
+    assert model.jit_compile is jit
+    # The layer is first, so its statistics depend on the inputs only.
+    mean, var = _pytorch_running_stats(batches)
+    np.testing.assert_allclose(layer.moving_mean, mean, rtol=1e-5)
+    np.testing.assert_allclose(layer.moving_variance, var, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unbiased_config_and_keras_round_trip(kind, tmp_path):
+    layer = norms.norm_layer(kind, moving_variance="unbiased")(
+        gamma=0.3, name="norm"
+    )
+    config = layer.get_config()
+    assert config["moving_variance"] == "unbiased"
+    assert type(layer).from_config(config).get_config() == config
+
+    x, x_next = _data((4, 5, 5, 3)), _data((4, 5, 5, 3), seed=7)
+    inputs = keras.Input(shape=x.shape[1:])
+    model = keras.Model(inputs, layer(inputs))
+    model(x, training=True)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    clone = loaded.get_layer("norm")
+    assert type(clone) is type(layer)
+    assert clone.moving_variance_convention == "unbiased"
+    np.testing.assert_array_equal(loaded(x_next), model(x_next))
+    loaded(x_next, training=True)
+    _, var = _pytorch_running_stats([x, x_next])
+    np.testing.assert_allclose(clone.moving_variance, var, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_rejects_a_bad_moving_variance(kind):
+    factory = norms.norm_layer(kind)
+    with pytest.raises(
+        ValueError,
+        match=r"one of biased, unbiased\. Received: moving_variance='Unbiased'",
+    ):
+        factory(gamma=0.1, moving_variance="Unbiased")
+    with pytest.raises(ValueError, match="Received: moving_variance=True"):
+        factory(gamma=0.1, moving_variance=True)

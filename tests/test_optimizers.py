@@ -616,3 +616,252 @@ def test_param_group_optimizer_is_not_wrapped_twice():
         ValueError, match="already a ParamGroupOptimizer; wrap the inner"
     ):
         kb.ParamGroupOptimizer(inner)
+
+
+# ------------------------------------------------------------------------
+# The reference's forms in float64: PyTorch's SGD, CosineAnnealingLR per
+# parameter group and BN running statistics (Sections 3.1, 3.2, 4.2).
+# ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def float64():
+    """Keras's floatx is float64 for the test (JAX in 64-bit mode), then
+    restored."""
+    from keras.src.backend.common import global_state
+
+    previous = keras.config.floatx()
+    # None (follow floatx) unless a test set a policy.
+    policy = global_state.get_global_attribute("dtype_policy")
+    x64 = None
+    if BACKEND == "jax":
+        import jax
+
+        x64 = jax.config.jax_enable_x64
+        jax.config.update("jax_enable_x64", True)
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(previous)
+        global_state.set_global_attribute("dtype_policy", policy)
+        if x64 is not None:
+            import jax
+
+            jax.config.update("jax_enable_x64", x64)
+
+
+def _per_group_cosine(base_lr, eta_min, epochs, epoch):
+    """CosineAnnealingLR's closed form for one group (its own base rate)."""
+    return (
+        eta_min + (base_lr - eta_min) * (1 + np.cos(np.pi * epoch / epochs)) / 2
+    )
+
+
+def _pytorch_dense_bn_dense(params, batches, lr_of, wd, momentum=0.9):
+    """Dense (no bias) -> BN -> Dense with MSE, trained as PyTorch does.
+
+    SGD with momentum, dampening 0 and coupled L2 on the kernels:
+    g <- g + wd * w; buf = momentum * buf + g; w <- w - lr * buf, with
+    `lr_of(name, step)` the group's rate. BN normalizes with the biased
+    batch variance and keeps running = 0.9 * running + 0.1 * batch with
+    the unbiased one (eps 1e-5). Float64 throughout.
+    """
+    p = {k: np.array(v, np.float64) for k, v in params.items()}
+    running_mean, running_var = np.zeros(4), np.ones(4)
+    buffers = {k: np.zeros_like(v) for k, v in p.items()}
+    for step, (x, y) in enumerate(batches):
+        n = len(x)
+        # Forward.
+        h = x @ p["kernel1"]
+        mean, var = h.mean(axis=0), h.var(axis=0)
+        inv_std = 1.0 / np.sqrt(var + 1e-5)
+        x_hat = (h - mean) * inv_std
+        z = p["gamma"] * x_hat + p["beta"]
+        out = z @ p["kernel2"] + p["bias2"]
+        running_mean = 0.9 * running_mean + 0.1 * mean
+        running_var = 0.9 * running_var + 0.1 * h.var(axis=0, ddof=1)
+        # Backward of mean((out - y)^2).
+        d_out = 2.0 * (out - y) / out.size
+        d_z = d_out @ p["kernel2"].T
+        d_x_hat = d_z * p["gamma"]
+        d_h = (
+            inv_std
+            / n
+            * (
+                n * d_x_hat
+                - d_x_hat.sum(axis=0)
+                - x_hat * (d_x_hat * x_hat).sum(axis=0)
+            )
+        )
+        grads = {
+            "kernel2": z.T @ d_out,
+            "bias2": d_out.sum(axis=0),
+            "gamma": (d_z * x_hat).sum(axis=0),
+            "beta": d_z.sum(axis=0),
+            "kernel1": x.T @ d_h,
+        }
+        for name, g in grads.items():
+            if name.startswith("kernel"):
+                g = g + wd * p[name]
+            buffers[name] = momentum * buffers[name] + g
+            p[name] = p[name] - lr_of(name, step) * buffers[name]
+    return p, running_mean, running_var
+
+
+# Keras runs float64 end to end on TensorFlow only: its type promotion maps
+# float64 to float32 on JAX and PyTorch (keras.backend.result_type), so
+# BN's statistics (and on PyTorch matmul, on JAX cos) are float32 there,
+# about 1e-7 per step.
+_FLOAT64 = (
+    {"rtol": 1e-6, "atol": 1e-9}
+    if BACKEND == "tensorflow"
+    else {"rtol": 1e-5, "atol": 1e-8}
+)
+
+
+def test_param_groups_match_pytorch_in_float64(float64):
+    """100 steps, the rate changing 4 times, against the NumPy reference."""
+    lr0, eta_min, divisor, wd = 0.1, 2e-4, 100.0, 1e-4
+    steps_per_epoch, epochs, batch = 20, 5, 8
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(100 * batch, 3)) * [1.0, 2.0, 0.5] + [0.5, -1, 2]
+    y = rng.normal(size=(100 * batch, 2))
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3,))
+    # No bias before the BN: its gradient is round-off.
+    h = keras.layers.Dense(4, use_bias=False, name="fc1")(inputs)
+    h = kb.batch_norm(0.1, moving_variance="unbiased", name="bn")(h)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="fc2")(h))
+    assert all(v.dtype == "float64" for v in model.weights)
+    fc1, bn, fc2 = (model.get_layer(n) for n in ("fc1", "bn", "fc2"))
+    names = {
+        "kernel1": fc1.kernel,
+        "gamma": bn.gamma,
+        "beta": bn.beta,
+        "kernel2": fc2.kernel,
+        "bias2": fc2.bias,
+    }
+    initial = {k: keras.ops.convert_to_numpy(v) for k, v in names.items()}
+    schedule = kb.EpochCosineDecay(
+        lr0, steps_per_epoch, epochs, eta_min=eta_min, per_group_floor=True
+    )
+    opt = kb.ParamGroupOptimizer(
+        kb.TorchSGD(schedule, momentum=0.9),
+        gamma_lr_divisor=divisor,
+        weight_decay=wd,
+    )
+    model.compile(opt, "mse")
+    model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+    assert int(keras.ops.convert_to_numpy(opt.iterations)) == 100
+
+    def pytorch_rates(name, step):
+        base = lr0 / divisor if name == "gamma" else lr0
+        return _per_group_cosine(base, eta_min, epochs, step // steps_per_epoch)
+
+    batches = [
+        (x[i : i + batch], y[i : i + batch]) for i in range(0, len(x), batch)
+    ]
+    expected, mean, var = _pytorch_dense_bn_dense(
+        initial, batches, pytorch_rates, wd
+    )
+    for name, variable in names.items():
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(variable),
+            expected[name],
+            err_msg=name,
+            **_FLOAT64,
+        )
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(bn.moving_mean), mean, **_FLOAT64
+    )
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(bn.moving_variance), var, **_FLOAT64
+    )
+
+    # Not vacuous: the scales' divided floor gives other scales.
+    def divided(name, step):
+        rate = _per_group_cosine(lr0, eta_min, epochs, step // steps_per_epoch)
+        return rate / divisor if name == "gamma" else rate
+
+    other, _, _ = _pytorch_dense_bn_dense(initial, batches, divided, wd)
+    gamma = keras.ops.convert_to_numpy(bn.gamma)
+    assert (
+        np.abs(other["gamma"] - gamma).max()
+        > 1e3 * np.abs(expected["gamma"] - gamma).max()
+    )
+
+
+def test_schedule_in_float64_and_group_rates(float64):
+    lr0, eta_min, epochs = 0.1, 1e-8, 7
+    for per_group_floor in (False, True):
+        schedule = kb.EpochCosineDecay(
+            lr0, 3, epochs, eta_min=eta_min, per_group_floor=per_group_floor
+        )
+        for step in range(0, 3 * epochs + 1, 2):
+            rate = schedule(step)
+            assert keras.backend.standardize_dtype(rate.dtype) == "float64"
+            cosine = _per_group_cosine(lr0, eta_min, epochs, step // 3)
+            np.testing.assert_allclose(
+                keras.ops.convert_to_numpy(rate),
+                cosine,
+                rtol=1e-6 if BACKEND == "jax" else 1e-14,  # ops.cos: float32
+            )
+            group = schedule.group_learning_rate(rate, 0.01)
+            assert keras.backend.standardize_dtype(group.dtype) == "float64"
+            expected = (
+                _per_group_cosine(lr0 * 0.01, eta_min, epochs, step // 3)
+                if per_group_floor
+                else 0.01 * cosine
+            )
+            np.testing.assert_allclose(
+                keras.ops.convert_to_numpy(group),
+                expected,
+                rtol=1e-6 if BACKEND == "jax" else 1e-12,
+            )
+    # The last epoch of the paper's run: the floors differ by a lot.
+    schedule = kb.EpochCosineDecay(0.001, 1, 180, per_group_floor=True)
+    last = schedule(179)
+    per_group = float(schedule.group_learning_rate(last, 0.01))
+    assert per_group / (0.01 * float(last)) > 1.5
+
+
+def test_schedule_float32_numbers_are_unchanged():
+    """In float32, __call__ and the divided group rate are the numbers the
+    schedule and ParamGroupOptimizer gave before (hard-coded float32)."""
+    ops = keras.ops
+    assert keras.config.floatx() == "float32"
+    schedule = kb.EpochCosineDecay(0.1, 7, 180)
+    for step in [0, 1, 6, 7, 100, 637, 1259, 1260, 5000]:
+        epoch = ops.floor_divide(ops.cast(step, "float32"), 7.0)
+        old = 1e-8 + (0.1 - 1e-8) * (0.5 * (1.0 + ops.cos(np.pi * epoch / 180)))
+        rate = schedule(step)
+        assert keras.backend.standardize_dtype(rate.dtype) == "float32"
+        np.testing.assert_array_equal(
+            ops.convert_to_numpy(rate), ops.convert_to_numpy(old)
+        )
+        old_group = ops.multiply(
+            ops.cast(old, "float32"), ops.cast(0.01, "float32")
+        )
+        np.testing.assert_array_equal(
+            ops.convert_to_numpy(schedule.group_learning_rate(rate, 0.01)),
+            ops.convert_to_numpy(old_group),
+        )
+
+
+def test_schedule_config_and_bad_per_group_floor():
+    schedule = kb.EpochCosineDecay(0.1, 5, 10, per_group_floor=True)
+    config = schedule.get_config()
+    assert config["per_group_floor"] is True
+    clone = kb.EpochCosineDecay.from_config(config)
+    assert clone.get_config() == config
+    assert kb.EpochCosineDecay(0.1, 5, 10).per_group_floor is False
+    with pytest.raises(ValueError, match="Received: per_group_floor=1"):
+        kb.EpochCosineDecay(0.1, 5, 10, per_group_floor=1)
+    with pytest.raises(ValueError, match="eta_min != initial_learning_rate"):
+        kb.EpochCosineDecay(0.1, 5, 10, eta_min=0.1, per_group_floor=True)
+    kb.EpochCosineDecay(0.1, 5, 10, eta_min=0.1)  # constant, divided: fine
+    with pytest.raises(ValueError, match="Received: factor=0"):
+        schedule.group_learning_rate(0.1, 0)

@@ -156,11 +156,15 @@ def _shifted_images(sizes=(8, 8, 8, 8), offsets=(0.0, 3.0, -2.0, 5.0)):
     ]
 
 
-def _conv_bn():
+def _conv_bn(moving_variance=None):
+    """One BN on (4, 4, 3) images: Keras's own layer by default, or
+    `keras_bninit.BatchNormalization` keeping the given moving variance."""
     keras.utils.set_random_seed(0)
-    return keras.Sequential(
-        [keras.Input((4, 4, 3)), keras.layers.BatchNormalization()]
-    )
+    if moving_variance is None:
+        bn = keras.layers.BatchNormalization()
+    else:
+        bn = kb.BatchNormalization(moving_variance=moving_variance)
+    return keras.Sequential([keras.Input((4, 4, 3)), bn])
 
 
 @pytest.mark.parametrize(
@@ -196,15 +200,55 @@ def test_array_with_partial_last_batch_is_the_pooled_variance():
     np.testing.assert_allclose(var, x.var(axis=(0, 1, 2)), rtol=1e-4)
 
 
+@pytest.mark.parametrize("moving_variance", ["biased", "unbiased"])
+def test_either_moving_variance_stores_the_pooled_biased_variance(
+    moving_variance,
+):
+    """fvcore's estimator from each convention's batch variance.
+
+    With n = examples x positions per batch, a layer keeping the unbiased
+    batch variance u_b = v_b n / (n - 1) would be pooled as fvcore pools
+    PyTorch's: mean_b((n - 1) / n u_b + m_b^2) - M^2, the biased variance
+    of all samples pooled, as for the biased layer.
+    """
+    batches = [b.astype(np.float64) for b in _shifted_images()]
+    n = 8 * 4 * 4
+    means = np.array([b.mean(axis=(0, 1, 2)) for b in batches])
+    unbiased = np.array([b.var(axis=(0, 1, 2), ddof=1) for b in batches])
+    mean = means.mean(axis=0)
+    reference = ((n - 1) / n * unbiased + means**2).mean(axis=0) - mean**2
+    pooled = np.concatenate(batches).var(axis=(0, 1, 2))
+    np.testing.assert_allclose(reference, pooled, rtol=1e-12)
+    model = _conv_bn(moving_variance)
+    layer = model.layers[0]
+
+    assert kb.update_bn_stats(model, _shifted_images()) == 4
+
+    ((moving_mean, moving_var),) = _stats(model)
+    np.testing.assert_allclose(moving_mean, mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(moving_var, reference, rtol=1e-4)
+    # The layer's own settings come back: a training step afterwards
+    # averages its own convention's batch variance in again.
+    assert layer.momentum == 0.99
+    assert layer.moving_variance_convention == moving_variance
+    batch = batches[0]
+    model(batch.astype("float32"), training=True)
+    ddof = 1 if moving_variance == "unbiased" else 0
+    expected = 0.99 * reference + 0.01 * batch.var(axis=(0, 1, 2), ddof=ddof)
+    np.testing.assert_allclose(_stats(model)[0][1], expected, rtol=1e-4)
+
+
 @pytest.mark.skipif(
     keras.backend.backend() != "torch", reason="fvcore runs on PyTorch"
 )
 def test_matches_fvcore_update_bn_stats():
+    """An unbiased layer (PyTorch's BN in Keras) gives what fvcore gives a
+    PyTorch BN."""
     precise_bn = pytest.importorskip("fvcore.nn.precise_bn")
     import torch
 
     batches = _shifted_images((8, 8, 8, 3))
-    model = _conv_bn()
+    model = _conv_bn("unbiased")
     kb.update_bn_stats(model, batches)
 
     bn = torch.nn.BatchNorm2d(3)
@@ -213,8 +257,8 @@ def test_matches_fvcore_update_bn_stats():
     precise_bn.update_bn_stats(bn, nchw, num_iters=len(nchw))
 
     ((mean, var),) = _stats(model)
-    # fvcore stores the pooled biased variance too, though PyTorch's
-    # running_var is otherwise the unbiased one.
+    # fvcore stores the pooled biased variance, though PyTorch's
+    # running_var is otherwise the unbiased one; so does update_bn_stats.
     np.testing.assert_allclose(mean, bn.running_mean.numpy(), rtol=1e-5)
     np.testing.assert_allclose(var, bn.running_var.numpy(), rtol=1e-4)
 

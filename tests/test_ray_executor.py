@@ -13,9 +13,9 @@ import time
 import keras
 import pytest
 
+from keras_bninit.harness.presets import expand
 from keras_bninit.harness.ray_executor import GPU_SHARING_ENV, RayExecutor
 from keras_bninit.harness.store import ResultStore
-from keras_bninit.harness.presets import expand
 from keras_bninit.harness.sweep import run_sweep
 from tests._tiny import tiny_builder
 

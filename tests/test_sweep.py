@@ -4,13 +4,13 @@ import dataclasses
 
 import pytest
 
-from keras_bninit.harness.store import ResultStore
 from keras_bninit.harness.presets import (
     PRESETS,
     expand,
     parse_seeds,
     preset_runs,
 )
+from keras_bninit.harness.store import ResultStore
 from keras_bninit.harness.sweep import run_sweep
 from tests._tiny import tiny_builder
 

@@ -8,6 +8,7 @@ the rename survives a power cut.
 import json
 import os
 import tempfile
+import warnings
 
 
 def atomic_write_json(path, obj):
@@ -43,6 +44,24 @@ def fsync_dir(directory):
         pass
     finally:
         os.close(fd)
+
+
+def read_result(path):
+    """A run's result.json as a dict; None when it is missing, or (with a
+    `RuntimeWarning` naming it) torn or not a record: the run is done
+    again."""
+    try:
+        record = read_json(path)
+    except (ValueError, UnicodeDecodeError) as error:
+        problem = f"is unreadable ({error})"
+    else:
+        if record is None or isinstance(record, dict):
+            return record
+        problem = "holds no result record"
+    warnings.warn(
+        f"{path} {problem}; the run is done again", RuntimeWarning, stacklevel=2
+    )
+    return None
 
 
 def _umask():

@@ -305,7 +305,7 @@ class RunState(keras.callbacks.Callback):
         except BaseException:
             _remove(tmp)
             raise
-        _fsync_dir(directory)
+        _io.fsync_dir(directory)
 
     def _commit(self, write_weights, entries):
         """Writes the checkpoint of `len(entries)` epochs; rename commits."""
@@ -318,14 +318,14 @@ class RunState(keras.callbacks.Callback):
             write_weights(weights)
             _fsync_file(weights)
             _io.atomic_write_json(os.path.join(tmp, "state.json"), entries)
-            _fsync_dir(tmp)
+            _io.fsync_dir(tmp)
             if os.path.exists(final):  # a stale copy of the same epoch
                 _remove(final)
             os.rename(tmp, final)  # the commit point
         except BaseException:
             _remove(tmp)
             raise
-        _fsync_dir(self.backup_dir)
+        _io.fsync_dir(self.backup_dir)
         for old in self._checkpoints()[self.KEEP :]:
             _remove(old)
 
@@ -527,13 +527,6 @@ def _fsync_file(path):
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _fsync_dir(path):
-    try:
-        _fsync_file(path)
-    except OSError:  # some file systems cannot fsync a directory
-        pass
 
 
 def _remove(path):

@@ -217,7 +217,7 @@ def run_experiment(config, build_model=None, callbacks=()):
             )
     run_dir = os.path.join(config.out, config.run_name())
     result_path = os.path.join(run_dir, "result.json")
-    done = _read_result(result_path)
+    done = _io.read_result(result_path)
     if done is not None:
         # A process killed after the result was written left its backup.
         if os.path.isdir(os.path.join(run_dir, "backup")):
@@ -403,24 +403,3 @@ def _callbacks(config, splits, run_dir, callbacks):
             os.path.join(run_dir, "diagnostics"), probe=splits.probe()
         )
     return callbacks
-
-
-def _read_result(path):
-    """A run's result.json; None (and a warning naming it) when torn."""
-    try:
-        record = _io.read_json(path)
-    except (ValueError, UnicodeDecodeError) as error:
-        warnings.warn(
-            f"{path} is unreadable ({error}); the run is done again",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return None
-    if record is not None and not isinstance(record, dict):
-        warnings.warn(
-            f"{path} holds no result record; the run is done again",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return None
-    return record

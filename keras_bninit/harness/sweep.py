@@ -127,19 +127,6 @@ class _Heartbeat(threading.Thread):
                     print(f"[sweep] heartbeat: {error}", file=sys.stderr)
 
 
-def _read_result(path):
-    """A run's result.json, or None when it is missing or unreadable."""
-    try:
-        record = _io.read_json(path)
-    except (ValueError, UnicodeDecodeError):
-        print(
-            f"[sweep] {path} is unreadable (truncated?); the run is done again",
-            file=sys.stderr,
-        )
-        return None
-    return record if isinstance(record, dict) else None
-
-
 def reconcile(store, configs, runs_dir):
     """Makes the store agree with the run directories' result.json.
 
@@ -160,7 +147,7 @@ def reconcile(store, configs, runs_dir):
         path = os.path.join(runs_dir, config.run_name(), "result.json")
         if not os.path.exists(path):
             continue
-        record = _read_result(path)
+        record = _io.read_result(path)
         if record is None or record.get("status") not in ("ok", "failed"):
             continue
         if record["status"] == "ok" or key not in stored:
@@ -421,7 +408,7 @@ def _prepare(config, was_failed):
     if not was_failed:
         return
     run_dir = os.path.join(config.out, config.run_name())
-    record = _read_result(os.path.join(run_dir, "result.json"))
+    record = _io.read_result(os.path.join(run_dir, "result.json"))
     if record is not None and record.get("status") == "ok":
         return
     shutil.rmtree(run_dir, ignore_errors=True)
