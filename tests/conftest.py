@@ -80,3 +80,31 @@ def _isolate_op_determinism():
             tf_config.enable_op_determinism()
         else:
             tf_config.disable_op_determinism()
+
+
+@pytest.fixture
+def float64():
+    """Keras's floatx is float64 for the test (JAX in 64-bit mode), then
+    restored."""
+    from keras.src.backend.common import global_state
+
+    previous = keras.config.floatx()
+    # None (follow floatx) unless a test set a policy.
+    policy = global_state.get_global_attribute("dtype_policy")
+    x64 = None
+    if keras.backend.backend() == "jax":
+        import jax
+
+        x64 = jax.config.jax_enable_x64
+        jax.config.update("jax_enable_x64", True)
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(previous)
+        global_state.set_global_attribute("dtype_policy", policy)
+        if x64 is not None:
+            import jax
+
+            jax.config.update("jax_enable_x64", x64)

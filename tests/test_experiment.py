@@ -387,3 +387,78 @@ def test_precision_builds_and_trains_under_the_policy(
     assert conv.compute_dtype == compute and conv.variable_dtype == "float32"
     if precision == "mixed_float16":  # dynamic loss scaling
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def test_train_py_defaults_follow_the_authors_pytorch_code(float64):
+    """train.py's optimizer and BN (RunConfig's defaults) through 100 steps
+    with 4 learning-rate changes equal a NumPy implementation of PyTorch's
+    SGD, per-group CosineAnnealingLR and BN running statistics."""
+    from _reference import _per_group_cosine, _pytorch_dense_bn_dense
+
+    from keras_bninit.harness.config import ETA_MIN
+    from keras_bninit.harness.experiment import make_optimizer
+    from keras_bninit.norms import norm_layer
+
+    steps_per_epoch, batch = 20, 8
+    config = RunConfig(model="tiny", epochs=5).resolved("tensorflow")
+    assert (config.sgd, config.moving_variance, config.scale_lr_floor) == (
+        "torch",
+        "unbiased",
+        "per_group",
+    )
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(100 * batch, 3)) * [1.0, 2.0, 0.5] + [0.5, -1, 2]
+    y = rng.normal(size=(100 * batch, 2))
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3,))
+    h = keras.layers.Dense(4, use_bias=False, name="fc1")(inputs)
+    bn = norm_layer(config.bn, moving_variance=config.moving_variance)(
+        gamma=config.gamma, name="bn"
+    )
+    h = bn(h)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="fc2")(h))
+    fc1, fc2 = model.get_layer("fc1"), model.get_layer("fc2")
+    names = {
+        "kernel1": fc1.kernel,
+        "gamma": bn.gamma,
+        "beta": bn.beta,
+        "kernel2": fc2.kernel,
+        "bias2": fc2.bias,
+    }
+    initial = {k: keras.ops.convert_to_numpy(v) for k, v in names.items()}
+    model.compile(make_optimizer(config, steps_per_epoch), "mse")
+    model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+
+    def rate(name, step):
+        lr = (
+            config.lr / config.gamma_lr_divisor
+            if name == "gamma"
+            else config.lr
+        )
+        return _per_group_cosine(
+            lr, ETA_MIN, config.epochs, step // steps_per_epoch
+        )
+
+    batches = [
+        (x[i : i + batch], y[i : i + batch]) for i in range(0, len(x), batch)
+    ]
+    expected, mean, var = _pytorch_dense_bn_dense(
+        initial, batches, rate, config.weight_decay, config.momentum
+    )
+    for name, variable in names.items():
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(variable),
+            expected[name],
+            rtol=1e-6,
+            atol=1e-9,
+            err_msg=name,
+        )
+    for got, want in ((bn.moving_mean, mean), (bn.moving_variance, var)):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(got), want, rtol=1e-6, atol=1e-9
+        )
+    # --keras-semantics gives Keras's SGD (the other forms: test_optimizers).
+    keras_config = RunConfig.keras_semantics(model="tiny", epochs=5)
+    assert make_optimizer(
+        keras_config.resolved(), 20
+    ).inner_optimizer.__class__ is (keras.optimizers.SGD)

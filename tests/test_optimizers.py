@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 from _backend import BACKEND, gradients
+from _reference import _per_group_cosine, _pytorch_dense_bn_dense
 
 import keras_bninit as kb
 
@@ -622,92 +623,6 @@ def test_param_group_optimizer_is_not_wrapped_twice():
 # The reference's forms in float64: PyTorch's SGD, CosineAnnealingLR per
 # parameter group and BN running statistics (Sections 3.1, 3.2, 4.2).
 # ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def float64():
-    """Keras's floatx is float64 for the test (JAX in 64-bit mode), then
-    restored."""
-    from keras.src.backend.common import global_state
-
-    previous = keras.config.floatx()
-    # None (follow floatx) unless a test set a policy.
-    policy = global_state.get_global_attribute("dtype_policy")
-    x64 = None
-    if BACKEND == "jax":
-        import jax
-
-        x64 = jax.config.jax_enable_x64
-        jax.config.update("jax_enable_x64", True)
-    keras.config.set_floatx("float64")
-    keras.config.set_dtype_policy("float64")
-    try:
-        yield
-    finally:
-        keras.config.set_floatx(previous)
-        global_state.set_global_attribute("dtype_policy", policy)
-        if x64 is not None:
-            import jax
-
-            jax.config.update("jax_enable_x64", x64)
-
-
-def _per_group_cosine(base_lr, eta_min, epochs, epoch):
-    """CosineAnnealingLR's closed form for one group (its own base rate)."""
-    return (
-        eta_min + (base_lr - eta_min) * (1 + np.cos(np.pi * epoch / epochs)) / 2
-    )
-
-
-def _pytorch_dense_bn_dense(params, batches, lr_of, wd, momentum=0.9):
-    """Dense (no bias) -> BN -> Dense with MSE, trained as PyTorch does.
-
-    SGD with momentum, dampening 0 and coupled L2 on the kernels:
-    g <- g + wd * w; buf = momentum * buf + g; w <- w - lr * buf, with
-    `lr_of(name, step)` the group's rate. BN normalizes with the biased
-    batch variance and keeps running = 0.9 * running + 0.1 * batch with
-    the unbiased one (eps 1e-5). Float64 throughout.
-    """
-    p = {k: np.array(v, np.float64) for k, v in params.items()}
-    running_mean, running_var = np.zeros(4), np.ones(4)
-    buffers = {k: np.zeros_like(v) for k, v in p.items()}
-    for step, (x, y) in enumerate(batches):
-        n = len(x)
-        # Forward.
-        h = x @ p["kernel1"]
-        mean, var = h.mean(axis=0), h.var(axis=0)
-        inv_std = 1.0 / np.sqrt(var + 1e-5)
-        x_hat = (h - mean) * inv_std
-        z = p["gamma"] * x_hat + p["beta"]
-        out = z @ p["kernel2"] + p["bias2"]
-        running_mean = 0.9 * running_mean + 0.1 * mean
-        running_var = 0.9 * running_var + 0.1 * h.var(axis=0, ddof=1)
-        # Backward of mean((out - y)^2).
-        d_out = 2.0 * (out - y) / out.size
-        d_z = d_out @ p["kernel2"].T
-        d_x_hat = d_z * p["gamma"]
-        d_h = (
-            inv_std
-            / n
-            * (
-                n * d_x_hat
-                - d_x_hat.sum(axis=0)
-                - x_hat * (d_x_hat * x_hat).sum(axis=0)
-            )
-        )
-        grads = {
-            "kernel2": z.T @ d_out,
-            "bias2": d_out.sum(axis=0),
-            "gamma": (d_z * x_hat).sum(axis=0),
-            "beta": d_z.sum(axis=0),
-            "kernel1": x.T @ d_h,
-        }
-        for name, g in grads.items():
-            if name.startswith("kernel"):
-                g = g + wd * p[name]
-            buffers[name] = momentum * buffers[name] + g
-            p[name] = p[name] - lr_of(name, step) * buffers[name]
-    return p, running_mean, running_var
 
 
 # Keras runs float64 end to end on TensorFlow only: its type promotion maps
