@@ -410,3 +410,54 @@ def test_environment_error_stops_the_sweep_with_status_1(
 
     with ResultStore(tmp_path) as store:  # nothing stored, nothing claimed
         assert len(store) == 0 and store.claims() == {}
+
+
+def test_a_logged_run_has_plain_lines_and_help_defaults_are_the_runs(tmp_path):
+    import re
+
+    import train
+    from keras_bninit.harness import config as config_module
+
+    result = _train(
+        "run", "--dataset", "digits", "--model", "resnet8", "--epochs", "2",
+        "--precise-bn", "--out", str(tmp_path),
+    )  # fmt: skip
+    out = result.stdout
+    assert "\r" not in out and "\x1b" not in out
+    epochs = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2
+    assert re.match(
+        r"epoch 1/2, loss \d\.\d{4}, accuracy \d\.\d{4}, val_loss \d+\.\d{4}, "
+        r"val_accuracy \d\.\d{4}, lr 0\.1, \d+\.\d s$",
+        epochs[0],
+    ), epochs[0]
+    assert re.search(r"test accuracy \d\.\d{4}", out.splitlines()[-2])
+    # Every default --help states is the one the run used.
+    written = _result(tmp_path)["config"]
+    run = train._parser()._subparsers._group_actions[0].choices["run"]
+    stated = 0
+    for action in run._actions:
+        match = re.search(r"\(default: ([^;)]+)\)$", action.help or "")
+        field = action.dest
+        # Given above, or not this data set's: data_dir (tfds's own),
+        # synthetic_size (for dataset synthetic).
+        given = ("dataset", "model", "epochs", "precise_bn", "out")
+        given += ("data_dir", "synthetic_size")
+        if not match or field not in config_module.field_names():
+            continue
+        if field in given:
+            continue
+        text = match[1]
+        # "the data set's: 15 digits, ..."; "1 on a terminal, 2 when the
+        # output is redirected" (this run's output is a pipe).
+        special = re.search(
+            r"(\S+) digits|(\S+) when the output is|(\S+) on tensorflow", text
+        )
+        expected = next(g for g in special.groups() if g) if special else text
+        value = written[field]
+        try:
+            assert float(expected) == float(value), (field, text, value)
+        except ValueError:
+            assert expected == str(value), (field, text, value)
+        stated += 1
+    assert stated >= 10

@@ -245,7 +245,7 @@ def run_experiment(config, build_model=None, callbacks=()):
             epochs=config.epochs,
             initial_epoch=initial_epoch,
             shuffle=False,
-            verbose=config.verbose,
+            verbose=1 if config.verbose == 1 else 0,  # 2: EpochLine
             callbacks=[
                 tracker,
                 keras.callbacks.TerminateOnNaN(),
@@ -385,6 +385,8 @@ def _callbacks(config, splits, run_dir, callbacks):
     """Precise BN first (before validation), then the caller's, then the
     diagnostics."""
     callbacks = list(callbacks)
+    if config.verbose == 2:  # after the others: validation is done then
+        callbacks.append(EpochLine(config.epochs))
     if config.precise_bn:
         # Each epoch's own (augmented) training batches, up to N of them.
         callbacks.insert(
@@ -403,3 +405,34 @@ def _callbacks(config, splits, run_dir, callbacks):
             os.path.join(run_dir, "diagnostics"), probe=splits.probe()
         )
     return callbacks
+
+
+class EpochLine(keras.callbacks.Callback):
+    """One plain line per epoch, for logs in files: loss, accuracy,
+    validation accuracy, the epoch's learning rate and its time, without
+    progress bars, carriage returns or escapes (`RunConfig(verbose=2)`)."""
+
+    def __init__(self, epochs, stream=None):
+        super().__init__()
+        self.epochs = epochs
+        self.stream = stream
+        self._start = self._lr = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+        try:  # the rate of the epoch's steps (the schedule is per epoch)
+            rate = self.model.optimizer.learning_rate
+            self._lr = float(keras.ops.convert_to_numpy(rate))
+        except (AttributeError, TypeError, ValueError):
+            self._lr = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        parts = [f"epoch {epoch + 1}/{self.epochs}"]
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            if key in logs:
+                parts.append(f"{key} {float(logs[key]):.4f}")
+        if self._lr is not None:
+            parts.append(f"lr {self._lr:.4g}")
+        parts.append(f"{time.perf_counter() - self._start:.1f} s")
+        print(", ".join(parts), file=self.stream or sys.stdout, flush=True)
