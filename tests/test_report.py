@@ -414,3 +414,10 @@ def test_identical_runs_are_named_where_the_p_value_would_be():
     assert by_row["gamma=0.5"]["wilcoxon_p"] == "1.0"
     assert by_row["gamma=0.1"] == other_rows["gamma=0.1"]
     assert float(by_row["gamma=0.1"]["p_value"]) < 0.05
+
+
+def test_few_seeds_are_named_in_the_legend(table):
+    # (gamma 0.5, lr 0.01) has 4 seeds in common with BASE, the others 5.
+    for render in (report.comparisons_markdown, report.comparisons_text):
+        text = " ".join(render(table).split())
+        assert "Too few seeds to judge: n = 4 pairs (fewer than 5;" in text

@@ -304,7 +304,8 @@ def test_compare_records_identical_runs_count_in_holm_and_are_never_marked():
     ours = {s: 0.80 + 0.01 * (s % 3) + g for s, g in zip(range(1, 5), gains)}
     common = {s: 0.80 + 0.01 * (s % 3) for s in range(1, 5)}
     p = stats.one_sided_paired_ttest(ours, common)
-    assert not normal["identical"] and normal["note"] == ""
+    assert not normal["identical"]
+    assert normal["note"] == "too few seeds to judge (n = 4 < 5)"
     assert normal["p_value"] == pytest.approx(p)
     assert normal["p_holm"] == pytest.approx(min(1.0, 2 * p))
     assert normal["significant"] and normal["significant_holm"]
@@ -321,3 +322,37 @@ def test_compare_records_without_base():
     )
     assert rows[0]["note"] == "no BASE runs"
     assert rows[0]["n_base"] == 0 and math.isnan(rows[0]["p_value"])
+
+
+def test_mean_difference_interval_stays_within_possible_differences():
+    # Two spread seeds: the t interval reaches far past what accuracies in
+    # [0, 1] allow (mean(ours) - mean(base) in [-0.85, 0.15]).
+    ours, base = {1: 1.0, 2: 0.40}, {1: 0.80, 2: 0.90}
+    mean, low, high = stats.mean_difference_ci(ours, base)
+    t = scipy.stats.ttest_rel([1.0, 0.40], [0.80, 0.90])
+    raw = t.confidence_interval(0.95)
+    assert raw.high > 0.15 and raw.low < -0.85  # the unclipped interval
+    assert mean == pytest.approx(-0.15)
+    assert high == pytest.approx(1.0 - 0.85) and low == pytest.approx(-0.85)
+    # Unbounded metrics keep the t interval; out-of-range values are named.
+    assert stats.mean_difference_ci(ours, base, bounds=None)[1:] == (
+        pytest.approx(raw.low),
+        pytest.approx(raw.high),
+    )
+    with pytest.raises(ValueError, match=r"lie in \[0.0, 1.0\].*to 90"):
+        stats.mean_difference_ci({1: 90.0, 2: 80.0}, {1: 85.0, 2: 70.0})
+
+
+def test_fewer_than_five_pairs_are_too_few_to_judge():
+    base = [_record(s, 0.80 + 0.01 * s) for s in range(1, 6)]
+    good = [
+        _record(s, 0.83 + 0.01 * s + 0.001 * s, gamma=0.1) for s in range(1, 6)
+    ]
+    rows = {r["config"]["gamma"]: r for r in stats.compare_records(base + good)}
+    assert rows[0.1]["n"] == 5 and rows[0.1]["note"] == ""
+    rows = {
+        r["config"]["gamma"]: r
+        for r in stats.compare_records(base[:3] + good[:3])
+    }
+    assert rows[0.1]["note"] == "too few seeds to judge (n = 3 < 5)"
+    assert not math.isnan(rows[0.1]["p_value"])  # still computed

@@ -34,7 +34,12 @@ import textwrap
 
 from keras_bninit.harness import report_plots
 from keras_bninit.harness.config import format_value
-from keras_bninit.harness.stats import ALPHA, IDENTICAL_RUNS, compare_records
+from keras_bninit.harness.stats import (
+    ALPHA,
+    IDENTICAL_RUNS,
+    MIN_SEEDS_TO_JUDGE,
+    compare_records,
+)
 from keras_bninit.harness.store import canonical_config, record_backends
 
 # Fields that tell the compared methods apart: they always go into the row.
@@ -266,6 +271,19 @@ def _comparison_legend(table):
         legend += (
             f" {IDENTICAL_RUNS}: every paired difference is zero, so the "
             "t-test has no p-value (never marked)."
+        )
+    few = sorted(
+        {
+            c.stats["n"]
+            for c in table.cells.values()
+            if not c.stats["is_base"] and 2 <= c.stats["n"] < MIN_SEEDS_TO_JUDGE
+        }
+    )
+    if few:
+        legend += (
+            f" Too few seeds to judge: n = {', '.join(map(str, few))} pairs "
+            f"(fewer than {MIN_SEEDS_TO_JUDGE}; the paper uses 15), so these "
+            "statistics say little."
         )
     return legend
 

@@ -57,6 +57,16 @@ BOOTSTRAP_RESAMPLES = 10_000
 # `note` of such a row).
 IDENTICAL_RUNS = "identical runs"
 
+# Fewer paired seeds than this are too few to judge a configuration by
+# (the paper uses 15, Section 4.3): the statistics are computed, and the
+# row's note says so.
+MIN_SEEDS_TO_JUDGE = 5
+
+
+def too_few_seeds(n):
+    """The note of a comparison on `n` < `MIN_SEEDS_TO_JUDGE` pairs."""
+    return f"too few seeds to judge (n = {n} < {MIN_SEEDS_TO_JUDGE})"
+
 
 @dataclasses.dataclass(frozen=True)
 class PairedSample:
@@ -343,17 +353,23 @@ def wilcoxon_signed_rank(ours, base, seed=0):
     return float(result.pvalue)
 
 
-def mean_difference_ci(ours, base, confidence=0.95):
+def mean_difference_ci(ours, base, confidence=0.95, bounds=(0.0, 1.0)):
     """Mean of ours - base with its two-sided t confidence interval.
 
     mean(d) -/+ t_{(1+confidence)/2, n-1} * sd(d) / sqrt(n), from
-    `scipy.stats.ttest_rel(...).confidence_interval`. With zero-variance
-    differences the interval is the single point mean(d).
+    `scipy.stats.ttest_rel(...).confidence_interval`, clipped to the
+    differences that are possible: with accuracies in [lo, hi] and BASE's
+    fixed, mean(d) = mean(ours) - mean(base) lies in [lo - mean(base),
+    hi - mean(base)] (a t interval of few, spread seeds can reach past
+    them). With zero-variance differences the interval is the single
+    point mean(d).
 
     Args:
         ours: mapping seed -> accuracy (or a `PairedSample`).
         base: mapping seed -> accuracy of BASE, with the same seeds.
         confidence: the confidence level, in (0, 1).
+        bounds: `(lo, hi)`, the range of one accuracy (fractions: 0, 1),
+            or None for a metric without bounds.
 
     Returns:
         `(mean_difference, low, high)`.
@@ -369,7 +385,20 @@ def mean_difference_ci(ours, base, confidence=0.95):
     ci = scipy.stats.ttest_rel(sample.ours, sample.base).confidence_interval(
         confidence_level=confidence
     )
-    return mean, float(ci.low), float(ci.high)
+    low, high = float(ci.low), float(ci.high)
+    if bounds is not None:
+        lo, hi = bounds
+        values = np.concatenate([sample.ours, sample.base])
+        if values.min() < lo or values.max() > hi:
+            raise ValueError(
+                f"Accuracies must lie in {list(bounds)} (bounds); pass "
+                "bounds=None for another metric. Received values from "
+                f"{values.min():g} to {values.max():g}"
+            )
+        base_mean = float(np.mean(sample.base))
+        low = max(low, lo - base_mean)
+        high = min(high, hi - base_mean)
+    return mean, low, high
 
 
 def cohens_dz(ours, base):
@@ -648,6 +677,8 @@ def compare_records(
             row.update(comparison)
             if row["identical"]:
                 row["note"] = IDENTICAL_RUNS
+            elif sample.n < MIN_SEEDS_TO_JUDGE:
+                row["note"] = too_few_seeds(sample.n)
         row["significant"] = bool(row["p_value"] <= alpha)
         rows.append(row)
     _add_holm(rows, alpha, holm_family)
