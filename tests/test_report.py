@@ -2,9 +2,11 @@
 
 import csv
 import io
+import os
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from keras_bninit.harness import report, report_plots, stats
 from keras_bninit.harness.store import ResultStore
@@ -321,22 +323,61 @@ def test_plot_and_write_report(store, tmp_path):
         assert "p Wilcoxon" in f.read()
 
 
-def test_accuracy_plot_title_band_and_seeds(table):
+def _t_half(values):
+    values = np.asarray(values)
+    n = len(values)
+    return scipy.stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)
+
+
+def test_accuracy_plot_title_intervals_and_stars(table):
     figure = report_plots.accuracy_vs_gamma_figure(table)
     (ax,) = figure.axes
-    title = ax.get_title()
-    assert "4-5 seeds per point" in title  # seed 5 of one cell failed
-    assert max(len(line) for line in title.splitlines()) <= 80
-    # Each BASE band (mean +- std) takes a minor part of the y range.
+    # One line: data set, model, seeds (seed 5 of one cell failed).
+    assert ax.get_title() == "cifar10, resnet18: 4-5 seeds per point, 95 % CI"
+    # Each BASE band is its mean's 95 % t interval, inside the y range.
     low, high = ax.get_ylim()
+    bands = sorted((p.get_y(), p.get_y() + p.get_height()) for p in ax.patches)
+    expected = []
     for lr in BASE_MEAN:
         values = np.array([_accuracy(lr, None, s) for s in SEEDS]) * 100
-        band = 2 * values.std(ddof=1)
-        assert low < values.mean() - band / 2 < values.mean() + band / 2 < high
-        assert band < 0.25 * (high - low)
+        half = _t_half(values)
+        expected.append((values.mean() - half, values.mean() + half))
+        assert low < values.mean() - half < values.mean() + half < high
+    np.testing.assert_allclose(bands, sorted(expected), atol=1e-6)
+    # The y axis fits the intervals, inside what accuracies can be.
+    assert 55 < low < 70 and 80 < high < 95
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert "BASE, lr=0.1 (band: ±1 std)" in labels
+    assert "BASE, lr=0.1 (band: 95 % CI)" in labels
     assert "better than BASE (p <= 0.05)" in labels
+    # The star sits on the significant configuration (gamma 0.1, lr 0.1).
+    stars = [line for line in ax.get_lines() if line.get_marker() == "*"]
+    (star,) = stars
+    mean = np.mean([_accuracy(0.1, 0.1, s) for s in SEEDS]) * 100
+    np.testing.assert_allclose(star.get_ydata(), [mean])
+
+
+def test_one_gamma_is_drawn_beside_base(tmp_path):
+    records = []
+    for seed in SEEDS:
+        for gamma, gain in ((1.0, 0.0), (0.1, 0.02 + 0.002 * seed)):
+            records.append(
+                {
+                    "config": _config(
+                        seed, 0.1, gamma, 1.0 if gamma == 1 else 100
+                    ),
+                    "status": "ok",
+                    "test_accuracy": 0.8 + NOISE[seed] + gain,
+                }
+            )
+    (table,) = report.build_tables(records)
+    (ax,) = report_plots.accuracy_vs_gamma_figure(table).axes
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks == ["c=0.1\nlr=0.1", "BASE\nlr=0.1"]
+    assert ax.get_xscale() == "linear"
+    text, paths = report.write_report(records, tmp_path)
+    assert [os.path.basename(p) for p in paths["plots"]] == [
+        "accuracy_vs_gamma-cifar10-resnet18.png"
+    ]
 
 
 def _identical_and_normal(other_gains):

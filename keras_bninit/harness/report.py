@@ -880,19 +880,11 @@ def write_report(records, out_dir, row_key="gamma", col_key="lr", **kwargs):
     if row_key == "gamma" and not plots:
         header += "(no plots: matplotlib is not installed)\n"
     if plots:
-        for k, table in enumerate(tables):
-            name = "_".join(
-                _fmt(table.fixed[f])
-                for f in ("dataset", "model")
-                if f in table.fixed
-            )
-            name = "".join(
-                c if c.isalnum() or c in "-_." else "-" for c in name
-            )
-            plot = os.path.join(
-                out_dir,
-                f"accuracy_vs_gamma_{k}{'_' + name if name else ''}.png",
-            )
+        taken = set()
+        for table in tables:
+            name = report_plots.plot_name(table, taken)
+            taken.add(name)
+            plot = os.path.join(out_dir, name)
             paths["plots"].append(
                 report_plots.plot_accuracy_vs_gamma(table, plot)
             )
