@@ -312,3 +312,34 @@ def test_tensorboard_missing_raises_at_construction(tmp_path, monkeypatch):
 def test_bad_arguments_raise_at_construction(make, tmp_path):
     with pytest.raises(ValueError, match="Received"):
         make(tmp_path)
+
+
+def test_attached_after_training_is_labelled_at_attach(tmp_path):
+    """Callbacks attached to a model trained before record its state then,
+    labelled "at attach (after N steps)", not "initialization"."""
+    model = conv_stack(gamma=0.1)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    x, y = toy_data()
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)  # 4 steps
+    trained = keras.ops.convert_to_numpy(model.get_layer("bn1").gamma)
+    run_dir = str(tmp_path / "run")
+    callbacks = diag.diagnostic_callbacks(run_dir, (x, y), max_examples=32)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=callbacks)
+    with open(os.path.join(run_dir, diag.BN_VECTORS_FILE)) as f:
+        vectors = json.load(f)
+    assert vectors["init_step"] == 4
+    np.testing.assert_allclose(vectors["init"]["bn1"]["gamma"], trained)
+    assert not np.allclose(trained, 0.1)  # not the initialization
+    rows = rows_of(run_dir, diag.BN_PARAMS_FILE)
+    assert {r["step"] for r in rows if r["epoch"] == 0} == {4}
+    label = "at attach (after 4 steps)"
+    assert diagnostic_plots._start_label(4) == label
+    assert diagnostic_plots._start_label(0) == "initialization"
+    figure = diagnostic_plots._plot_init_vs_end(vectors)
+    legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert label in legend and "initialization" not in legend
+    figure = diagnostic_plots._plot_drift(rows)
+    assert figure.axes[0].get_title() == f"gamma drift from {label}"

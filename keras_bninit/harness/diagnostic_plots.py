@@ -98,12 +98,13 @@ def _plot_init_vs_end(data):
         len(weights), 2, max(9, 0.3 * len(layers) + 5), 3.6 * len(weights)
     )
     epoch = data["end_epoch"]
+    start = _start_label(data.get("init_step", 0))
     for row, key in enumerate(weights):
         ax, hist = axes[row]
         have = [layer for layer in layers if key in init[layer]]
         positions = np.arange(len(have))
         for values, shift, color, label in (
-            (init, -0.2, "tab:gray", "initialization"),
+            (init, -0.2, "tab:gray", start),
             (end, 0.2, "tab:blue", f"after epoch {epoch}"),
         ):
             parts = ax.boxplot(
@@ -123,7 +124,7 @@ def _plot_init_vs_end(data):
         # Two short lines: one long line is wider than the axes and
         # constrained layout clips its start ("amma per layer").
         ax.set_title(
-            f"{key} per layer, initialization vs end\n"
+            f"{key} per layer, {start} vs end\n"
             "box: quartiles, whiskers: min to max",
             fontsize=10,
         )
@@ -182,9 +183,9 @@ def _plot_drift(rows):
                 x, y = zip(*points, strict=True)
                 ax.plot(x, y, marker=".", color=color, label=layer)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch (0 = initialization)")
+        ax.set_xlabel(f"epoch (0 = {_start_label(_start_step(rows))})")
         ax.set_ylabel(f"mean |{key} - {key}_0| over channels")
-        ax.set_title(f"{key} drift from initialization")
+        ax.set_title(f"{key} drift from {_start_label(_start_step(rows))}")
         _layer_legend(figure, ax, layers, colors)
     return figure
 
@@ -212,8 +213,19 @@ def _first_and_last(rows):
     return layers, chosen, table
 
 
-def _epoch_label(epoch):
-    return "initialization" if epoch == 0 else f"after epoch {epoch}"
+def _start_label(step):
+    """What epoch 0 of a record is: the model's initialization, or the
+    state the callbacks found when attached to a model trained before."""
+    return "initialization" if not step else f"at attach (after {step} steps)"
+
+
+def _start_step(rows):
+    """The optimizer step of the first record (epoch 0) of `rows`."""
+    return next((row.get("step", 0) for row in rows if row["epoch"] == 0), 0)
+
+
+def _epoch_label(epoch, start_step=0):
+    return _start_label(start_step) if epoch == 0 else f"after epoch {epoch}"
 
 
 def _plot_large_values(rows):
@@ -225,6 +237,7 @@ def _plot_large_values(rows):
     styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "v")]
     for i, epoch in enumerate(chosen):
         color = "tab:gray" if i == 0 else "tab:red"
+        when = _epoch_label(epoch, _start_step(rows))
         for key, (style, marker) in zip(keys, styles * len(keys), strict=False):
             y = [
                 100 * table.get((epoch, layer), {}).get(key, np.nan)
@@ -237,13 +250,19 @@ def _plot_large_values(rows):
                 style,
                 marker=marker,
                 color=color,
-                label=f"|x_hat| > {threshold}, {_epoch_label(epoch)}",
+                label=f"|x_hat| > {threshold}, {when}",
             )
         y = [
             table.get((epoch, layer), {}).get("max_abs", np.nan)
             for layer in layers
         ]
-        max_ax.plot(x, y, marker="o", color=color, label=_epoch_label(epoch))
+        max_ax.plot(
+            x,
+            y,
+            marker="o",
+            color=color,
+            label=when,
+        )
     frac_ax.set_yscale("symlog", linthresh=1e-3)
     frac_ax.set_ylabel("values above threshold (% of probe values)")
     frac_ax.set_title("Large values of the BN head x_hat per layer")
@@ -263,6 +282,7 @@ def _plot_grad_factors(rows):
     x = np.arange(len(layers))
     for i, epoch in enumerate(chosen):
         color = "tab:gray" if i == 0 else "tab:green"
+        when = _epoch_label(epoch, _start_step(rows))
         get = [table.get((epoch, layer), {}) for layer in layers]
         mean = [r.get("mean", np.nan) for r in get]
         low = [r.get("min", np.nan) for r in get]
@@ -273,7 +293,7 @@ def _plot_grad_factors(rows):
             mean,
             marker="o",
             color=color,
-            label=f"{_epoch_label(epoch)}: mean (band: min to max)",
+            label=f"{when}: mean (band: min to max)",
         )
     from matplotlib.ticker import FuncFormatter
 

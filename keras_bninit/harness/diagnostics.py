@@ -241,9 +241,11 @@ class BNParameterTracker(_RunLogCallback):
       iterations), `layer`, `weight` (e.g. "gamma"), `channels`, `mean`,
       `std`, `min`, `max` (over channels), `drift` (mean over channels of
       |w - w_0|), `max_drift` (max of |w - w_0|).
-    - `bn_params_vectors.json`: `{"init_epoch": 0, "end_epoch": E,
-      "init": {layer: {weight: [values]}}, "end": {...}}`, the full
-      per-channel vectors at initialization and at the latest record.
+    - `bn_params_vectors.json`: `{"init_epoch": 0, "init_step": N,
+      "end_epoch": E, "init": {layer: {weight: [values]}}, "end": {...}}`,
+      the full per-channel vectors when the callbacks were attached (at
+      initialization when N = 0, after N optimizer steps when the model
+      was trained before) and at the latest record.
 
     Args:
         run_dir: directory for the files (created).
@@ -262,6 +264,7 @@ class BNParameterTracker(_RunLogCallback):
         super().__init__(run_dir, every, tensorboard_dir)
         self.vectors_path = os.path.join(self.run_dir, BN_VECTORS_FILE)
         self._initial = None
+        self._initial_step = 0
         self._current = None
 
     def _snapshot(self):
@@ -277,6 +280,7 @@ class BNParameterTracker(_RunLogCallback):
         self._current = self._snapshot()
         if self._initial is None:
             self._initial = self._current
+            self._initial_step = _optimizer_step(self.model) or 0
         rows = []
         for name, weights in self._current.items():
             for key, values in weights.items():
@@ -304,6 +308,9 @@ class BNParameterTracker(_RunLogCallback):
 
         content = {
             "init_epoch": 0,
+            # Optimizer steps before the callbacks were attached: 0 from
+            # initialization, N when the model was trained before.
+            "init_step": self._initial_step,
             "end_epoch": epoch,
             "init": as_lists(self._initial),
             "end": as_lists(self._current),
@@ -319,9 +326,11 @@ class BNParameterTracker(_RunLogCallback):
         # Drifts are from the initialization, not from the resumed state.
         try:
             with open(self.vectors_path) as f:
-                init = json.load(f)["init"]
+                content = json.load(f)
+            init = content["init"]
         except (OSError, ValueError, KeyError):
             return  # drifts then count from the resumed state
+        self._initial_step = content.get("init_step", 0)
         self._initial = {
             name: {k: np.asarray(v, np.float64) for k, v in weights.items()}
             for name, weights in init.items()
