@@ -277,3 +277,40 @@ def test_json_outputs_follow_the_umask(tmp_path, umask):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
     assert stat.S_IMODE(os.stat(plain).st_mode) == 0o666 & ~umask
     assert _io.read_json(path) == {"a": 2}
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)",
+        "CREATE TABLE runs (id INTEGER PRIMARY KEY, started TEXT)",
+    ],
+)
+def test_another_programs_database_is_refused_unchanged(tmp_path, schema):
+    from keras_bninit.harness.store import StoreError
+
+    path = tmp_path / "results.sqlite"
+    con = sqlite3.connect(path)
+    con.execute(schema)
+    con.execute("PRAGMA user_version=7")
+    con.commit()
+    con.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="another program's SQLite database"):
+        ResultStore(tmp_path)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["results.sqlite"]
+
+
+def test_stores_are_stamped_and_older_unstamped_ones_open(tmp_path):
+    from keras_bninit.harness.store import APPLICATION_ID
+
+    with ResultStore(tmp_path / "new") as store:
+        store.put(_record(1))
+    con = sqlite3.connect(tmp_path / "new" / "results.sqlite")
+    assert con.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+    con.execute("PRAGMA application_id=0")  # as 0.2 wrote them
+    con.commit()
+    con.close()
+    with ResultStore(tmp_path / "new") as store:
+        assert len(store) == 1

@@ -39,6 +39,7 @@ import socket
 import sqlite3
 import threading
 import time
+import urllib.parse
 import uuid
 
 from keras_bninit.harness.config import (  # noqa: F401  (the store's key)
@@ -100,6 +101,54 @@ _INDEXED = (
 )
 
 _SCHEMA_VERSION = 1
+# SQLite's application_id of a results store ("kbin"), stamped since 0.3;
+# older stores are recognised by their tables.
+APPLICATION_ID = 0x6B62696E
+_OUR_TABLES = {
+    "runs": {"config_key", "seed", "status", "config", "record"},
+    "claims": {"config_key", "seed", "owner", "heartbeat"},
+}
+
+
+def _check_ours(path):
+    """Raises `StoreError` unless `path` is missing, empty or one of our
+    stores; reads it without writing (a foreign file stays unchanged)."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            stamp = conn.execute("PRAGMA application_id").fetchone()[0]
+            tables = {
+                name: {
+                    column[1]
+                    for column in conn.execute(f"PRAGMA table_info({name})")
+                }
+                for (name,) in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'"
+                )
+            }
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:
+        return  # locked or unreadable: the machine's problem, met later
+    except sqlite3.DatabaseError as error:
+        raise StoreError(
+            f"{path!r} is not a results store or is damaged (SQLite: "
+            f"{error}); move it away to start a new one"
+        ) from None
+    ours = all(
+        columns <= tables.get(name, set())
+        for name, columns in _OUR_TABLES.items()
+    )
+    if stamp not in (0, APPLICATION_ID) or not ours:
+        found = ", ".join(sorted(tables)) or "no tables"
+        raise StoreError(
+            f"{path!r} is another program's SQLite database (tables: "
+            f"{found}), not a keras_bninit results store; give the sweep "
+            "another --out"
+        )
 
 
 def record_backends(records):
@@ -221,6 +270,7 @@ class ResultStore:
         else:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.path = path
+        _check_ours(path)  # before anything can write to a foreign file
         # One connection, usable from the heartbeat thread too (a lock
         # serializes its use).
         self._lock = threading.RLock()
@@ -281,6 +331,7 @@ class ResultStore:
                 "CREATE INDEX IF NOT EXISTS runs_status ON runs (status)"
             )
             self._conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            self._conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
 
     # -- writing ----------------------------------------------------------
 
