@@ -314,3 +314,50 @@ def test_stores_are_stamped_and_older_unstamped_ones_open(tmp_path):
     con.close()
     with ResultStore(tmp_path / "new") as store:
         assert len(store) == 1
+
+
+def test_a_claim_beating_in_the_future_is_taken_over_with_a_warning(tmp_path):
+    from keras_bninit.harness.store import CLOCK_SKEW_S, new_owner_id
+
+    me, remote = new_owner_id(), "fast-clock-host:1:x"
+    key = config_key(CONFIG)
+    with ResultStore(tmp_path) as store:
+        for seed, ahead in ((1, CLOCK_SKEW_S / 2), (2, 3600.0)):
+            assert store.claim(key, seed, remote) == "claimed"
+            con = sqlite3.connect(store.path)
+            con.execute(
+                "UPDATE claims SET heartbeat = ? WHERE seed = ?",
+                (time.time() + ahead, seed),
+            )
+            con.commit()
+            con.close()
+        # Within the margin: a live owner whose clock runs a little ahead.
+        assert store.claim(key, 1, me) == "busy"
+        with pytest.warns(
+            RuntimeWarning,
+            match=r"fast-clock-host:1:x .* seed 2 has a heartbeat 3\d{3} s in "
+            r"the future \(clocks may differ by at most 60 s\)",
+        ):
+            assert store.claim(key, 2, me) == "claimed"
+        assert store.last_takeover == remote
+
+
+def test_an_aborted_process_leaves_a_claim_taken_over_at_once(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "from keras_bninit.harness.store import ResultStore, new_owner_id\n"
+        "store = ResultStore(sys.argv[1])\n"
+        "assert store.claim('k', 1, new_owner_id()) == 'claimed'\n"
+        "os.abort()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True
+    )
+    assert result.returncode in (-6, 134)  # SIGABRT, as std::bad_alloc ends
+    with ResultStore(tmp_path) as store:
+        (owner,) = [o for o, _ in store.claims().values()]
+        assert store.claim("k", 1, "somebody:1:y", stale_after=1e9) == "claimed"
+        assert store.last_takeover == owner

@@ -41,6 +41,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+import warnings
 
 from keras_bninit.harness.config import (  # noqa: F401  (the store's key)
     KEY_DEFAULTS,
@@ -57,6 +58,10 @@ STORE_FILENAME = "results.sqlite"
 # `HEARTBEAT_EVERY_S` seconds.
 STALE_AFTER_S = 120.0
 HEARTBEAT_EVERY_S = 10.0
+# Hosts sharing a sweep are assumed to have clocks within this many
+# seconds; a heartbeat further in the future is another host's clock
+# running ahead, and its claim is taken over (with a warning).
+CLOCK_SKEW_S = 60.0
 
 
 class StoreError(ValueError):
@@ -426,8 +431,18 @@ class ResultStore:
             (key, seed),
         ).fetchone()
         if held is not None and held["owner"] != owner:
-            fresh = now - held["heartbeat"] < stale_after
-            if fresh and owner_alive(held["owner"]):
+            skew = held["heartbeat"] - now
+            if skew > CLOCK_SKEW_S:  # a clock ahead: the beat proves nothing
+                warnings.warn(
+                    f"The claim of {held['owner']} on run {key} seed {seed} "
+                    f"has a heartbeat {skew:.0f} s in the future (clocks may "
+                    f"differ by at most {CLOCK_SKEW_S:.0f} s); taking it over",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+            elif now - held["heartbeat"] < stale_after and owner_alive(
+                held["owner"]
+            ):
                 return "busy"
             self.last_takeover = held["owner"]
         self._conn.execute(
