@@ -15,7 +15,9 @@ work is done by keras_bninit.harness.experiment / sweep / report.
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -395,9 +397,21 @@ def _checked(function, *args):
 
 # Exit statuses: 0 done, 1 a run failed or the environment stopped the
 # work (disk full or read-only, data unavailable, out of memory; nothing
-# stored, rerun to resume), 2 bad arguments, 130 interrupted (Ctrl-C).
+# stored, rerun to resume), 2 bad arguments, 130 interrupted (Ctrl-C),
+# 143 terminated (SIGTERM, as batch schedulers send).
 EXIT_ENVIRONMENT = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread and handled like Ctrl-C: the
+    epoch stops, nothing half-written is committed, claims are released
+    (and Ray tasks cancelled)."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
 
 
 def _guarded(function, *args, **kwargs):
@@ -411,12 +425,6 @@ def _guarded(function, *args, **kwargs):
 
     try:
         return function(*args, **kwargs)
-    except KeyboardInterrupt:
-        sys.stderr.write(
-            "train.py: interrupted; nothing half-done is stored, rerun the "
-            "same command to resume\n"
-        )
-        sys.exit(EXIT_INTERRUPTED)
     except (
         EnvironmentFailure,
         *ENVIRONMENT_ERRORS,
@@ -761,17 +769,28 @@ def main(argv=None):
         _fail("choose a command: run, sweep, report or plot")
     _set_backend(args)
     warnings.formatwarning = _warning_line
-    _import_quietly()
-    if args.command == "run":
-        return _run(args)
-    if args.command == "sweep":
-        return _sweep(args)
-    if args.command == "report":
-        _checked(_check_row_key, args.row_key)
-        return _checked(
-            _report_dir, args.sweep_dir, args.row_key, args.decision
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        _import_quietly()
+        if args.command == "run":
+            return _run(args)
+        if args.command == "sweep":
+            return _sweep(args)
+        if args.command == "report":
+            _checked(_check_row_key, args.row_key)
+            return _checked(
+                _report_dir, args.sweep_dir, args.row_key, args.decision
+            )
+        return _checked(_plot, args)
+    except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM (_Terminated)
+        terminated = isinstance(error, _Terminated)
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        sys.stderr.write(
+            f"train.py: {what}; nothing half-done is stored, rerun the "
+            "same command to resume\n"
         )
-    return _checked(_plot, args)
+        sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -461,3 +461,37 @@ def test_a_logged_run_has_plain_lines_and_help_defaults_are_the_runs(tmp_path):
             assert expected == str(value), (field, text, value)
         stated += 1
     assert stated >= 10
+
+
+def test_sigterm_stops_a_sweep_like_ctrl_c_and_a_rerun_finishes(tmp_path):
+    import signal
+
+    from keras_bninit.harness.store import ResultStore
+
+    sweep = tmp_path / "sweep"
+    argv = [
+        sys.executable, os.path.join(ROOT, "train.py"), "sweep",
+        "--dataset", "digits", "--model", "resnet8", "--gamma", "0.1",
+        "--seeds", "1", "--epochs", "3", "--no-base", "--out", str(sweep),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=ENV, cwd=ROOT,
+    )  # fmt: skip
+    for line in proc.stdout:  # a batch scheduler's SIGTERM mid-training
+        if line.startswith("epoch 1/3"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "train.py: terminated (SIGTERM); nothing half-done is stored, rerun "
+        "the same command to resume"
+    )
+    with ResultStore(sweep) as store:
+        assert store.records(status=None) == [] and store.claims() == {}
+    rerun = _train(*argv[2:])
+    assert "[sweep] 1 runs: 0 already done, 1 ran (0 failed)" in rerun.stdout
+    with ResultStore(sweep) as store:
+        assert [r["status"] for r in store.records(status=None)] == ["ok"]
