@@ -420,18 +420,25 @@ def _guarded(function, *args, **kwargs):
 
     from keras_bninit.harness.sweep import (
         ENVIRONMENT_ERRORS,
+        OUT_OF_MEMORY_HINT,
         EnvironmentFailure,
+        out_of_memory,
     )
 
     try:
         return function(*args, **kwargs)
-    except (
-        EnvironmentFailure,
-        *ENVIRONMENT_ERRORS,
-        sqlite3.OperationalError,  # the store's disk is full or failing
-    ) as error:
+    except Exception as error:
+        environment = (
+            EnvironmentFailure,
+            *ENVIRONMENT_ERRORS,
+            sqlite3.OperationalError,  # the store's disk is full or failing
+        )
+        if not (isinstance(error, environment) or out_of_memory(error)):
+            raise
         message = str(error).replace("\n", " ")
-        if not isinstance(error, EnvironmentFailure):
+        if out_of_memory(error) and not isinstance(error, EnvironmentFailure):
+            message = f"{OUT_OF_MEMORY_HINT} ({type(error).__name__})"
+        elif not isinstance(error, EnvironmentFailure):
             message = f"{type(error).__name__}: {message}"
         sys.stderr.write(
             f"train.py: stopped by the environment: {message}; rerun the "

@@ -761,3 +761,70 @@ def test_layout_that_cannot_be_learned_falls_back_to_save_weights(tmp_path):
     resumed = model_with_doubled(1)
     assert RunState(str(tmp_path / "run")).restore(resumed) == 2
     _assert_equal_states(_state(resumed), _state(model))
+
+
+class ResourceExhaustedError(Exception):
+    """Named as TensorFlow's (tf.errors.ResourceExhaustedError)."""
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named as PyTorch's (torch.OutOfMemoryError)."""
+
+
+class DecodeError(Exception):
+    """Named as protobuf's, whose arena failures TensorFlow raises."""
+
+
+def _arena_failure():
+    try:
+        raise DecodeError("Error parsing message: Arena alloc failed")
+    except DecodeError as error:
+        raise ValueError("could not restore the checkpoint") from error
+
+
+def _raises(error):
+    def raise_it():
+        raise error
+
+    return raise_it
+
+
+@pytest.mark.parametrize(
+    "raise_it",
+    [
+        _raises(ResourceExhaustedError("OOM when allocating tensor")),
+        _raises(
+            RuntimeError(
+                "XlaRuntimeError: RESOURCE_EXHAUSTED: Out of memory while "
+                "trying to allocate 2.00GiB"
+            )
+        ),
+        _raises(OutOfMemoryError("CUDA out of memory. Tried to allocate")),
+        _raises(RuntimeError("std::bad_alloc")),
+        _arena_failure,
+    ],
+    ids=["tf", "jax", "torch", "bad_alloc", "protobuf-arena"],
+)
+def test_out_of_memory_stops_the_sweep_unstored(tmp_path, raise_it):
+    def exhausted(name, **kwargs):
+        raise_it()
+
+    with pytest.raises(EnvironmentFailure) as info:
+        run_sweep(_runs(), tmp_path, quiet=True, build_model=exhausted)
+    message = str(info.value)
+    assert "out of memory: lower --batch-size, or train fewer runs at once" in (
+        message
+    )
+    with ResultStore(tmp_path) as store:
+        assert len(store) == 0 and store.claims() == {}
+    counts = run_sweep(_runs(), tmp_path, quiet=True, build_model=tiny_builder)
+    assert counts == {"total": 2, "skipped": 0, "ran": 2, "failed": 0}
+
+
+def test_real_tensorflow_resource_exhausted_is_out_of_memory():
+    import tensorflow as tf
+
+    from keras_bninit.harness.sweep import out_of_memory
+
+    assert out_of_memory(tf.errors.ResourceExhaustedError(None, None, "OOM"))
+    assert not out_of_memory(ValueError("width must be positive"))

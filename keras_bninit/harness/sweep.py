@@ -51,6 +51,39 @@ class EnvironmentFailure(RuntimeError):
 # Errors that stop a sweep instead of being stored as the run's failure.
 ENVIRONMENT_ERRORS = (OSError, MemoryError, DatasetUnavailableError)
 
+# How TensorFlow, JAX, PyTorch, the C++ runtime and protobuf say that host
+# or accelerator memory ran out (type names, then words in the message).
+_OOM_TYPES = {"ResourceExhaustedError", "OutOfMemoryError", "MemoryError"}
+_OOM_WORDS = (
+    "RESOURCE_EXHAUSTED",
+    "out of memory",
+    "OOM when allocating",
+    "std::bad_alloc",
+    "Arena alloc failed",
+    "Failed to allocate",
+)
+OUT_OF_MEMORY_HINT = (
+    "out of memory: lower --batch-size, or train fewer runs at once "
+    "(--workers, --gpus-per-run 1)"
+)
+
+
+def out_of_memory(error):
+    """Whether `error`, or an error it was raised from, says that host or
+    accelerator memory ran out (`ResourceExhaustedError`,
+    `XlaRuntimeError: RESOURCE_EXHAUSTED`, `torch.OutOfMemoryError`,
+    `std::bad_alloc`, protobuf's "Arena alloc failed", `MemoryError`)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if type(error).__name__ in _OOM_TYPES or isinstance(error, MemoryError):
+            return True
+        text = str(error)
+        if any(word.lower() in text.lower() for word in _OOM_WORDS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
 
 def execute_run(config, build_model=None):
     """Trains one run in this process and returns its store record.
@@ -77,12 +110,17 @@ def execute_run(config, build_model=None):
     keras.backend.clear_session()  # each run starts from a clean graph
     try:
         return run_experiment(config, build_model=build_model)
-    except ENVIRONMENT_ERRORS as error:
-        raise EnvironmentFailure(
-            f"run {config.run_name()} stopped by the environment, not "
-            f"stored: {type(error).__name__}: {error}"
-        ) from error
     except Exception as error:  # noqa: BLE001 - stored as the run's failure
+        if out_of_memory(error):
+            raise EnvironmentFailure(
+                f"run {config.run_name()} stopped by the environment, not "
+                f"stored: {OUT_OF_MEMORY_HINT} ({_first_line(error)})"
+            ) from error
+        if isinstance(error, ENVIRONMENT_ERRORS):
+            raise EnvironmentFailure(
+                f"run {config.run_name()} stopped by the environment, not "
+                f"stored: {type(error).__name__}: {error}"
+            ) from error
         traceback.print_exc(file=sys.stderr)
         return {
             "config": dataclasses.asdict(config),
@@ -90,6 +128,12 @@ def execute_run(config, build_model=None):
             "reason": f"{type(error).__name__}: {error}",
             "test_accuracy": None,
         }
+
+
+def _first_line(error):
+    text = " ".join(str(error).split())
+    text = text[:200] + ("..." if len(text) > 200 else "")
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class LocalExecutor:
