@@ -828,3 +828,53 @@ def test_real_tensorflow_resource_exhausted_is_out_of_memory():
 
     assert out_of_memory(tf.errors.ResourceExhaustedError(None, None, "OOM"))
     assert not out_of_memory(ValueError("width must be positive"))
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    ["another seed's", "status only", "accuracy not a number"],
+)
+def test_a_hostile_result_json_is_set_aside_and_the_run_done_again(
+    tmp_path, tamper
+):
+    runs = _runs("1-2")
+    counts = run_sweep(runs, tmp_path, quiet=True, build_model=tiny_builder)
+    assert counts["ran"] == 4
+    by_seed = {}
+    with ResultStore(tmp_path) as store:
+        for record in store.records():
+            by_seed[record["config"]["seed"], record["config"]["gamma"]] = (
+                record
+            )
+    target = by_seed[2, 0.1]["run_dir"]
+    path = os.path.join(target, "result.json")
+    if tamper == "another seed's":
+        with open(os.path.join(by_seed[1, 0.1]["run_dir"], "result.json")) as f:
+            content = f.read()
+    elif tamper == "status only":
+        content = '{"status": "ok"}'
+    else:
+        record = json.load(open(path))
+        record["test_accuracy"] = "abc"
+        content = json.dumps(record)
+    with open(path, "w") as f:
+        f.write(content)
+    os.remove(os.path.join(tmp_path, "results.sqlite"))  # the store is lost
+    with pytest.warns(
+        RuntimeWarning, match="set aside as result.json.invalid-"
+    ):
+        counts = run_sweep(runs, tmp_path, quiet=True, build_model=tiny_builder)
+    # The three intact runs come back from their files; the tampered one
+    # is trained again, and its file is kept aside.
+    assert counts == {"total": 4, "skipped": 3, "ran": 1, "failed": 0}
+    aside = [n for n in os.listdir(target) if n.startswith("result.json.inv")]
+    assert len(aside) == 1
+    with open(os.path.join(target, aside[0])) as f:
+        assert f.read() == content
+    with ResultStore(tmp_path) as store:
+        records = store.records()
+    runs_stored = sorted(
+        (r["config"]["seed"], r["config"]["gamma"]) for r in records
+    )
+    assert runs_stored == [(1, 0.1), (1, 1.0), (2, 0.1), (2, 1.0)]
+    assert all(isinstance(r["test_accuracy"], float) for r in records)

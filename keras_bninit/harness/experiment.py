@@ -217,7 +217,7 @@ def run_experiment(config, build_model=None, callbacks=()):
             )
     run_dir = os.path.join(config.out, config.run_name())
     result_path = os.path.join(run_dir, "result.json")
-    done = _io.read_result(result_path)
+    done = read_trusted_result(run_dir, config)
     if done is not None:
         # A process killed after the result was written left its backup.
         if os.path.isdir(os.path.join(run_dir, "backup")):
@@ -436,3 +436,58 @@ class EpochLine(keras.callbacks.Callback):
             parts.append(f"lr {self._lr:.4g}")
         parts.append(f"{time.perf_counter() - self._start:.1f} s")
         print(", ".join(parts), file=self.stream or sys.stdout, flush=True)
+
+
+def read_trusted_result(run_dir, config):
+    """The run's result.json if it is this run's and well formed, else
+    None: a record of another configuration or seed, or with fields of
+    the wrong type, is set aside (renamed `result.json.invalid-<time>`,
+    never deleted) with a warning naming it, and the run is done again."""
+    path = os.path.join(run_dir, "result.json")
+    record = _io.read_result(path)
+    if record is None:
+        return None
+    problem = _record_problem(record, config)
+    if problem is None:
+        return record
+    aside = f"{path}.invalid-{time.strftime('%Y%m%dT%H%M%S')}"
+    os.replace(path, aside)
+    warnings.warn(
+        f"{path} {problem}; set aside as {os.path.basename(aside)}, the run "
+        "is done again",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return None
+
+
+def _record_problem(record, config):
+    """What is wrong with a result record for `config`, or None."""
+    if record.get("status") not in ("ok", "failed"):
+        return f"has no valid status ({record.get('status')!r})"
+    stored = record.get("config")
+    if not isinstance(stored, dict):
+        return "has no configuration"
+    try:
+        same = _config.config_key(stored) == config.key() and (
+            stored.get("seed") == config.seed
+        )
+    except TypeError:
+        same = False
+    if not same:
+        return (
+            f"belongs to another run (seed {stored.get('seed')!r}, not "
+            f"{config.seed}, or another configuration)"
+        )
+    if record["status"] == "failed":
+        return None
+    for name in ("test_accuracy", "val_accuracy"):
+        value = record.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"has a {name} that is not a number ({value!r})"
+        if not 0.0 <= value <= 1.0:
+            return f"has a {name} outside [0, 1] ({value!r})"
+    best = record.get("best_epoch")
+    if isinstance(best, bool) or not isinstance(best, int) or best < 1:
+        return f"has a best_epoch that is not an epoch ({best!r})"
+    return None

@@ -24,7 +24,10 @@ from keras_bninit.harness import _io
 from keras_bninit.harness.datasets import (
     DatasetUnavailableError,
 )
-from keras_bninit.harness.experiment import run_experiment
+from keras_bninit.harness.experiment import (
+    read_trusted_result,
+    run_experiment,
+)
 from keras_bninit.harness.store import (
     HEARTBEAT_EVERY_S,
     STALE_AFTER_S,
@@ -188,11 +191,9 @@ def reconcile(store, configs, runs_dir):
         key = (config.key(), config.seed)
         if stored.get(key) == "ok":
             continue
-        path = os.path.join(runs_dir, config.run_name(), "result.json")
-        if not os.path.exists(path):
-            continue
-        record = _io.read_result(path)
-        if record is None or record.get("status") not in ("ok", "failed"):
+        run_dir = os.path.join(runs_dir, config.run_name())
+        record = read_trusted_result(run_dir, config)
+        if record is None:
             continue
         if record["status"] == "ok" or key not in stored:
             store.put(record)
@@ -452,7 +453,15 @@ def _prepare(config, was_failed):
     if not was_failed:
         return
     run_dir = os.path.join(config.out, config.run_name())
-    record = _io.read_result(os.path.join(run_dir, "result.json"))
+    record = read_trusted_result(run_dir, config)
     if record is not None and record.get("status") == "ok":
         return
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if not os.path.isdir(run_dir):
+        return
+    for name in os.listdir(run_dir):  # set-aside records are kept
+        if not name.startswith("result.json.invalid-"):
+            path = os.path.join(run_dir, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
