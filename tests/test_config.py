@@ -251,3 +251,12 @@ def test_a_0_2_store_is_reused_without_training(tmp_path):
     with ResultStore(str(sweep_dir)) as store:
         for run in expand(grid, "1-2", **fixed):
             assert not store.completed(run.key(), run.seed)
+
+
+def test_a_long_folder_name_gives_a_run_name_the_file_system_takes(tmp_path):
+    folder = tmp_path / ("x" * 240)
+    name = RunConfig(dataset=str(folder)).run_name("tensorflow")
+    assert len(name.encode()) < 200
+    assert name.startswith("x" * 39 + "-")
+    other = RunConfig(dataset=str(tmp_path / ("x" * 239 + "y")))
+    assert other.run_name("tensorflow") != name  # the digest tells them apart

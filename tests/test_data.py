@@ -98,9 +98,28 @@ def test_missing_tfds_data_set_says_how_to_get_it(tmp_path, name):
         assert "download=True" in message
 
 
-def test_missing_directory_is_unavailable(tmp_path):
-    with pytest.raises(data.DatasetUnavailableError, match="data_dir"):
+def test_missing_directory_is_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="needs a folder with one subfolder"):
         data.load_dataset("directory", data_dir=str(tmp_path / "absent"))
+
+
+@pytest.mark.parametrize("case", ["empty", "one class", "no images", "etc"])
+def test_a_folder_that_is_not_an_image_data_set_is_bad_input(tmp_path, case):
+    from keras_bninit.harness.datasets import ensure_available
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    if case == "one class":
+        (folder / "cat").mkdir()
+        (folder / "cat" / "a.png").write_bytes(b"x")
+    elif case == "no images":
+        for name in ("cat", "dog"):
+            (folder / name).mkdir()
+            (folder / name / "notes.txt").write_text("x")
+    elif case == "etc":
+        folder = "/etc"
+    with pytest.raises(ValueError, match="is not an image data set"):
+        ensure_available(str(folder))
 
 
 # -- the validation split ----------------------------------------------------

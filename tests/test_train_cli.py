@@ -70,6 +70,7 @@ def _result(out_dir):
             "synthetic_size must be >= 20",
         ),
         (["bogus"], "invalid choice: 'bogus'"),
+        (["run", "--dataset", "/etc"], "'/etc' is not an image data set"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):

@@ -411,10 +411,18 @@ class RunConfig:
         """A readable, unique directory name for this run."""
         c = self.resolved(backend)
         dataset = os.path.basename(os.path.normpath(str(c.dataset)))
+        if len(dataset) > _NAME_PART:  # the folder name must stay valid
+            digest = hashlib.md5(dataset.encode()).hexdigest()[:8]
+            dataset = f"{dataset[: _NAME_PART - 9]}-{digest}"
         return (
             f"{dataset}-{c.model}-{c.bn}-lr{c.lr:g}-c{c.gamma:g}"
             f"-a{c.gamma_lr_divisor:g}-s{c.seed}-{c.key(backend)[:8]}"
         )
+
+
+# The most characters of a directory data set's name in a run's folder
+# name (file systems allow 255 bytes per name).
+_NAME_PART = 48
 
 
 def _describe_fields():

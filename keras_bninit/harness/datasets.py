@@ -504,31 +504,58 @@ def _directory_cache(data_dir, image_size, listing):
     )
 
 
-def _load_directory(spec, data_dir, download, image_size, size):
-    del spec, download, size
+def directory_listing(data_dir):
+    """`(split, class_names, files, test_files)` of a class-folder data
+    set, checked without reading an image: the folder exists and holds at
+    least 2 class subfolders (or `train/` and `test/` with the same ones),
+    each with at least one image file.
+
+    Raises:
+        ValueError: anything else, in one line naming the folder.
+    """
+    suffixes = ", ".join(_IMAGE_SUFFIXES)
+    what = (
+        "a folder with one subfolder of images per class (or `train/` "
+        f"and `test/` folders that each have them; {suffixes})"
+    )
     if data_dir is None or not os.path.isdir(data_dir):
-        raise DatasetUnavailableError(
-            "A directory data set needs `data_dir`: a folder with one "
-            "subfolder of images per class (or `train/` and `test/` "
-            f"folders that each have them). Received: data_dir={data_dir!r}"
+        raise ValueError(
+            f"A directory data set needs {what}. Received: {data_dir!r}"
         )
     train_dir = os.path.join(data_dir, "train")
     test_dir = os.path.join(data_dir, "test")
     split = os.path.isdir(train_dir) and os.path.isdir(test_dir)
-    names, files = _image_files(train_dir if split else data_dir)
-    test_files = []
-    if split:
-        test_names, test_files = _image_files(test_dir)
-        if test_names != names:
-            raise DatasetUnavailableError(
-                f"{test_dir} has the classes {list(test_names)}, "
-                f"{train_dir} has {list(names)}; they must be the same."
-            )
-    if not files:
-        raise DatasetUnavailableError(
-            f"{data_dir} holds no images in class subfolders "
-            f"({', '.join(_IMAGE_SUFFIXES)})."
+    try:
+        names, files = _image_files(train_dir if split else data_dir)
+        test_names, test_files = (
+            _image_files(test_dir) if split else (names, [])
         )
+    except OSError as error:
+        raise ValueError(f"{data_dir!r} cannot be listed ({error}).") from None
+    if test_names != names:
+        raise ValueError(
+            f"{test_dir} has the classes {list(test_names)}, "
+            f"{train_dir} has {list(names)}; they must be the same."
+        )
+    counts = {name: 0 for name in names}
+    for _, label in files:
+        counts[names[label]] += 1
+    empty = [name for name, n in counts.items() if n == 0]
+    if len(names) < 2 or empty:
+        found = (
+            f"class folders without images: {', '.join(empty[:5])}"
+            if empty and len(names) >= 2
+            else f"{len(names) - len(empty)} class folder(s) with images"
+        )
+        raise ValueError(
+            f"{data_dir!r} is not an image data set ({found}); give {what}."
+        )
+    return split, names, files, test_files
+
+
+def _load_directory(spec, data_dir, download, image_size, size):
+    del spec, download, size
+    split, names, files, test_files = directory_listing(data_dir)
     cache = _directory_cache(data_dir, image_size, files + test_files)
     if os.path.isfile(cache):
         return load_cache(cache)
@@ -615,7 +642,8 @@ def ensure_available(name, data_dir=None):
 
     A named tensorflow-datasets set must be prepared (its `.npz` cache, the
     CIFAR pickles, or tensorflow-datasets' `dataset_info.json`); digits and
-    synthetic always are; a directory is checked when it is loaded.
+    synthetic always are; a directory must hold 2 or more class folders of
+    images (`directory_listing`).
 
     Raises:
         ValueError: an unknown name.
@@ -623,6 +651,9 @@ def ensure_available(name, data_dir=None):
             message says how to get it.
     """
     spec, data_dir = resolve_name(name, data_dir)
+    if spec.name == DIRECTORY:
+        directory_listing(data_dir)  # ValueError: not an image data set
+        return
     if spec.tfds_name is None:
         return
     root = _tfds_data_dir(data_dir)
