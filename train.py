@@ -458,6 +458,12 @@ def _check_store(sweep_dir):
             check_backend(store, sweep_dir)  # runs of another backend
 
 
+def _check_sweep_folder(sweep_dir, runs):
+    from keras_bninit.harness.sweep import check_sweep_folder
+
+    check_sweep_folder(sweep_dir, runs)
+
+
 def _check_row_key(row_key):
 
     fields = _config().field_names()
@@ -552,6 +558,7 @@ def _sweep(args):
         _fail(f"the output path {sweep_dir!r} is a file; give a directory")
     _checked(check_output_dir, sweep_dir)
     _checked(_check_store, sweep_dir)
+    _checked(_check_sweep_folder, sweep_dir, runs)
     _checked(_check_data, runs)
     executor = _executor(args)  # Ray started and checked, nothing written
     with executor or contextlib.nullcontext():

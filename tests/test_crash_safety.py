@@ -878,3 +878,39 @@ def test_a_hostile_result_json_is_set_aside_and_the_run_done_again(
     )
     assert runs_stored == [(1, 0.1), (1, 1.0), (2, 0.1), (2, 1.0)]
     assert all(isinstance(r["test_accuracy"], float) for r in records)
+
+
+@pytest.mark.parametrize("planted", ["backup", "model.keras", "report"])
+def test_links_in_a_sweep_are_refused_and_nothing_outside_changes(
+    tmp_path, planted
+):
+    from keras_bninit.harness import report
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("keep me")
+    runs = _runs()
+    sweep_dir = tmp_path / "sweep"
+    run = dataclasses.replace(runs[0], out=str(sweep_dir / "runs"))
+    run_dir = sweep_dir / "runs" / run.run_name()
+    run_dir.mkdir(parents=True)
+    if planted == "backup":
+        os.symlink(outside, run_dir / "backup")
+        where = run_dir / "backup"
+    elif planted == "model.keras":
+        os.symlink(outside / "precious.txt", run_dir / "model.keras")
+        where = run_dir / "model.keras"
+    else:
+        os.symlink(outside, sweep_dir / "report")
+        where = sweep_dir / "report"
+    with pytest.raises(ValueError, match=f"{where} is a symbolic link"):
+        run_sweep(runs, sweep_dir, quiet=True, build_model=tiny_builder)
+    if planted == "report":
+        with pytest.raises(ValueError, match="is a symbolic link"):
+            report.write_report([], str(where))
+    else:
+        with pytest.raises(ValueError, match="is a symbolic link"):
+            run_experiment(run, build_model=tiny_builder)
+    assert sorted(os.listdir(outside)) == ["precious.txt"]
+    assert (outside / "precious.txt").read_text() == "keep me"
+    assert not (sweep_dir / "results.sqlite").exists()  # nothing written

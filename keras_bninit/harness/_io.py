@@ -46,6 +46,28 @@ def fsync_dir(directory):
         os.close(fd)
 
 
+def refuse_links(path, what="a run's files"):
+    """Raises `ValueError` naming the first symbolic link at or under
+    `path` (walked without following links): the harness writes, renames
+    and deletes only files of its own, never through a link to elsewhere.
+    A missing `path` passes."""
+    if os.path.islink(path):
+        raise ValueError(
+            f"{path} is a symbolic link; {what} must be the folder's own "
+            "(remove the link)"
+        )
+    if not os.path.isdir(path):
+        return
+    for root, dirs, files in os.walk(path, followlinks=False):
+        for name in sorted(dirs + files):
+            full = os.path.join(root, name)
+            if os.path.islink(full):
+                raise ValueError(
+                    f"{full} is a symbolic link; {what} must be the "
+                    "folder's own (remove the link)"
+                )
+
+
 def read_result(path):
     """A run's result.json as a dict; None when it is missing, or (with a
     `RuntimeWarning` naming it) torn or not a record: the run is done

@@ -54,8 +54,9 @@ def validate(config):
 def check_environment(config):
     """Raises `ValueError` if this machine cannot run `config`: the data
     set is neither a name nor a directory, the backend lacks what a field
-    needs (a SavedModel, tf.data, steps per execution on torch), or the
-    output folder cannot be written. Called once per run or sweep."""
+    needs (a SavedModel, tf.data, steps per execution on torch), the
+    output folder cannot be written, or the run's folder holds a symbolic
+    link (nothing is ever written through one). Called once per run."""
     if config.dataset not in DATASETS and not os.path.isdir(
         str(config.dataset)
     ):
@@ -88,6 +89,7 @@ def check_environment(config):
             f"The output path {config.out!r} is a file; give a directory."
         )
     check_output_dir(config.out)
+    _io.refuse_links(os.path.join(config.out, config.run_name()))
 
 
 def check_output_dir(path):

@@ -32,7 +32,7 @@ import numbers
 import os
 import textwrap
 
-from keras_bninit.harness import report_plots
+from keras_bninit.harness import _io, report_plots
 from keras_bninit.harness.config import format_value
 from keras_bninit.harness.stats import (
     ALPHA,
@@ -856,6 +856,7 @@ def write_report(records, out_dir, row_key="gamma", col_key="lr", **kwargs):
         `(text, paths)`: the terminal rendering of every table and a dict
         of the files written ("markdown", "latex", "csv", "plots").
     """
+    _io.refuse_links(out_dir, "a report's files")  # never written through
     os.makedirs(out_dir, exist_ok=True)
     records = _as_records(records)
     tables = build_tables(records, row_key=row_key, col_key=col_key, **kwargs)

@@ -31,6 +31,7 @@ from keras_bninit.harness.experiment import (
 from keras_bninit.harness.store import (
     HEARTBEAT_EVERY_S,
     STALE_AFTER_S,
+    STORE_FILENAME,
     ResultStore,
     new_owner_id,
     record_backends,
@@ -280,6 +281,7 @@ def run_sweep(
         executor = LocalExecutor(build_model)
     elif getattr(executor, "build_model", False) is None:
         executor.build_model = build_model  # e.g. a RayExecutor's tasks
+    check_sweep_folder(sweep_dir, configs)
     reporter = SweepReporter(len(configs), quiet=quiet)
     with ResultStore(sweep_dir) as store:
         check_backend(store, sweep_dir)
@@ -289,6 +291,29 @@ def run_sweep(
         sweep.run(executor, heartbeat_every, poll_every)
     reporter.places(sweep.places)
     return sweep.counts
+
+
+def check_sweep_folder(sweep_dir, configs):
+    """Raises `ValueError` naming a symbolic link where a file of the sweep
+    belongs (its store, sweep.json, runs/, report/ and every run's
+    folder): nothing is written or deleted through a link."""
+    what = "a sweep's files"
+    for name in (
+        STORE_FILENAME,
+        f"{STORE_FILENAME}-wal",
+        f"{STORE_FILENAME}-shm",
+        "sweep.json",
+        "runs",
+        "report",
+    ):
+        path = os.path.join(sweep_dir, name)
+        if os.path.islink(path):
+            _io.refuse_links(path, what)
+    _io.refuse_links(os.path.join(sweep_dir, "report"), what)
+    runs_dir = os.path.join(sweep_dir, "runs")
+    for config in configs:
+        run = dataclasses.replace(config, out=runs_dir)
+        _io.refuse_links(os.path.join(runs_dir, run.run_name()))
 
 
 class SweepReporter:
