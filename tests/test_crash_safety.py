@@ -914,3 +914,28 @@ def test_links_in_a_sweep_are_refused_and_nothing_outside_changes(
     assert sorted(os.listdir(outside)) == ["precious.txt"]
     assert (outside / "precious.txt").read_text() == "keep me"
     assert not (sweep_dir / "results.sqlite").exists()  # nothing written
+
+
+def test_a_full_disk_stops_before_weights_are_written(tmp_path, monkeypatch):
+    """HDF5 crashes the interpreter when a write runs out of space, so a
+    checkpoint is not started without room: one environment stop, nothing
+    stored, no claim left, and the rerun finishes."""
+    import collections
+    import shutil
+
+    real = shutil.disk_usage
+    usage = collections.namedtuple("usage", "total used free")
+
+    def nearly_full(path):
+        if str(tmp_path) in os.fspath(path):
+            return usage(10_000_000, 9_900_000, 100_000)
+        return real(path)
+
+    monkeypatch.setattr(shutil, "disk_usage", nearly_full)
+    with pytest.raises(EnvironmentFailure, match="No space left on device"):
+        run_sweep(_runs(), tmp_path, quiet=True, build_model=tiny_builder)
+    with ResultStore(tmp_path) as store:
+        assert len(store) == 0 and store.claims() == {}
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    counts = run_sweep(_runs(), tmp_path, quiet=True, build_model=tiny_builder)
+    assert counts == {"total": 2, "skipped": 0, "ran": 2, "failed": 0}

@@ -5,8 +5,10 @@ and fsynced, then renamed over the old file; the directory is fsynced so
 the rename survives a power cut.
 """
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 import warnings
 
@@ -44,6 +46,25 @@ def fsync_dir(directory):
         pass
     finally:
         os.close(fd)
+
+
+# Room asked for beyond a file's data (HDF5 metadata, zip directories).
+_SPACE_MARGIN = 1 << 20
+
+
+def ensure_space(directory, nbytes):
+    """Raises `OSError(ENOSPC)` unless `directory`'s file system has room
+    for about `nbytes` more. HDF5 crashes the interpreter (a segfault in
+    h5py's finaliser) when a write runs out of space, so weights files are
+    never started without room for them."""
+    need = int(nbytes * 1.05) + _SPACE_MARGIN
+    free = shutil.disk_usage(directory).free
+    if free < need:
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left on device: {directory} has {free:,} bytes free, "
+            f"about {need:,} are needed",
+        )
 
 
 def refuse_links(path, what="a run's files"):

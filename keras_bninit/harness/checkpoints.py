@@ -83,6 +83,7 @@ class RunState(keras.callbacks.Callback):
         self.session_epoch_time = 0.0
         self._epoch_start = None
         self._layout = None  # where save_weights puts each variable
+        self._state_bytes = 0  # of the latest snapshot, for space checks
         self._write = None  # the background write in flight
 
     # -- files -------------------------------------------------------------
@@ -244,6 +245,7 @@ class RunState(keras.callbacks.Callback):
             best_epoch = epoch
         entries = [*self.entries, entry]
         values = _snapshot(self.model)
+        self._state_bytes = sum(v.nbytes for v in values)
         layout = self._file_layout(values)
         if layout:
             background = self.background_bytes is not None and (
@@ -297,6 +299,7 @@ class RunState(keras.callbacks.Callback):
 
     def _save_weights(self, write_weights, path, directory):
         """Weights written aside, fsynced, renamed to `path`."""
+        _io.ensure_space(directory, self._state_bytes)
         tmp = os.path.join(directory, f".tmp-{uuid.uuid4().hex}.weights.h5")
         try:
             write_weights(tmp)
@@ -310,6 +313,7 @@ class RunState(keras.callbacks.Callback):
     def _commit(self, write_weights, entries):
         """Writes the checkpoint of `len(entries)` epochs; rename commits."""
         os.makedirs(self.backup_dir, exist_ok=True)
+        _io.ensure_space(self.backup_dir, self._state_bytes)
         final = os.path.join(self.backup_dir, f"ckpt-{len(entries):04d}")
         tmp = os.path.join(self.backup_dir, f".tmp-{uuid.uuid4().hex}")
         try:

@@ -306,6 +306,13 @@ def _evaluate(config, splits, model, fit_model, state, run_dir):
     )
     if model is not fit_model:  # saved with its optimizer, as compiled
         model.compile(fit_model.optimizer, fit_model.loss, metrics=["accuracy"])
+    _io.ensure_space(  # weights and optimizer state, zipped as they are
+        run_dir,
+        sum(
+            int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+            for v in [*model.weights, *model.optimizer.variables]
+        ),
+    )
     model.save(os.path.join(run_dir, "model.keras"))
     if config.export:
         model.export(os.path.join(run_dir, "saved_model"), verbose=False)
