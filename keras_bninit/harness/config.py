@@ -526,9 +526,9 @@ def canonical_config(config):
     """The configuration that `config_key` hashes, as a sorted dict.
 
     Fields that are not part of the result (`NON_RESULT_FIELDS`, the seed)
-    are dropped, as are `LATER_FIELDS` at their "as before" value; the
-    optimizer form is spelled as 0.2 stored it (`torch_parity`), so 0.2's
-    keys stay valid; every number becomes a float.
+    are dropped, as are `LATER_FIELDS` at their "as before" value; every
+    number becomes a float. (`config_key` hashes the optimizer form as 0.2
+    spelled it, `torch_parity`, so 0.2's keys stay valid.)
 
     Args:
         config: mapping of configuration fields (a record's "config").
@@ -547,9 +547,6 @@ def canonical_config(config):
         if k not in NON_RESULT_FIELDS
         and not (k in LATER_FIELDS and v == LATER_FIELDS[k])
     }
-    if kept.get("sgd") == "torch":  # 0.2's spelling of the same run
-        del kept["sgd"]
-        kept["torch_parity"] = True
     return _canonical(kept)
 
 
@@ -561,7 +558,11 @@ def config_key(config):
     versus `1.0`, of the seed and of the fields that are not part of the
     result; every other field changes it.
     """
-    text = json.dumps(canonical_config(config), sort_keys=True)
+    canonical = canonical_config(config)
+    if canonical.get("sgd") == "torch":  # hashed as 0.2 spelled it
+        del canonical["sgd"]
+        canonical["torch_parity"] = True
+    text = json.dumps(canonical, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 

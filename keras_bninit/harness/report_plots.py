@@ -144,6 +144,12 @@ def _side_by_side(ax, table, gammas):
                 ax, [x], [cell], color, None, "none",
                 marker="s" if gamma is None else "o",
             )  # fmt: skip
+            p = cell.stats.get("p_value", math.nan)
+            if gamma is not None and not math.isnan(p):
+                ax.annotate(
+                    f"p = {p:.3g}", (x, mean + half), xytext=(0, 4),
+                    textcoords="offset points", ha="center", fontsize=8,
+                )  # fmt: skip
     ax.set_xticks([x for x, _ in ticks], [t for _, t in ticks])
     ax.set_xlim(-0.8, 3 * len(table.columns) - 1.2)
     return extent, {}, any_star
