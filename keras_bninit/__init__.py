@@ -43,8 +43,13 @@ from keras_bninit.optimizers import (
     default_group,
     tag_variable,
 )
-from keras_bninit.precise_bn import PreciseBNCallback, update_bn_stats
+from keras_bninit.precise_bn import (
+    PreciseBN,
+    PreciseBNCallback,
+    update_bn_stats,
+)
 from keras_bninit.retrofit import batch_norm_layers, retrofit
+from keras_bninit.saving import load_model
 from keras_bninit.schedules import EpochCosineDecay
 from keras_bninit.seeding import make_complex, set_seed
 

@@ -4,6 +4,11 @@ import math
 import numbers
 
 
+def is_real(value):
+    """Whether `value` is a real number: a Python or NumPy one, not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def positive_float(name, value, allow_zero=False):
     """Returns `value` as a float, or raises `ValueError` naming it.
 
@@ -13,7 +18,7 @@ def positive_float(name, value, allow_zero=False):
         allow_zero: whether 0 is valid (`>= 0` instead of `> 0`).
     """
     valid = ">= 0" if allow_zero else "> 0"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not is_real(value):
         raise ValueError(
             f"`{name}` must be a finite real number {valid}. "
             f"Received: {name}={value!r}"
@@ -27,33 +32,70 @@ def positive_float(name, value, allow_zero=False):
     return value
 
 
-def non_negative_int(name, value):
-    """Returns `value` as an int, or raises `ValueError` naming it."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value < 0
-    ):
+def is_integer(value):
+    """Whether `value` is an integer: a Python or NumPy int, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def integer(name, value, minimum=None, description=None):
+    """Returns `value` as an int if it is an integer (NumPy integers
+    included, bools not) >= `minimum`, else raises `ValueError` naming it.
+
+    Args:
+        name: the argument's name, used in the message.
+        value: the value to check.
+        minimum: the smallest valid value, or None for any integer.
+        description: what the message says `value` must be; by default
+            "an integer >= minimum".
+    """
+    if not is_integer(value) or (minimum is not None and value < minimum):
+        if description is None:
+            description = "an integer" + (
+                "" if minimum is None else f" >= {minimum}"
+            )
         raise ValueError(
-            f"`{name}` must be a non-negative integer. "
-            f"Received: {name}={value!r}"
+            f"`{name}` must be {description}. Received: {name}={value!r}"
         )
     return int(value)
+
+
+def non_negative_int(name, value):
+    """Returns `value` as an int if it is an integer >= 0, else raises."""
+    return integer(name, value, 0, "a non-negative integer")
 
 
 def positive_int(name, value):
     """Returns `value` as an int if it is an integer >= 1 (NumPy integers
     included, bools not), else raises `ValueError` naming it."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value < 1
-    ):
+    return integer(name, value, 1, "a positive integer (>= 1)")
+
+
+def positive_ints(name, values):
+    """`values` as an int if it is one integer >= 1, else as a tuple of
+    them (a non-empty sequence), else raises `ValueError` naming it."""
+    if is_integer(values) and values > 0:
+        return int(values)
+    try:
+        checked = tuple(values)
+    except TypeError:
+        checked = ()
+    if not checked or not all(is_integer(v) and v > 0 for v in checked):
         raise ValueError(
-            f"`{name}` must be a positive integer (>= 1). "
+            f"`{name}` must be a positive integer or a non-empty sequence of "
+            f"them. Received: {name}={values!r}"
+        )
+    return tuple(int(v) for v in checked)
+
+
+def fraction(name, value):
+    """Returns `value` as a float if it is a real number in [0, 1] (not a
+    bool), else raises `ValueError` naming it."""
+    if not is_real(value) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(
+            f"`{name}` must be a real number in [0, 1]. "
             f"Received: {name}={value!r}"
         )
-    return int(value)
+    return float(value)
 
 
 def reject_arguments(owner, kwargs, keys, reason):

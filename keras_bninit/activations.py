@@ -8,12 +8,11 @@ with gamma = 1 has after the activation. For ReLU it is
 
 import functools
 import math
-import numbers
 
 import numpy as np
 from scipy import integrate, special
 
-from keras_bninit._validation import positive_float
+from keras_bninit._validation import is_real, positive_float
 
 # NumPy versions of the activations, matching Keras's definitions and
 # defaults (e.g. `keras.activations.leaky_relu` uses negative_slope=0.2 and
@@ -72,10 +71,16 @@ def activation_std(activation="relu"):
 
     Returns:
         A positive float.
+
+    Example:
+
+    ```python
+    kb.activation_std("relu")  # 0.5838 = sqrt(1/2 - 1/(2 pi)), Section 3.3
+    kb.activation_std("silu")  # 0.5595
+    kb.InputBatchNorm(gamma=0.1, activation_std="silu")  # scale 0.05595
+    ```
     """
-    if isinstance(activation, numbers.Real) and not isinstance(
-        activation, bool
-    ):
+    if is_real(activation):
         return positive_float("activation_std", activation)
     if not isinstance(activation, str) or activation not in _ACTIVATIONS:
         raise ValueError(

@@ -26,7 +26,7 @@ import math
 import keras
 import numpy as np
 
-from keras_bninit._validation import non_negative_int, positive_float
+from keras_bninit._validation import choice, non_negative_int, positive_float
 from keras_bninit.seeding import variable_seed
 
 MODES = ("fan_in", "fan_out", "fan_avg")
@@ -165,17 +165,10 @@ class VarianceScaling(keras.initializers.Initializer):
         index=None,
     ):
         self.scale = positive_float("scale", scale)
-        if mode not in MODES:
-            raise ValueError(
-                f"`mode` must be one of {list(MODES)}. Received: mode={mode!r}"
-            )
+        choice("mode", mode, MODES)
         if distribution == "normal":
             distribution = "truncated_normal"
-        if distribution not in DISTRIBUTIONS:
-            raise ValueError(
-                f"`distribution` must be one of {list(DISTRIBUTIONS)}. "
-                f"Received: distribution={distribution!r}"
-            )
+        choice("distribution", distribution, DISTRIBUTIONS)
         if not isinstance(key, str):
             raise ValueError(f"`key` must be a string. Received: key={key!r}")
         self.mode = mode

@@ -1,11 +1,15 @@
 """Batch normalization as the paper configures it (Sections 3.1, 3.2, 3.4)."""
 
-import numbers
-
 import keras
 from keras import ops
 
-from keras_bninit._validation import choice, positive_float, reject_arguments
+from keras_bninit._validation import (
+    choice,
+    fraction,
+    integer,
+    positive_float,
+    reject_arguments,
+)
 from keras_bninit.activations import activation_std as _resolve_activation_std
 
 # PyTorch's BN defaults, which the paper's reference uses (Section 3.1):
@@ -152,6 +156,14 @@ def batch_norm(gamma=1.0, moving_variance="biased", **kwargs):
     Returns:
         A `keras.layers.BatchNormalization` (a `keras_bninit.
         BatchNormalization` for `moving_variance="unbiased"`).
+
+    Example:
+
+    ```python
+    x = keras.layers.Conv2D(64, 3, padding="same", use_bias=False)(inputs)
+    x = kb.batch_norm(gamma=0.1)(x)  # scale c = 0.1, momentum 0.9, eps 1e-5
+    x = keras.layers.ReLU()(x)
+    ```
     """
     gamma = positive_float("gamma", gamma)
     convention = _moving_variance(moving_variance)
@@ -202,6 +214,14 @@ class InputBatchNorm(BatchNormalization):
         training: whether to use batch statistics and update the running
             ones.
 
+    Example:
+
+    ```python
+    inputs = keras.Input((32, 32, 3))  # pixels in [0, 1], no offline mean/std
+    x = kb.InputBatchNorm(gamma=0.1, activation_std="relu")(inputs)  # 0.058
+    x = keras.layers.Conv2D(64, 3, padding="same", use_bias=False)(x)
+    ```
+
     Reference:
         Davis & Frank, "Revisiting Batch Norm Initialization", ECCV 2022,
         Section 3.3 (BN-based input normalization).
@@ -220,20 +240,10 @@ class InputBatchNorm(BatchNormalization):
         gamma = positive_float("gamma", gamma)
         std = _resolve_activation_std(activation_std)
         epsilon = positive_float("epsilon", epsilon)
-        if (
-            isinstance(momentum, bool)
-            or not isinstance(momentum, numbers.Real)
-            or not 0.0 <= float(momentum) <= 1.0
-        ):
-            raise ValueError(
-                "`momentum` must be a real number in [0, 1]. "
-                f"Received: momentum={momentum!r}"
-            )
-        if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-            raise ValueError(
-                "`axis` must be an integer (the channel axis). "
-                f"Received: axis={axis!r}"
-            )
+        momentum = fraction("momentum", momentum)
+        axis = integer(
+            "axis", axis, description="an integer (the channel axis)"
+        )
         reject_arguments(
             "InputBatchNorm",
             kwargs,

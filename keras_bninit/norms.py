@@ -22,7 +22,7 @@ import types
 import keras
 from keras import backend, ops
 
-from keras_bninit._validation import positive_float, reject_arguments
+from keras_bninit._validation import choice, positive_float, reject_arguments
 from keras_bninit.layers import (
     PAPER_EPSILON,
     PAPER_MOMENTUM,
@@ -119,9 +119,9 @@ class A1BatchNorm(_BatchNormHead):
     """BN formulation A1: the shift is added before the scale.
 
     y = gamma * (x_hat + beta), with gamma_0 = `gamma` (the constant c) and
-    beta_0 = 0 (Section 4.4; Section 4.4). There is no extra
-    parameter, but gamma now scales beta too, which limits how far beta can
-    shift the data before the activation. `gamma` carries c, so it is tagged
+    beta_0 = 0 (Section 4.4). There is no extra parameter, but gamma now
+    scales beta too, which limits how far beta can shift the data before
+    the activation. `gamma` carries c, so it is tagged
     as a BN scale (reduced learning rate, no weight decay); beta is tagged
     no-decay.
 
@@ -175,10 +175,10 @@ class A2BatchNorm(_BatchNormHead):
     """BN formulation A2: a new per-channel scale rho outside the affine tail.
 
     y = rho * (gamma * x_hat + beta), with rho_0 = `rho` (the constant c),
-    gamma_0 = 1 and beta_0 = 0 (Section 4.4; Section 4.4). The
-    reduced learning rate goes to the parameter that carries c, so `rho` is
-    tagged as a BN scale while `gamma` and `beta` are tagged no-decay (full
-    learning rate, no weight decay).
+    gamma_0 = 1 and beta_0 = 0 (Section 4.4). The reduced learning rate goes
+    to the parameter that carries c, so `rho` is tagged as a BN scale while
+    `gamma` and `beta` are tagged no-decay (full learning rate, no weight
+    decay).
 
     Args:
         rho: initial value c of rho, a finite number > 0. (The factory
@@ -243,11 +243,7 @@ class _GatedBatchNorm(_BatchNormHead):
 
     def __init__(self, gamma=1.0, instance_statistic=True, **kwargs):
         gamma = positive_float("gamma", gamma)
-        if not isinstance(instance_statistic, bool):
-            raise ValueError(
-                "`instance_statistic` must be True or False. "
-                f"Received: instance_statistic={instance_statistic!r}"
-            )
+        choice("instance_statistic", instance_statistic, (True, False))
         super().__init__(**kwargs)
         self.gamma_value = gamma
         self.instance_statistic = instance_statistic
@@ -313,8 +309,8 @@ class RepresentativeBatchNorm(_GatedBatchNorm):
     per-example, per-channel average over the spatial axes (the identity for
     (batch, channels) inputs), with w_0 = 0, b_0 = 1, gamma_0 = `gamma`
     and beta_0 = 0; the initial effective scale is gamma_0 * sigmoid(1) =
-    0.731 gamma_0 (Section 4.5; Section 4.5). Only RBN's scaling
-    part is implemented, as in the paper's comparison. With
+    0.731 gamma_0 (Section 4.5). Only RBN's scaling part is implemented, as
+    in the paper's comparison. With
     `instance_statistic=False` this is RBN-: y = gamma * x_hat * sigmoid(b)
     + beta (no w). gamma is tagged as a BN scale, like the stock layer's
     (the paper trains RBN like BASE, i.e. with divisor a = 1); beta, w
@@ -358,8 +354,8 @@ class InstanceEnhancementBatchNorm(_GatedBatchNorm):
     per-example, per-channel spatial average of the layer's raw input (the
     identity for (batch, channels) inputs), with w_0 = 0, b_0 = -1,
     gamma_0 = `gamma` and beta_0 = 0; the initial effective scale is
-    gamma_0 * sigmoid(-1) = 0.269 gamma_0 (Section 4.5; Section
-    4.5). With `instance_statistic=False` this is IEBN-: y = gamma * x_hat *
+    gamma_0 * sigmoid(-1) = 0.269 gamma_0 (Section 4.5). With
+    `instance_statistic=False` this is IEBN-: y = gamma * x_hat *
     sigmoid(b) + beta (no w). Tags as in `RepresentativeBatchNorm`.
 
     Args:

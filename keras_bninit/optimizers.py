@@ -6,7 +6,7 @@ import warnings
 import keras
 from keras import ops
 
-from keras_bninit._validation import positive_float
+from keras_bninit._validation import choice, positive_float
 
 # The three parameter groups of the reference (Section 3.2):
 SCALE = "scale"  # BN scales: lr / gamma_lr_divisor, no weight decay
@@ -32,11 +32,7 @@ def tag_variable(variable, group):
     Returns:
         The variable.
     """
-    if group not in GROUPS:
-        raise ValueError(
-            f"`group` must be one of {list(GROUPS)}. Received: group={group!r}"
-        )
-    setattr(variable, _TAG, group)
+    setattr(variable, _TAG, choice("group", group, GROUPS))
     return variable
 
 
@@ -135,6 +131,14 @@ class TorchSGD(keras.optimizers.SGD):
         momentum: the momentum factor (>= 0), 0.9 in the paper.
         nesterov: PyTorch's Nesterov momentum.
         **kwargs: other `keras.optimizers.SGD` arguments.
+
+    Example:
+
+    ```python
+    schedule = kb.EpochCosineDecay(0.1, steps_per_epoch=352, epochs=180)
+    optimizer = kb.ParamGroupOptimizer(kb.TorchSGD(schedule, momentum=0.9))
+    model.compile(optimizer, "sparse_categorical_crossentropy")
+    ```
     """
 
     def update_step(self, gradient, variable, learning_rate):

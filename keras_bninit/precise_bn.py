@@ -18,33 +18,21 @@ Johnson, "Rethinking 'Batch' in BatchNorm", 2021; fvcore's
 including those whose running variance averages unbiased batch variances in
 training (`moving_variance="unbiased"`, PyTorch's convention): fvcore stores
 the same for PyTorch's BN, undoing the Bessel correction with each batch's
-count. `PreciseBNCallback` does it in `model.fit` after each epoch's
+count. `PreciseBN` does it in `model.fit` after each epoch's
 training, before validation.
 """
 
-import numbers
+import warnings
 
 import keras
 import numpy as np
 from keras import ops
 
+from keras_bninit._validation import positive_int
 from keras_bninit.retrofit import batch_norm_layers
 
 # Wu & Johnson use a few hundred batches; more add little.
 DEFAULT_NUM_BATCHES = 200
-
-
-def _positive_integer(name, value):
-    """`value` as an int >= 1; NumPy integers are accepted too."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value < 1
-    ):
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    return int(value)
 
 
 def _inputs(batch):
@@ -101,7 +89,7 @@ def _batches(data, batch_size):
                 "`batch_size` is needed when `data` is an array. Received: "
                 f"data of shape {tuple(data.shape)}, batch_size=None"
             )
-        _positive_integer("batch_size", batch_size)
+        positive_int("batch_size", batch_size)
         data = np.asarray(data)
         return (
             data[start : start + batch_size]
@@ -155,7 +143,7 @@ def update_bn_stats(
     they are.
 
     Call it on training data (with the training augmentation, as fvcore
-    does), after training or after each epoch (see `PreciseBNCallback`).
+    does), after training or after each epoch (see `PreciseBN`).
 
     Args:
         model: a built `keras.Model` (or layer) containing BN layers.
@@ -173,12 +161,20 @@ def update_bn_stats(
     Raises:
         ValueError: bad arguments, or `data` yields no batch.
 
+    Example:
+
+    ```python
+    model.fit(x_train, y_train, batch_size=128, epochs=2)  # stats lag c^2
+    kb.update_bn_stats(model, x_train, num_batches=50, batch_size=128)
+    model.evaluate(x_test, y_test)  # with the population statistics
+    ```
+
     Reference:
         Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021, Section 3
         (precise BN); fvcore `nn.precise_bn.update_bn_stats` (its
         population variance estimator).
     """
-    num_batches = _positive_integer("num_batches", num_batches)
+    num_batches = positive_int("num_batches", num_batches)
     layers = [
         layer
         for layer in batch_norm_layers(model)
@@ -229,7 +225,7 @@ def update_bn_stats(
     return count
 
 
-class PreciseBNCallback(keras.callbacks.Callback):
+class PreciseBN(keras.callbacks.Callback):
     """`update_bn_stats` in `model.fit`: after training an epoch, before
     validating it.
 
@@ -247,12 +243,26 @@ class PreciseBNCallback(keras.callbacks.Callback):
             epoch's own training batches.
         num_batches: batches per recomputation, a positive int (200).
         batch_size: the batch size when `data` gives arrays.
+
+    Example:
+
+    ```python
+    precise = kb.PreciseBN(x_train, num_batches=50, batch_size=128)
+    model.fit(x_train, y_train, batch_size=128, epochs=3,
+              validation_data=(x_val, y_val), callbacks=[precise])
+    ```
+
+    Reference:
+        Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021, Section 3;
+        needed after short runs with the paper's c < 1 (Section 3.2).
     """
 
     def __init__(self, data, num_batches=DEFAULT_NUM_BATCHES, batch_size=None):
         super().__init__()
         self.data = data
-        self.num_batches = _positive_integer("num_batches", num_batches)
+        self.num_batches = positive_int("num_batches", num_batches)
+        if batch_size is not None:
+            batch_size = positive_int("batch_size", batch_size)
         self.batch_size = batch_size
         self.epoch = None
         self._stale = False
@@ -273,3 +283,21 @@ class PreciseBNCallback(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._update()
+
+
+_WARNED = set()
+
+
+class PreciseBNCallback(PreciseBN):
+    """The former name of `PreciseBN` (deprecated; warns once)."""
+
+    def __init__(self, *args, **kwargs):
+        if "PreciseBNCallback" not in _WARNED:
+            _WARNED.add("PreciseBNCallback")
+            warnings.warn(
+                "keras_bninit.PreciseBNCallback is deprecated; use "
+                "keras_bninit.PreciseBN, as Keras names its callbacks.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        super().__init__(*args, **kwargs)

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from keras_bninit._validation import positive_float
+from keras_bninit._validation import choice, positive_float
 from keras_bninit.layers import BatchNormalization, InputBatchNorm
 
 
@@ -91,8 +91,18 @@ def retrofit(
     Returns:
         The model to train: a new Functional model with the input BN first,
         or `model` itself when `input_bn` is false.
+
+    Example:
+
+    ```python
+    base = keras.applications.MobileNetV2(weights=None, classes=10)
+    model = kb.retrofit(base, gamma=0.1)  # every BN scale 0.1, input BN first
+    optimizer = kb.ParamGroupOptimizer(kb.TorchSGD(0.1, momentum=0.9))
+    model.compile(optimizer, "sparse_categorical_crossentropy")
+    ```
     """
     gamma = positive_float("gamma", gamma)
+    choice("input_bn", input_bn, (True, False))
     if not isinstance(model, keras.Model):
         raise ValueError(
             f"`model` must be a keras.Model. Received: {type(model).__name__}"

@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from keras_bninit._validation import positive_float, positive_int
+from keras_bninit._validation import choice, positive_float, positive_int
 
 
 def _constant(value, dtype):
@@ -40,6 +40,14 @@ class EpochCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
             (PyTorch's, the reference's) rather than to its share of it.
             Needs `eta_min != initial_learning_rate` (a constant schedule
             carries no cosine to give the groups).
+
+    Example:
+
+    ```python
+    schedule = kb.EpochCosineDecay(0.1, steps_per_epoch=352, epochs=180)
+    float(schedule(352 * 90))  # 0.05: half-way, after 90 epochs
+    optimizer = kb.ParamGroupOptimizer(kb.TorchSGD(schedule, momentum=0.9))
+    ```
     """
 
     def __init__(
@@ -56,11 +64,7 @@ class EpochCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.steps_per_epoch = positive_int("steps_per_epoch", steps_per_epoch)
         self.epochs = positive_int("epochs", epochs)
         self.eta_min = positive_float("eta_min", eta_min, allow_zero=True)
-        if not isinstance(per_group_floor, bool):
-            raise ValueError(
-                "`per_group_floor` must be True or False. "
-                f"Received: per_group_floor={per_group_floor!r}"
-            )
+        choice("per_group_floor", per_group_floor, (True, False))
         if per_group_floor and self.eta_min == self.initial_learning_rate:
             raise ValueError(
                 "per_group_floor=True needs eta_min != initial_learning_rate: "

@@ -12,12 +12,16 @@ fails at once with a `ValueError` that names it.
 
 import functools
 import inspect
-import numbers
 
 import keras
 
 import keras_bninit
-from keras_bninit._validation import choice, positive_float
+from keras_bninit._validation import (
+    choice,
+    integer,
+    is_integer,
+    positive_float,
+)
 from keras_bninit.layers import MOVING_VARIANCE
 from models._layers import Norm, classifier
 
@@ -26,42 +30,9 @@ from models._layers import Norm, classifier
 SMALL_INPUT_MAX_SIZE = 64
 
 
-def _is_positive_int(value):
-    return (
-        isinstance(value, numbers.Integral)
-        and not isinstance(value, bool)
-        and value > 0
-    )
-
-
-def _check_num_classes(num_classes):
-    if not _is_positive_int(num_classes) or num_classes < 2:
-        raise ValueError(
-            "`num_classes` must be an integer >= 2. "
-            f"Received: num_classes={num_classes!r}"
-        )
-    return int(num_classes)
-
-
-def positive_ints(arg, values):
-    """`values` (an int or a non-empty sequence of ints > 0) as a tuple or
-    int, or a `ValueError` naming `arg`."""
-    if _is_positive_int(values):
-        return int(values)
-    try:
-        checked = tuple(values)
-    except TypeError:
-        checked = ()
-    if not checked or not all(_is_positive_int(v) for v in checked):
-        raise ValueError(
-            f"`{arg}` must be a positive integer or a non-empty sequence of "
-            f"them. Received: {arg}={values!r}"
-        )
-    return tuple(int(v) for v in checked)
-
-
 def _check_input_shape(input_shape):
-    is_size = _is_positive_int
+    def is_size(d):
+        return is_integer(d) and d > 0
 
     try:
         shape = tuple(input_shape)
@@ -89,12 +60,7 @@ def resolve_small_inputs(small_inputs, input_shape):
             and width are both <= 64 px (Section 4.1).
         input_shape: a checked (height, width, channels) tuple.
     """
-    if small_inputs is not None:
-        if not isinstance(small_inputs, bool):
-            raise ValueError(
-                "`small_inputs` must be True, False or None (automatic). "
-                f"Received: small_inputs={small_inputs!r}"
-            )
+    if choice("small_inputs", small_inputs, (True, False, None)) is not None:
         return small_inputs
     if None in input_shape[:2]:
         raise ValueError(
@@ -163,14 +129,11 @@ def build_classifier(
     Returns:
         A `keras.Model` named `name` from images to logits.
     """
-    num_classes = _check_num_classes(num_classes)
+    num_classes = integer("num_classes", num_classes, 2)
     input_shape = _check_input_shape(input_shape)
     gamma = positive_float("bn_gamma", bn_gamma)
     keras_bninit.activation_std(activation_std)  # raises on a bad value
-    if not isinstance(input_bn, bool):
-        raise ValueError(
-            f"`input_bn` must be True or False. Received: input_bn={input_bn!r}"
-        )
+    choice("input_bn", input_bn, (True, False))
     if norm_layer is None:
         norm_layer = keras_bninit.batch_norm
     if not callable(norm_layer):

@@ -28,7 +28,8 @@ import keras
 import numpy as np
 
 import keras_bninit
-from models._common import build_classifier, positive_ints
+from keras_bninit._validation import positive_ints
+from models._common import build_classifier
 from models._layers import conv, conv_bn
 from models._registry import register_model
 

@@ -23,7 +23,8 @@ Reference:
 
 import keras
 
-from models._common import build_classifier, positive_ints
+from keras_bninit._validation import choice, positive_int, positive_ints
+from models._common import build_classifier
 from models._layers import conv_bn, conv_bn_act, max_pool
 from models._registry import register_model
 
@@ -133,18 +134,12 @@ def resnet(
     Returns:
         A `keras.Model` from (H, W, C) images to `num_classes` logits.
     """
-    if block not in BLOCKS:
-        raise ValueError(
-            f"`block` must be one of {list(BLOCKS)}. Received: block={block!r}"
-        )
+    choice("block", block, BLOCKS)
     layers = positive_ints("layers", layers)
     widths = positive_ints("widths", widths)
-    for arg, value in (
-        ("stem_width", stem_width),
-        ("groups", groups),
-        ("width_per_group", width_per_group),
-    ):
-        positive_ints(arg, value)
+    stem_width = positive_int("stem_width", stem_width)
+    groups = positive_int("groups", groups)
+    width_per_group = positive_int("width_per_group", width_per_group)
     if len(widths) != len(layers):
         raise ValueError(
             "`widths` and `layers` must have one entry per stage. "
@@ -182,79 +177,123 @@ def resnet(
     )
 
 
-def _cifar_defaults(kwargs):
-    """The CIFAR ResNets default to 10 classes and 32x32x3 inputs."""
-    return {"num_classes": 10, "input_shape": (32, 32, 3), **kwargs}
+# ---------------------------------------------------------------------------
+# The registered ResNets. Trainable parameters: torchvision's model (7x7
+# stem) with 1000 classes, and the small-input form (3x3 stem, no max-pool,
+# Section 4.1) with 10 classes; each extra class adds (final channels + 1)
+# and `input_bn=True` one per input channel. Arguments: those of
+# `models._common.build_classifier`.
+# ---------------------------------------------------------------------------
 
-
-def _register(name, summary, architecture, defaults=dict):
-    """Registers `name` as a builder of `resnet(name, **architecture)`."""
-
-    def builder(**kwargs):
-        return resnet(name, **architecture, **defaults(kwargs))
-
-    builder.__name__ = builder.__qualname__ = name
-    builder.__doc__ = summary + "\n\nArgs: see `models.resnet.resnet`.\n"
-    globals()[name] = register_model(builder)
-
-
-# The registered ResNets: name -> (architecture, trainable parameters of
-# torchvision's model (7x7 stem) with 1000 classes, and of the small-input
-# form (3x3 stem, no max-pool) with 10 classes). Each extra class adds
-# (final channels + 1); `input_bn=True` adds one per input channel.
 _BOTTLENECK_50 = {"block": "bottleneck", "layers": (3, 4, 6, 3)}
-IMAGENET_RESNETS = {
-    "resnet18": ({"block": "basic", "layers": (2, 2, 2, 2)}, 11_689_512),
-    "resnet34": ({"block": "basic", "layers": (3, 4, 6, 3)}, 21_797_672),
-    "resnet50": (_BOTTLENECK_50, 25_557_032),
-    "resnet101": ({"block": "bottleneck", "layers": (3, 4, 23, 3)}, 44_549_160),
-    "resnet152": ({"block": "bottleneck", "layers": (3, 8, 36, 3)}, 60_192_808),
-    "resnext50_32x4d": (
-        {**_BOTTLENECK_50, "groups": 32, "width_per_group": 4},
-        25_028_904,
-    ),
-}
-SMALL_INPUT_PARAMS = {
-    "resnet18": 11_173_962,
-    "resnet34": 21_282_122,
-    "resnet50": 23_520_842,
-    "resnet101": 42_512_970,
-    "resnet152": 58_156_618,
-    "resnext50_32x4d": 22_992_714,
-}
-for _name, (_arch, _params) in IMAGENET_RESNETS.items():
-    _register(
-        _name,
-        f"{_name}: {_arch}. Trainable parameters: {_params:,} with 1000 "
-        f"classes (= torchvision `{_name}`); "
-        f"{SMALL_INPUT_PARAMS[_name]:,} small-input with 10 classes.",
-        _arch,
+
+
+@register_model
+def resnet18(**kwargs):
+    """ResNet-18 (He et al. 2016), the paper's CIFAR-10 model (in its
+    small-input form, Section 4.1): 11,689,512 parameters (= torchvision);
+    11,173,962 small-input."""
+    return resnet("resnet18", block="basic", layers=(2, 2, 2, 2), **kwargs)
+
+
+@register_model
+def resnet34(**kwargs):
+    """ResNet-34 (He et al. 2016): 21,797,672 parameters (= torchvision);
+    21,282,122 small-input."""
+    return resnet("resnet34", block="basic", layers=(3, 4, 6, 3), **kwargs)
+
+
+@register_model
+def resnet50(**kwargs):
+    """ResNet-50 (He et al. 2016), bottleneck blocks: 25,557,032
+    parameters (= torchvision); 23,520,842 small-input."""
+    return resnet("resnet50", **_BOTTLENECK_50, **kwargs)
+
+
+@register_model
+def resnet101(**kwargs):
+    """ResNet-101 (He et al. 2016): 44,549,160 parameters (= torchvision);
+    42,512,970 small-input."""
+    return resnet(
+        "resnet101", block="bottleneck", layers=(3, 4, 23, 3), **kwargs
     )
 
-# He et al.'s CIFAR ResNets: depth -> trainable parameters with 10 classes
-# (the default). With option-A (zero-padding) shortcuts they would have
-# 2,752 parameters fewer (the two projections: 16*32 + 2*32 and
-# 32*64 + 2*64), e.g. the familiar 269,722 of ResNet-20.
-CIFAR_RESNETS = {
-    8: 78_042,
-    20: 272_474,
-    32: 466_906,
-    44: 661_338,
-    56: 855_770,
-    110: 1_730_714,
-}
-for _depth, _params in CIFAR_RESNETS.items():
-    _n = (_depth - 2) // 6
-    _register(
-        f"resnet{_depth}",
-        f"CIFAR ResNet-{_depth} (n = {_n}): 3 stages of {_n} basic blocks, "
-        f"widths 16/32/64, projection shortcuts. {_params:,} trainable "
-        "parameters with 10 classes and 32x32x3 inputs (the defaults).",
-        {
-            "block": "basic",
-            "layers": (_n,) * 3,
-            "widths": (16, 32, 64),
-            "stem_width": 16,
-        },
-        _cifar_defaults,
+
+@register_model
+def resnet152(**kwargs):
+    """ResNet-152 (He et al. 2016): 60,192,808 parameters (= torchvision);
+    58,156,618 small-input."""
+    return resnet(
+        "resnet152", block="bottleneck", layers=(3, 8, 36, 3), **kwargs
     )
+
+
+@register_model
+def resnext50_32x4d(**kwargs):
+    """ResNeXt-50 32x4d (Xie et al. 2017): ResNet-50 with 32 groups of
+    width 4; 25,028,904 parameters (= torchvision); 22,992,714
+    small-input."""
+    return resnet(
+        "resnext50_32x4d",
+        **_BOTTLENECK_50,
+        groups=32,
+        width_per_group=4,
+        **kwargs,
+    )
+
+
+# He et al.'s CIFAR ResNets (2016, Section 4.2): depth 6n + 2, three stages
+# of n basic blocks, widths 16/32/64, projection shortcuts; 10 classes and
+# 32x32x3 inputs by default. With option-A (zero-padding) shortcuts they
+# would have 2,752 parameters fewer (the two projections: 16*32 + 2*32 and
+# 32*64 + 2*64), e.g. the familiar 269,722 of ResNet-20.
+
+
+def _cifar_resnet(depth, num_classes=10, input_shape=(32, 32, 3), **kwargs):
+    """The CIFAR ResNet of `depth` layers (n = (depth - 2) / 6)."""
+    return resnet(
+        f"resnet{depth}",
+        block="basic",
+        layers=((depth - 2) // 6,) * 3,
+        widths=(16, 32, 64),
+        stem_width=16,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        **kwargs,
+    )
+
+
+@register_model
+def resnet8(**kwargs):
+    """CIFAR ResNet-8 (n = 1): 78,042 parameters."""
+    return _cifar_resnet(8, **kwargs)
+
+
+@register_model
+def resnet20(**kwargs):
+    """CIFAR ResNet-20 (n = 3): 272,474 parameters."""
+    return _cifar_resnet(20, **kwargs)
+
+
+@register_model
+def resnet32(**kwargs):
+    """CIFAR ResNet-32 (n = 5): 466,906 parameters."""
+    return _cifar_resnet(32, **kwargs)
+
+
+@register_model
+def resnet44(**kwargs):
+    """CIFAR ResNet-44 (n = 7): 661,338 parameters."""
+    return _cifar_resnet(44, **kwargs)
+
+
+@register_model
+def resnet56(**kwargs):
+    """CIFAR ResNet-56 (n = 9): 855,770 parameters."""
+    return _cifar_resnet(56, **kwargs)
+
+
+@register_model
+def resnet110(**kwargs):
+    """CIFAR ResNet-110 (n = 18): 1,730,714 parameters."""
+    return _cifar_resnet(110, **kwargs)

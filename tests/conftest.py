@@ -37,8 +37,10 @@ CORE_MODULES = frozenset(
         "test_optimizers.py",
         "test_precise_bn.py",
         "test_retrofit.py",
+        "test_saving.py",
         "test_seeding.py",
         "test_torch_names.py",
+        "test_validation.py",
     }
 )
 

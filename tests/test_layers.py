@@ -1,8 +1,12 @@
-"""batch_norm and InputBatchNorm against the formulas of Sections 3.1-3.4."""
+"""batch_norm and InputBatchNorm against the formulas of Sections 3.1-3.4,
+and every normalization layer kind through the checks of `_layer_checks`."""
+
+import functools
 
 import keras
 import numpy as np
 import pytest
+from _layer_checks import CHECKS, check_norm_layer, data, pytorch_running_stats
 
 import keras_bninit as kb
 
@@ -87,24 +91,11 @@ def test_input_batch_norm_activation_std_by_name():
     np.testing.assert_allclose(layer.gamma.numpy(), [expected] * 3, rtol=1e-6)
 
 
-def test_input_batch_norm_config_and_keras_round_trip(tmp_path, batch):
+def test_input_batch_norm_config_names_its_own_arguments():
     layer = kb.InputBatchNorm(gamma=0.2, activation_std="gelu", name="inbn")
     config = layer.get_config()
     assert config["gamma"] == 0.2 and config["activation_std"] == "gelu"
     assert "center" not in config and "gamma_initializer" not in config
-    clone = kb.InputBatchNorm.from_config(config)
-    assert clone.get_config() == config
-
-    inputs = keras.Input((5, 5, 4))
-    model = keras.Model(inputs, layer(inputs))
-    model(batch, training=True)  # moves the running statistics
-    path = tmp_path / "m.keras"
-    model.save(path)
-    loaded = keras.models.load_model(path)
-    assert isinstance(loaded.layers[-1], kb.InputBatchNorm)
-    np.testing.assert_array_equal(
-        model.predict(batch, verbose=0), loaded.predict(batch, verbose=0)
-    )
 
 
 @pytest.mark.parametrize(
@@ -151,30 +142,8 @@ def test_input_batch_norm_axis_out_of_range():
 # ------------------------------------------- moving variance (Section 3.1)
 
 
-def _pytorch_running_stats(batches, momentum=0.9, ddof=1):
-    """PyTorch's BN update (the reference's, Section 3.1), in float64.
-
-    running = momentum * running + (1 - momentum) * batch, from mean 0 and
-    variance 1, with the unbiased batch variance (sum of squared deviations
-    over n - 1, n = the values a channel reduces over); `ddof=0` gives
-    Keras's update (the biased one, over n).
-    """
-    mean, var = 0.0, 1.0
-    for x in batches:
-        flat = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
-        mean = momentum * mean + (1 - momentum) * flat.mean(axis=0)
-        var = momentum * var + (1 - momentum) * flat.var(axis=0, ddof=ddof)
-    return mean, var
-
-
 def _batches(count=4, shape=(6, 5, 5, 4)):
-    rng = np.random.default_rng(5)
-    return [
-        (rng.normal(size=shape) * 3.0 + rng.uniform(-2, 2, shape[-1])).astype(
-            "float32"
-        )
-        for _ in range(count)
-    ]
+    return [data(shape, seed=5 + s) for s in range(count)]
 
 
 # (layer maker with a given moving variance, gamma of its normalization)
@@ -204,11 +173,11 @@ def test_unbiased_running_stats_are_pytorchs(maker):
         np.testing.assert_allclose(
             y, _np_bn(x, gamma, 0.0)[0], rtol=1e-4, atol=1e-5
         )
-    mean, var = _pytorch_running_stats(batches)
+    mean, var = pytorch_running_stats(batches)
     np.testing.assert_allclose(unbiased.moving_mean.numpy(), mean, rtol=1e-5)
     np.testing.assert_allclose(unbiased.moving_variance.numpy(), var, rtol=1e-5)
     # The biased layer keeps Keras's update (n = 150 values per channel).
-    _, keras_var = _pytorch_running_stats(batches, ddof=0)
+    _, keras_var = pytorch_running_stats(batches, ddof=0)
     np.testing.assert_allclose(
         biased.moving_variance.numpy(), keras_var, rtol=1e-5
     )
@@ -219,24 +188,6 @@ def test_unbiased_running_stats_are_pytorchs(maker):
     np.testing.assert_allclose(
         y, gamma * (x - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5
     )
-
-
-@pytest.mark.parametrize("maker", sorted(MAKERS))
-def test_unbiased_running_stats_in_compiled_fit(maker):
-    make, _ = MAKERS[maker]
-    batches = _batches(3)
-    inputs = keras.Input(batches[0].shape[1:])
-    layer = make("unbiased")
-    model = keras.Model(inputs, layer(inputs))
-    jit = keras.backend.backend() != "torch"  # torch.compile is not XLA
-    model.compile("sgd", "mse", jit_compile=jit)
-    x = np.concatenate(batches)
-    model.fit(x, x * 0.5, batch_size=6, epochs=1, shuffle=False, verbose=0)
-    assert model.jit_compile is jit  # no silent fallback from XLA
-    # The running statistics depend on the inputs only (the layer is first).
-    mean, var = _pytorch_running_stats(batches)
-    np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-5)
-    np.testing.assert_allclose(layer.moving_variance.numpy(), var, rtol=1e-5)
 
 
 def test_unbiased_with_a_mask_counts_the_unmasked_values():
@@ -251,19 +202,6 @@ def test_unbiased_with_a_mask_counts_the_unmasked_values():
         0.9 + 0.1 * kept.var(axis=0, ddof=1),
         rtol=1e-5,
     )
-
-
-def test_unbiased_under_mixed_precision():
-    x = _batches(1)[0]
-    layer = kb.batch_norm(
-        0.5, moving_variance="unbiased", dtype="mixed_float16"
-    )
-    y = layer(x, training=True)
-    assert keras.backend.standardize_dtype(y.dtype) == "float16"
-    assert layer.moving_variance.dtype == "float32"
-    # The statistics of the float16 inputs, computed in float32.
-    _, var = _pytorch_running_stats([x.astype("float16")])
-    np.testing.assert_allclose(layer.moving_variance.numpy(), var, rtol=1e-5)
 
 
 @pytest.mark.skipif(
@@ -289,65 +227,55 @@ def test_unbiased_equals_pytorchs_batch_norm():
     )
 
 
-def test_batch_norm_moving_variance_types_and_config_round_trip():
+def test_moving_variance_picks_the_class():
     assert type(kb.batch_norm(moving_variance="biased")) is (
         keras.layers.BatchNormalization
     )
     layer = kb.batch_norm(0.3, moving_variance="unbiased", name="bn")
     assert type(layer) is kb.BatchNormalization
     assert layer.momentum == 0.9 and layer.epsilon == 1e-5
-    config = layer.get_config()
-    assert config["moving_variance"] == "unbiased"
-    clone = kb.BatchNormalization.from_config(config)
-    assert clone.moving_variance_convention == "unbiased"
-    assert clone.get_config() == config
     # The class alone keeps Keras's defaults and convention.
     plain = kb.BatchNormalization()
     assert plain.momentum == 0.99 and plain.moving_variance_convention == (
         "biased"
     )
-    ibn = kb.InputBatchNorm(0.2, moving_variance="unbiased")
-    config = ibn.get_config()
-    assert config["moving_variance"] == "unbiased"
-    assert kb.InputBatchNorm.from_config(config).get_config() == config
-
-
-@pytest.mark.parametrize("maker", sorted(MAKERS))
-def test_unbiased_keras_round_trip(tmp_path, maker):
-    make, _ = MAKERS[maker]
-    batches = _batches(2)
-    inputs = keras.Input(batches[0].shape[1:])
-    model = keras.Model(inputs, make("unbiased")(inputs))
-    model(batches[0], training=True)
-    model.save(tmp_path / "m.keras")
-    loaded = keras.models.load_model(tmp_path / "m.keras")
-    layer = loaded.layers[-1]
-    assert type(layer) is type(model.layers[-1])
-    assert layer.moving_variance_convention == "unbiased"
-    np.testing.assert_array_equal(
-        model.predict(batches[1], verbose=0),
-        loaded.predict(batches[1], verbose=0),
-    )
-    # Training on goes on with PyTorch's update.
-    loaded(batches[1], training=True)
-    mean, var = _pytorch_running_stats(batches)
-    np.testing.assert_allclose(layer.moving_variance.numpy(), var, rtol=1e-5)
-    np.testing.assert_allclose(layer.moving_mean.numpy(), mean, rtol=1e-5)
-
-
-@pytest.mark.parametrize("bad", ["Unbiased", "pytorch", True, None, 1])
-def test_moving_variance_rejects_bad_values(bad):
-    match = r"`moving_variance` must be one of biased, unbiased\. Received: "
-    for make in (
-        lambda: kb.batch_norm(0.1, moving_variance=bad),
-        lambda: kb.InputBatchNorm(0.1, moving_variance=bad),
-        lambda: kb.BatchNormalization(moving_variance=bad),
-    ):
-        with pytest.raises(ValueError, match=match + "moving_variance="):
-            make()
 
 
 @pytest.mark.parametrize("key", ["renorm", "synchronized"])
 def test_unbiased_refuses_renorm_and_synchronized(key):
     with pytest.raises(ValueError, match=rf"`{key}` .*Received: {key}=True"):
         kb.batch_norm(0.1, moving_variance="unbiased", **{key: True})
+
+
+# ------------------------------------------- every normalization layer kind
+
+C = 0.5  # the initial value of the parameter that carries the BN scale init
+# kind -> factory(gamma=c, **kwargs): this module's layers and every
+# formulation of `keras_bninit.NORM_LAYERS`. A new kind is one more line.
+KINDS = {
+    "batch_norm": kb.batch_norm,
+    "InputBatchNorm": functools.partial(kb.InputBatchNorm, activation_std=1.0),
+    "BatchNormalization(unbiased)": lambda gamma, **kwargs: (
+        kb.BatchNormalization(
+            **{
+                "moving_variance": "unbiased",
+                "gamma_initializer": keras.initializers.Constant(gamma),
+                **kwargs,
+            }
+        )
+    ),
+    **kb.NORM_LAYERS,
+}
+# The parameter that carries c, where it is not `gamma` (Section 4.4).
+SCALE_PARAMETER = {"a2": "rho"}
+
+
+@pytest.mark.parametrize("check", CHECKS)
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_norm_layer(kind, check):
+    check_norm_layer(
+        functools.partial(KINDS[kind], gamma=C),
+        check,
+        c=C,
+        scale=SCALE_PARAMETER.get(kind, "gamma"),
+    )

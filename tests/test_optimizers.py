@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 import zipfile
 
 import h5py
@@ -617,6 +618,150 @@ def test_param_group_optimizer_is_not_wrapped_twice():
         ValueError, match="already a ParamGroupOptimizer; wrap the inner"
     ):
         kb.ParamGroupOptimizer(inner)
+
+
+# ------------------------------------------------------------------------
+# The wrapper's API: inner_optimizer (optimizer= deprecated), iterations,
+# weight_decay, the group order, configs written with the former key.
+# ------------------------------------------------------------------------
+
+
+def _unit_variables():
+    """A kernel (decayed) and a gamma (a scale) of ones."""
+    return (
+        keras.Variable(np.ones((2, 3), "float32"), name="kernel"),
+        keras.Variable(np.ones(3, "float32"), name="gamma"),
+    )
+
+
+def _step(opt, variables, grad=0.5):
+    opt.apply([np.full(v.shape, grad, "float32") for v in variables], variables)
+
+
+def test_inner_optimizer_keyword():
+    inner = keras.optimizers.SGD(0.1)
+    opt = kb.ParamGroupOptimizer(inner_optimizer=inner, weight_decay=0.0)
+    assert opt.inner_optimizer is inner
+    kernel, gamma = _unit_variables()
+    _step(opt, [kernel, gamma])
+    np.testing.assert_allclose(kernel.numpy(), 1 - 0.1 * 0.5, rtol=1e-6)
+    np.testing.assert_allclose(gamma.numpy(), 1 - 0.1 / 100 * 0.5, rtol=1e-6)
+
+
+def test_former_optimizer_keyword_warns_once_per_process(monkeypatch):
+    monkeypatch.setattr(kb.optimizers, "_WARNED", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = kb.ParamGroupOptimizer(optimizer=keras.optimizers.SGD(0.1))
+        kb.ParamGroupOptimizer(optimizer=keras.optimizers.Adam(0.1))
+        kb.ParamGroupOptimizer(inner_optimizer=keras.optimizers.SGD(0.1))
+    (warning,) = [w for w in caught if w.category is DeprecationWarning]
+    assert "use inner_optimizer=" in str(warning.message)
+    assert warning.filename == __file__  # points at the caller
+    assert isinstance(first.inner_optimizer, keras.optimizers.SGD)
+
+
+def test_inner_optimizer_given_twice_is_rejected():
+    with pytest.raises(ValueError, match="`inner_optimizer`.*Received both"):
+        kb.ParamGroupOptimizer(
+            keras.optimizers.SGD(0.1), optimizer=keras.optimizers.SGD(0.2)
+        )
+
+
+def test_iterations_are_the_inner_optimizers():
+    inner = keras.optimizers.SGD(0.1)
+    opt = kb.ParamGroupOptimizer(inner)
+    assert opt.iterations is inner.iterations
+    variables = _unit_variables()
+    for _ in range(3):
+        _step(opt, variables)
+    assert int(opt.iterations.numpy()) == int(inner.iterations.numpy()) == 3
+
+
+def test_weight_decay_is_set_before_build_and_refused_after():
+    opt = kb.ParamGroupOptimizer(keras.optimizers.SGD(0.1), weight_decay=1e-4)
+    opt.weight_decay = 0.05
+    assert opt.weight_decay == 0.05 and opt.get_config()["weight_decay"] == 0.05
+    with pytest.raises(ValueError, match="Received: weight_decay=-1"):
+        opt.weight_decay = -1
+    kernel, gamma = _unit_variables()
+    _step(opt, [kernel, gamma])
+    # Coupled L2 with the new coefficient: w - lr * (g + wd * w), on the
+    # kernel only (1 - 0.1 * 0.55; 1e-4 would leave 0.94999).
+    np.testing.assert_allclose(kernel.numpy(), 0.945, rtol=1e-6)
+    np.testing.assert_allclose(gamma.numpy(), 1 - 0.1 / 100 * 0.5, rtol=1e-6)
+    with pytest.raises(
+        ValueError, match=r"before the optimizer is built.*weight_decay=0\.2"
+    ):
+        opt.weight_decay = 0.2
+    assert opt.weight_decay == 0.05
+
+
+def test_group_order_is_tag_classify_patterns_rule():
+    tagged = kb.tag_variable(keras.Variable(np.ones(2), name="kernel"), "scale")
+    gamma = keras.Variable(np.ones(2), name="gamma")
+    beta = keras.Variable(np.ones(2), name="beta")
+    bias = keras.Variable(np.ones(2), name="bias")
+    opt = kb.ParamGroupOptimizer(
+        keras.optimizers.SGD(0.1),
+        # Each rule says otherwise for the variables an earlier rule decides.
+        classify=lambda v: {"kernel": "no_decay", "gamma": "decay"}.get(v.name),
+        no_decay_patterns=["kernel", "gamma"],
+        decay_patterns="beta",
+    )
+    groups = [opt.group_of(v) for v in (tagged, gamma, beta, bias)]
+    assert groups == ["scale", "decay", "decay", "no_decay"]
+    lines = opt.describe([tagged, gamma, beta, bias]).splitlines()
+    assert lines[0] == (
+        "group order: tag > classify > patterns > default rule "
+        "(ParamGroupOptimizer.group_of)"
+    )
+    assert [line.split()[2] for line in lines[2:6]] == groups
+
+
+def _old_style(config):
+    """A ParamGroupOptimizer config as 0.2 wrote it: `optimizer`, not
+    `inner_optimizer`."""
+    config = dict(config)
+    config["optimizer"] = config.pop("inner_optimizer")
+    return config
+
+
+def test_config_with_the_former_optimizer_key_loads():
+    config = {
+        "name": "param_group_optimizer",
+        "optimizer": keras.saving.serialize_keras_object(
+            keras.optimizers.SGD(0.05, momentum=0.9)
+        ),
+        "gamma_lr_divisor": 10.0,
+        "weight_decay": 5e-4,
+    }
+    opt = kb.ParamGroupOptimizer.from_config(config)
+    assert isinstance(opt.inner_optimizer, keras.optimizers.SGD)
+    assert opt.inner_optimizer.momentum == 0.9
+    assert float(opt.learning_rate) == pytest.approx(0.05)
+    assert (opt.gamma_lr_divisor, opt.weight_decay) == (10.0, 5e-4)
+    assert "optimizer" not in opt.get_config()
+
+
+def test_keras_file_with_the_former_optimizer_key_loads(tmp_path):
+    model = _fitted_net()
+    model.save(tmp_path / "new.keras")
+    old = tmp_path / "old.keras"
+    with zipfile.ZipFile(tmp_path / "new.keras") as new_file:
+        with zipfile.ZipFile(old, "w") as old_file:
+            for item in new_file.infolist():
+                data = new_file.read(item)
+                if item.filename == "config.json":
+                    config = json.loads(data)
+                    optimizer = config["compile_config"]["optimizer"]
+                    optimizer["config"] = _old_style(optimizer["config"])
+                    data = json.dumps(config)
+                old_file.writestr(item, data)
+    loaded = keras.models.load_model(old)
+    assert loaded.optimizer.gamma_lr_divisor == 50
+    assert int(loaded.optimizer.iterations.numpy()) == STEPS
+    _assert_same_state(model, loaded)
 
 
 # ------------------------------------------------------------------------

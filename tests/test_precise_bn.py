@@ -1,4 +1,4 @@
-"""update_bn_stats / PreciseBNCallback against a NumPy forward pass.
+"""update_bn_stats / PreciseBN against a NumPy forward pass.
 
 The reference runs the network in training mode in NumPy (float64) and
 pools each BN layer's batch moments into population statistics: the mean
@@ -9,11 +9,14 @@ equals the variance of all samples pooled, which the tests also check
 directly. No TensorFlow import: these tests run on every Keras backend.
 """
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
 
 import keras_bninit as kb
+from keras_bninit import precise_bn
 
 EPS = 1e-5
 
@@ -293,6 +296,19 @@ def test_bad_arguments_are_named(kwargs, message):
         kb.update_bn_stats(_net(), _data(), **kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_batches": 0}, "`num_batches` must be a positive integer"),
+        ({"num_batches": True}, "num_batches=True"),
+        ({"batch_size": 2.0}, "`batch_size` .* Received: batch_size=2.0"),
+    ],
+)
+def test_callback_rejects_bad_arguments_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        kb.PreciseBN(_data(), **kwargs)
+
+
 def test_empty_data_and_batch_size_with_batches_are_rejected():
     with pytest.raises(ValueError, match="no batch"):
         kb.update_bn_stats(_net(), [])
@@ -324,7 +340,7 @@ def test_callback_recomputes_before_validation():
     x = _data(64)
     y = np.ones((64, 4), "float32")
     recorder = _StatsAtValidation()
-    precise = kb.PreciseBNCallback(x, num_batches=3, batch_size=16)
+    precise = kb.PreciseBN(x, num_batches=3, batch_size=16)
 
     history = model.fit(
         x,
@@ -365,11 +381,35 @@ def test_callback_without_validation_updates_at_train_end_and_takes_epochs():
         np.zeros((32, 4), "float32"),
         epochs=2,
         batch_size=16,
-        callbacks=[kb.PreciseBNCallback(data)],
+        callbacks=[kb.PreciseBN(data)],
         verbose=0,
     )
 
     assert seen_epochs == [1]  # once, for the final weights
+    for (mean, var), (ref_mean, ref_var) in zip(
+        _stats(model), _reference(model, [x[:16], x[16:]])
+    ):
+        np.testing.assert_allclose(mean, ref_mean, **_TRAINED)
+        np.testing.assert_allclose(var, ref_var, **_TRAINED)
+
+
+def test_former_name_works_and_warns_once_per_process(monkeypatch):
+    monkeypatch.setattr(precise_bn, "_WARNED", set())
+    x = _data(32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        old = kb.PreciseBNCallback(x, num_batches=np.int64(2), batch_size=16)
+        kb.PreciseBNCallback(x, batch_size=16)
+        kb.PreciseBN(x, batch_size=16)
+    (warning,) = [w for w in caught if w.category is DeprecationWarning]
+    assert "use keras_bninit.PreciseBN" in str(warning.message)
+    assert warning.filename == __file__  # points at the caller
+    assert isinstance(old, kb.PreciseBN) and old.num_batches == 2
+    # It is the same callback: the statistics of the two batches.
+    model = _net()
+    model.compile("sgd", "mse")
+    zeros = np.zeros((32, 4), "float32")
+    model.fit(x, zeros, batch_size=16, callbacks=[old], verbose=0)
     for (mean, var), (ref_mean, ref_var) in zip(
         _stats(model), _reference(model, [x[:16], x[16:]])
     ):

@@ -36,7 +36,7 @@ from keras_bninit.harness.datasets import DATASETS, EpochTracker
 from keras_bninit.layers import PAPER_MOMENTUM
 from keras_bninit.norms import norm_layer
 from keras_bninit.optimizers import ParamGroupOptimizer, TorchSGD
-from keras_bninit.precise_bn import PreciseBNCallback
+from keras_bninit.precise_bn import PreciseBN
 from keras_bninit.schedules import EpochCosineDecay
 from keras_bninit.seeding import set_seed
 
@@ -400,7 +400,7 @@ def _callbacks(config, splits, run_dir, callbacks):
         # Each epoch's own (augmented) training batches, up to N of them.
         callbacks.insert(
             0,
-            PreciseBNCallback(
+            PreciseBN(
                 lambda epoch: splits.train_data(config.seed, epoch),
                 num_batches=config.precise_bn,
             ),

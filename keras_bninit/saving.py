@@ -1,0 +1,61 @@
+"""Loading `.keras` files that hold this package's layers and optimizer."""
+
+import re
+
+import keras
+
+
+def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
+    """`keras.saving.load_model` with this package's classes registered.
+
+    Importing `keras_bninit` registers `InputBatchNorm`, the BN
+    formulations, `ParamGroupOptimizer`, `TorchSGD`, `EpochCosineDecay`,
+    ...; Keras's own loader cannot find them in a process that has not
+    imported the package, and says so in a long `TypeError`. This function
+    imports them by being called, and turns a failure into one line.
+
+    Args:
+        filepath: a `.keras` file.
+        custom_objects, compile, safe_mode: as `keras.saving.load_model`.
+
+    Returns:
+        The `keras.Model`.
+
+    Raises:
+        ValueError: the file cannot be loaded; one line that names it and
+            the reason (e.g. a class that is not registered).
+
+    Example:
+
+    ```python
+    import keras_bninit as kb
+
+    model = kb.load_model("runs/demo/runs/<run>/model.keras")
+    ```
+    """
+    try:
+        return keras.saving.load_model(
+            filepath,
+            custom_objects=custom_objects,
+            compile=compile,
+            safe_mode=safe_mode,
+        )
+    except (TypeError, ValueError, OSError) as error:
+        raise ValueError(
+            f"Cannot load {str(filepath)!r}: {_reason(error)}"
+        ) from error
+
+
+def _reason(error):
+    """The useful words of a Keras loading error, on one line."""
+    text = str(error)
+    missing = re.search(r"Could not locate class '([^']+)'", text)
+    if missing:
+        return (
+            f"the class {missing[1]!r} is not registered; import the "
+            "package that defines it (or pass custom_objects)"
+        )
+    line = " ".join(text.split())
+    return (
+        line[:300] + ("..." if len(line) > 300 else "") or type(error).__name__
+    )
