@@ -145,8 +145,8 @@ def test_diverging_run_is_recorded_as_failed(tmp_path):
         ({"lr": 1e-50}, "representable in float32.*lr=1e-50"),
         ({"activation_std": -1.0}, "activation_std=-1.0"),
         ({"activation_std": "cube"}, "one of .*relu"),
-        ({"bn": "xbn"}, "xbn.*standard, a1, a2"),
-        ({"input_norm": "z"}, "'z'.*bn, fixed, offline, none"),
+        ({"bn": "xbn"}, "standard, a1, a2.*bn='xbn'"),
+        ({"input_norm": "z"}, "bn, fixed, offline, none.*input_norm='z'"),
     ],
 )
 def test_bad_configuration(tmp_path, kwargs, match):
