@@ -184,10 +184,10 @@ def test_weights_hold_the_model_not_the_images(tmp_path):
     )
 
 
-def _bn(gamma, name):
+def _bn(gamma, name, moving_variance="biased"):
     from keras_bninit import batch_norm
 
-    return batch_norm(gamma=gamma, name=name)
+    return batch_norm(gamma=gamma, name=name, moving_variance=moving_variance)
 
 
 def _config(tmp_path, **kwargs):
