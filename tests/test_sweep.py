@@ -131,14 +131,14 @@ def test_failed_runs_are_stored_and_retried_only_when_asked(tmp_path):
 
     def broken_for_base(name, bn_gamma, **kwargs):
         if bn_gamma == 1.0:
-            raise RuntimeError("out of memory")
+            raise RuntimeError("cannot build: widths do not match")
         return tiny_builder(name, bn_gamma=bn_gamma, **kwargs)
 
     counts = run_sweep(runs, tmp_path, quiet=True, build_model=broken_for_base)
     assert counts["failed"] == 1
     with ResultStore(tmp_path) as store:
         (failed,) = store.records(status="failed")
-    assert failed["reason"] == "RuntimeError: out of memory"
+    assert failed["reason"] == "RuntimeError: cannot build: widths do not match"
     counts = run_sweep(runs, tmp_path, quiet=True, build_model=tiny_builder)
     assert counts["ran"] == 0 and counts["skipped"] == 2
     counts = run_sweep(
