@@ -433,10 +433,11 @@ def _guarded(function, *args, **kwargs):
             *ENVIRONMENT_ERRORS,
             sqlite3.OperationalError,  # the store's disk is full or failing
         )
-        if not (isinstance(error, environment) or out_of_memory(error)):
+        memory = out_of_memory(error)
+        if not (isinstance(error, environment) or memory):
             raise
         message = str(error).replace("\n", " ")
-        if out_of_memory(error) and not isinstance(error, EnvironmentFailure):
+        if memory and not isinstance(error, EnvironmentFailure):
             message = f"{OUT_OF_MEMORY_HINT} ({type(error).__name__})"
         elif not isinstance(error, EnvironmentFailure):
             message = f"{type(error).__name__}: {message}"

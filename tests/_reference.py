@@ -1,5 +1,6 @@
 """NumPy references of the authors' PyTorch training, shared by tests."""
 
+import keras
 import numpy as np
 
 
@@ -59,3 +60,23 @@ def _pytorch_dense_bn_dense(params, batches, lr_of, wd, momentum=0.9):
             buffers[name] = momentum * buffers[name] + g
             p[name] = p[name] - lr_of(name, step) * buffers[name]
     return p, running_mean, running_var
+
+
+def dense_bn_dense(bn):
+    """The Keras model `_pytorch_dense_bn_dense` trains: Dense(4) without
+    bias (a bias before BN only gets round-off) -> `bn` -> Dense(2), on 3
+    inputs, weights seeded with 0. Returns `(model, {name: variable})`
+    with the reference's parameter names."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3,))
+    h = bn(keras.layers.Dense(4, use_bias=False, name="fc1")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="fc2")(h))
+    fc1, fc2 = model.get_layer("fc1"), model.get_layer("fc2")
+    names = {
+        "kernel1": fc1.kernel,
+        "gamma": bn.gamma,
+        "beta": bn.beta,
+        "kernel2": fc2.kernel,
+        "bias2": fc2.bias,
+    }
+    return model, names

@@ -393,7 +393,11 @@ def test_train_py_defaults_follow_the_authors_pytorch_code(float64):
     """train.py's optimizer and BN (RunConfig's defaults) through 100 steps
     with 4 learning-rate changes equal a NumPy implementation of PyTorch's
     SGD, per-group CosineAnnealingLR and BN running statistics."""
-    from _reference import _per_group_cosine, _pytorch_dense_bn_dense
+    from _reference import (
+        _per_group_cosine,
+        _pytorch_dense_bn_dense,
+        dense_bn_dense,
+    )
 
     from keras_bninit.harness.config import ETA_MIN
     from keras_bninit.harness.experiment import make_optimizer
@@ -409,22 +413,10 @@ def test_train_py_defaults_follow_the_authors_pytorch_code(float64):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(100 * batch, 3)) * [1.0, 2.0, 0.5] + [0.5, -1, 2]
     y = rng.normal(size=(100 * batch, 2))
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((3,))
-    h = keras.layers.Dense(4, use_bias=False, name="fc1")(inputs)
     bn = norm_layer(config.bn, moving_variance=config.moving_variance)(
         gamma=config.gamma, name="bn"
     )
-    h = bn(h)
-    model = keras.Model(inputs, keras.layers.Dense(2, name="fc2")(h))
-    fc1, fc2 = model.get_layer("fc1"), model.get_layer("fc2")
-    names = {
-        "kernel1": fc1.kernel,
-        "gamma": bn.gamma,
-        "beta": bn.beta,
-        "kernel2": fc2.kernel,
-        "bias2": fc2.bias,
-    }
+    model, names = dense_bn_dense(bn)
     initial = {k: keras.ops.convert_to_numpy(v) for k, v in names.items()}
     model.compile(make_optimizer(config, steps_per_epoch), "mse")
     model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)

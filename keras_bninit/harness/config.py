@@ -162,6 +162,18 @@ def _field(
     )
 
 
+def _form_field(name, help, metavar="KIND"):
+    """A field choosing between the reference's form (the default,
+    `TORCH_SEMANTICS`) and Keras's (0.2's, `KERAS_SEMANTICS`)."""
+    return _field(
+        TORCH_SEMANTICS[name],
+        help,
+        choices=(TORCH_SEMANTICS[name], KERAS_SEMANTICS[name]),
+        later=KERAS_SEMANTICS[name],
+        cli={"metavar": metavar},
+    )
+
+
 @dataclasses.dataclass
 class RunConfig:
     """Everything that defines one run; stored beside its result.
@@ -283,30 +295,22 @@ class RunConfig:
         later=0,
         cli={"nargs": "?", "const": PRECISE_BN_BATCHES, "metavar": "N"},
     )
-    sgd: str = _field(
-        "torch",
+    sgd: str = _form_field(
+        "sgd",
         "SGD's momentum form: torch (lr outside the buffer, the reference's: "
         "keras_bninit.TorchSGD) or keras (keras.optimizers.SGD)",
-        choices=("torch", "keras"),
-        later="keras",
-        cli={"metavar": "FORM"},
+        metavar="FORM",
     )
-    moving_variance: str = _field(
-        "unbiased",
+    moving_variance: str = _form_field(
+        "moving_variance",
         "what BN's moving variance averages: unbiased (PyTorch's) or biased "
         "(Keras's) batch variances",
-        choices=("unbiased", "biased"),
-        later="biased",
-        cli={"metavar": "KIND"},
     )
-    scale_lr_floor: str = _field(
-        "per_group",
+    scale_lr_floor: str = _form_field(
+        "scale_lr_floor",
         "the BN scales' schedule: per_group (eta_min + (lr0/a - eta_min) "
         "cos, PyTorch's per-group eta_min) or divided (the whole schedule "
         "divided by a)",
-        choices=("per_group", "divided"),
-        later="divided",
-        cli={"metavar": "KIND"},
     )
     input: str | None = _field(
         None,

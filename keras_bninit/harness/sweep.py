@@ -303,14 +303,12 @@ def check_sweep_folder(sweep_dir, configs):
         f"{STORE_FILENAME}-wal",
         f"{STORE_FILENAME}-shm",
         "sweep.json",
-        "runs",
         "report",
     ):
-        path = os.path.join(sweep_dir, name)
-        if os.path.islink(path):
-            _io.refuse_links(path, what)
-    _io.refuse_links(os.path.join(sweep_dir, "report"), what)
+        _io.refuse_links(os.path.join(sweep_dir, name), what)
     runs_dir = os.path.join(sweep_dir, "runs")
+    if os.path.islink(runs_dir):  # inside it: the sweep's runs' folders
+        _io.refuse_links(runs_dir, what)
     for config in configs:
         run = dataclasses.replace(config, out=runs_dir)
         _io.refuse_links(os.path.join(runs_dir, run.run_name()))
