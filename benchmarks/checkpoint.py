@@ -39,7 +39,7 @@ MODES = {"sync": None, "background": 0}  # RunState's background_bytes
 
 
 def _fitted_resnet18():
-    import models
+    from keras_bninit import models
 
     keras.utils.set_random_seed(0)
     model = models.build("resnet18", num_classes=10, input_shape=(32, 32, 3))

@@ -138,7 +138,7 @@ def main(argv=None):
     import numpy as np
 
     import keras_bninit as kb
-    import models
+    from keras_bninit import models
     from keras_bninit.harness import experiment
 
     if args.model not in models.available():

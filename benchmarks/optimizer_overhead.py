@@ -20,7 +20,7 @@ import keras_bninit as kb  # noqa: E402
 
 
 def _model(name, input_shape):
-    import models
+    from keras_bninit import models
 
     return models.build(name, num_classes=10, input_shape=input_shape)
 

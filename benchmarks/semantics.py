@@ -28,7 +28,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_bninit as kb  # noqa: E402
-import models  # noqa: E402
+from keras_bninit import models  # noqa: E402
 
 # ----------------------------------------------------------------- data
 

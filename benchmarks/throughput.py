@@ -96,7 +96,7 @@ def main(argv=None):
     import numpy as np
 
     import keras_bninit as kb
-    import models
+    from keras_bninit import models
 
     parser = _parser(models.available())
     args = parser.parse_args(argv)

@@ -17,7 +17,7 @@ reachable from here (`keras_bninit.RunConfig`, `keras_bninit.run_experiment`,
 
 import importlib
 
-from keras_bninit import initializers
+from keras_bninit import _checkout, initializers
 from keras_bninit.activations import activation_std, available_activations
 from keras_bninit.layers import (
     PAPER_EPSILON,
@@ -54,6 +54,8 @@ from keras_bninit.schedules import EpochCosineDecay
 from keras_bninit.seeding import make_complex, set_seed
 
 __version__ = "0.2.0"
+
+_checkout.install()  # `keras_bninit.models` from a source checkout
 
 # Harness names kept reachable from the top level for existing code; they
 # import TensorFlow (tf.data), so they load only when asked for.

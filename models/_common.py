@@ -6,6 +6,9 @@ channels-last images to logits:
 
     input -> [input_bn] -> features (family specific) -> pool -> [dropout] -> fc
 
+or, with `include_top=False` (as `keras.applications`), to the feature map
+(`pooling=None`) or its global average / maximum (`"avg"` / `"max"`).
+
 All arguments are checked before any layer or weight is made, so a bad value
 fails at once with a `ValueError` that names it.
 """
@@ -23,11 +26,15 @@ from keras_bninit._validation import (
     positive_float,
 )
 from keras_bninit.layers import MOVING_VARIANCE
-from models._layers import Norm, classifier
+
+from ._layers import Norm, classifier
 
 # Inputs of this many pixels or fewer (both sides) get the paper's
 # small-input (CIFAR) variants when `small_inputs` is automatic.
 SMALL_INPUT_MAX_SIZE = 64
+
+# `pooling` of a model without its classifier (as keras.applications).
+POOLINGS = (None, "avg", "max")
 
 
 def _check_input_shape(input_shape):
@@ -93,6 +100,8 @@ def build_classifier(
     norm_layer=None,
     small_inputs=None,
     moving_variance="biased",
+    include_top=True,
+    pooling=None,
     pool_name="avgpool",
     fc_name="fc",
     dropout=0.0,
@@ -123,13 +132,28 @@ def build_classifier(
             `"unbiased"` ones (PyTorch's, the reference's, Section 3.1).
             It goes to the input BN, and `"unbiased"` is bound into
             `norm_layer` (every `keras_bninit.norm_layer` factory takes it).
+        include_top: end in the classifier (global average pooling and a
+            dense layer to `num_classes` logits), as torchvision; False
+            ends in the features, for transfer learning.
+        pooling: without the top, the output: None the last feature map
+            (batch, h, w, channels), `"avg"` or `"max"` its global average
+            or maximum (batch, channels). With the top, None or `"avg"`
+            (the classifier's own pooling).
         pool_name, fc_name, dropout: the head's layer names and dropout
             rate (see `models._layers.classifier`).
 
     Returns:
-        A `keras.Model` named `name` from images to logits.
+        A `keras.Model` named `name` from images to logits (or features).
     """
     num_classes = integer("num_classes", num_classes, 2)
+    choice("include_top", include_top, (True, False))
+    choice("pooling", pooling, POOLINGS)
+    if include_top and pooling == "max":
+        raise ValueError(
+            "`pooling='max'` needs include_top=False: the classifier pools "
+            "by average, as torchvision. Received: pooling='max', "
+            "include_top=True"
+        )
     input_shape = _check_input_shape(input_shape)
     gamma = positive_float("bn_gamma", bn_gamma)
     keras_bninit.activation_std(activation_std)  # raises on a bad value
@@ -176,7 +200,16 @@ def build_classifier(
             name="input_bn",
         )(x)
     x = features(x, Norm(norm_layer, gamma), small)
-    outputs = classifier(
-        x, num_classes, pool_name=pool_name, fc_name=fc_name, dropout=dropout
-    )
-    return keras.Model(inputs, outputs, name=name)
+    if include_top:
+        x = classifier(
+            x,
+            num_classes,
+            pool_name=pool_name,
+            fc_name=fc_name,
+            dropout=dropout,
+        )
+    elif pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name=pool_name)(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="global_max_pool")(x)
+    return keras.Model(inputs, x, name=name)

@@ -1,7 +1,19 @@
-"""The model registry: names -> builder functions (as timm's registry)."""
+"""The model registry: names -> builder functions (as timm's registry).
+
+    from keras_bninit.models import create_model, list_models
+    list_models("resnet*")
+    model = create_model("resnet18", num_classes=10, input_shape=(32, 32, 3))
+    backbone = create_model("resnet18", pretrained="resnet18.pth",
+                            include_top=False, pooling="avg")
+
+`build` and `available` are the older names of `create_model` (without
+`pretrained`) and `list_models`.
+"""
 
 import fnmatch
 import inspect
+
+from ._pretrained import load_pretrained
 
 _MODELS = {}
 
@@ -15,6 +27,8 @@ COMMON_ARGS = (
     "norm_layer",
     "small_inputs",
     "moving_variance",
+    "include_top",
+    "pooling",
 )
 
 
@@ -37,13 +51,21 @@ def register_model(builder):
     return builder
 
 
-def available(pattern="*"):
+def list_models(pattern="*"):
     """Sorted names of the registered models matching a shell `pattern`.
 
     Args:
         pattern: an `fnmatch` pattern, e.g. `"resnet*"`; `"*"` lists all.
     """
+    if not isinstance(pattern, str):
+        raise ValueError(
+            "`pattern` must be a shell pattern string such as 'resnet*'. "
+            f"Received: pattern={pattern!r}"
+        )
     return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
+
+
+available = list_models
 
 
 def build(name, **kwargs):
@@ -53,7 +75,7 @@ def build(name, **kwargs):
         name: one of `available()`, e.g. `"resnet18"`.
         **kwargs: the builder's arguments: `num_classes`, `input_shape`,
             `bn_gamma`, `input_bn`, `activation_std`, `norm_layer`,
-            `small_inputs`, `moving_variance` (see
+            `small_inputs`, `moving_variance`, `include_top`, `pooling` (see
             `models._common.build_classifier`).
 
     Returns:
@@ -65,7 +87,7 @@ def build(name, **kwargs):
     """
     if not isinstance(name, str) or name not in _MODELS:
         raise ValueError(
-            f"Unknown model name. Expected one of {available()}. "
+            f"Unknown model name. Expected one of {list_models()}. "
             f"Received: name={name!r}"
         )
     accepted = _accepted(_MODELS[name])
@@ -77,3 +99,46 @@ def build(name, **kwargs):
             f"{unknown[0]}={kwargs[unknown[0]]!r}"
         )
     return _MODELS[name](**kwargs)
+
+
+def create_model(name, pretrained=None, **kwargs):
+    """Builds the model `name`, with weights from a local file if given.
+
+    As timm's `create_model`, with keras.applications' `include_top` and
+    `pooling`.
+
+    Args:
+        name: one of `list_models()`, e.g. `"resnet18"`.
+        pretrained: None (initial weights from the seed of
+            `keras_bninit.set_seed`), or the path of a local `.keras` file,
+            `.weights.h5` file, or PyTorch `state_dict` of the torchvision
+            model of that name (`.pth`; ported through
+            `torchvision_names`). Layers are matched by name; a classifier
+            of another size (or none) keeps its initial weights, with a
+            warning (see `models._pretrained`).
+        **kwargs: the builder's arguments, as `build`: `num_classes`,
+            `input_shape`, `bn_gamma`, `input_bn`, `include_top`,
+            `pooling`, ...
+
+    Returns:
+        A `keras.Model` from channels-last images to logits, or to
+        features with `include_top=False`.
+
+    Raises:
+        ValueError: an unknown name or argument, or a file that is missing
+            or does not fit the model; the message names it.
+
+    Example:
+
+    ```python
+    from keras_bninit.models import create_model
+
+    features = create_model("resnet18", input_shape=(64, 64, 3),
+                            include_top=False, pooling="avg")
+    ```
+    """
+    model = build(name, **kwargs)
+    if pretrained is not None:
+        with_top = dict(kwargs, include_top=True, pooling=None)
+        load_pretrained(model, pretrained, lambda: build(name, **with_top))
+    return model

@@ -21,9 +21,9 @@ Reference:
 
 import keras
 
-from models._common import build_classifier
-from models._layers import conv_bn, conv_bn_act
-from models._registry import register_model
+from ._common import build_classifier
+from ._layers import conv_bn, conv_bn_act
+from ._registry import register_model
 
 # (expansion t, output channels c, blocks n, stride s) per stage, as
 # torchvision's `inverted_residual_setting` for width 1.0.

@@ -29,9 +29,10 @@ import numpy as np
 
 import keras_bninit
 from keras_bninit._validation import positive_ints
-from models._common import build_classifier
-from models._layers import conv, conv_bn
-from models._registry import register_model
+
+from ._common import build_classifier
+from ._layers import conv, conv_bn
+from ._registry import register_model
 
 # Per stage: blocks, and the width as a function of (a, b) (RepVGG paper,
 # Section 3.4): min(64, 64a), 64a, 128a, 256a, 512b.

@@ -24,9 +24,10 @@ Reference:
 import keras
 
 from keras_bninit._validation import choice, positive_int, positive_ints
-from models._common import build_classifier
-from models._layers import conv_bn, conv_bn_act, max_pool
-from models._registry import register_model
+
+from ._common import build_classifier
+from ._layers import conv_bn, conv_bn_act, max_pool
+from ._registry import register_model
 
 BLOCKS = ("basic", "bottleneck")
 

@@ -30,6 +30,7 @@ CORE_MODULES = frozenset(
     {
         "test_activations.py",
         "test_backends.py",
+        "test_create_model.py",
         "test_initializers.py",
         "test_layers.py",
         "test_memory.py",

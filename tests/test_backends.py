@@ -20,7 +20,7 @@ from _backend import BACKEND, to_numpy
 from test_models import EXPECTED_PARAMS, LARGE, trainable_params
 
 import keras_bninit
-import models
+from keras_bninit import models
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

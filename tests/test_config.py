@@ -211,7 +211,7 @@ def test_each_run_constant_is_defined_once():
 
 def test_copied_choices_equal_the_registries():
     import keras_bninit
-    import models
+    from keras_bninit import models
     from keras_bninit.harness.datasets import DATASETS
 
     assert config.BN_KINDS == tuple(keras_bninit.NORM_LAYERS)

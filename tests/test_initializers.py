@@ -14,11 +14,11 @@ import keras
 import numpy as np
 import pytest
 from _backend import BACKEND, to_numpy
+from keras_bninit.models import _layers
 
 import keras_bninit as kb
-import models
+from keras_bninit import models
 from keras_bninit.initializers import VarianceScaling, generator
-from models import _layers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 C = 0.5  # the BN scale constant of the models built here

@@ -81,8 +81,8 @@ EXPECTED = {
         "configuration        mean ± std  n  ours - BASE [95% CI]",
         None,
     ),
-    'KERAS_BACKEND=jax python -c "import keras_bninit, models; '
-    "print(models.build('resnet18'))\"": ("Functional", None),
+    'KERAS_BACKEND=jax python -c "import keras_bninit.models as m; '
+    "print(m.create_model('resnet18'))\"": ("Functional", None),
     "python train.py run --dataset digits --model resnet8 --epochs 3 --seed 1 "
     "--precise-bn --backend jax": ("test accuracy", 0.869),
     "python train.py sweep --dataset digits --model resnet8 --gamma 0.1 "

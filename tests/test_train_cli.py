@@ -389,7 +389,7 @@ def test_environment_error_stops_the_sweep_with_status_1(
         import sys
         import train
         train._import_quietly()  # TensorFlow's start-up notes muted
-        import models
+        from keras_bninit import models
         def build(*args, **kwargs):
             raise {error}
         models.build = build

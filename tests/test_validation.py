@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import keras_bninit as kb
-import models
 from keras_bninit import _validation as v
+from keras_bninit import models
 from keras_bninit.initializers import VarianceScaling
 
 NUMPY_INTS = [np.int8(3), np.int32(3), np.int64(3), np.uint16(3)]

@@ -120,16 +120,9 @@ def check_output_dir(path):
 
 
 def _default_builder():
-    # The library does not depend on the model zoo; it finds it at run
-    # time when the caller gives no builder (train.py passes models.build).
-    try:
-        import models
-    except ImportError as error:
-        raise ValueError(
-            "run_experiment needs a model builder: pass "
-            "build_model=models.build (the package's model zoo) or your own "
-            "callable(name, **kwargs) -> keras.Model."
-        ) from error
+    """The model zoo's builder and names (`keras_bninit.models`)."""
+    from keras_bninit import models
+
     return models.build, models.available()
 
 
@@ -190,7 +183,7 @@ def run_experiment(config, build_model=None, callbacks=()):
     Args:
         config: a `RunConfig` (or a dict of its fields).
         build_model: `callable(name, **kwargs) -> keras.Model`; defaults to
-            the package's model zoo (`models.build`).
+            the package's model zoo (`keras_bninit.models.build`).
         callbacks: extra Keras callbacks for `model.fit`.
 
     Returns:
