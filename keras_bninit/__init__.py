@@ -53,7 +53,7 @@ from keras_bninit.saving import load_model
 from keras_bninit.schedules import EpochCosineDecay
 from keras_bninit.seeding import make_complex, set_seed
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _checkout.install()  # `keras_bninit.models` from a source checkout
 

@@ -33,4 +33,6 @@ def install():
     installed = os.path.isdir(os.path.join(_ROOT, "keras_bninit", "models"))
     checkout = os.path.isfile(os.path.join(_ZOO, "_registry.py"))
     if checkout and not installed and _CheckoutModels not in sys.meta_path:
-        sys.meta_path.append(_CheckoutModels)
+        # First: another checkout's editable install must not lend its zoo
+        # to this checkout's core.
+        sys.meta_path.insert(0, _CheckoutModels)

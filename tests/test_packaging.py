@@ -155,3 +155,31 @@ def test_the_console_command_runs(wheel, tmp_path):
     (folder,) = os.listdir(tmp_path / "out")
     result = (tmp_path / "out" / folder / "result.json").read_text()
     assert '"status": "ok"' in result
+
+
+def test_a_checkout_uses_its_own_zoo(tmp_path):
+    # Another checkout (this one is installed in editable mode) finds the
+    # models/ beside its own keras_bninit, under both names.
+    for name in ("keras_bninit", "models"):
+        shutil.copytree(
+            os.path.join(ROOT, name),
+            tmp_path / name,
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+    code = (
+        "import keras_bninit.models as zoo, models\n"
+        "print(zoo.__file__)\n"
+        "print(models is zoo, models.resnet is zoo.resnet)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        str(tmp_path / "models" / "__init__.py"),
+        "True True",
+    ]
