@@ -748,6 +748,6 @@ def test_build_names_an_unknown_argument_and_the_builder():
     ):
         models.build("resnet8", gamma=0.1)
     with pytest.raises(
-        ValueError, match="'repvgg_a0' .* moving_variance, deploy"
+        ValueError, match="'repvgg_a0' .* include_top, pooling, deploy"
     ):
         models.build("repvgg_a0", widths=2)
