@@ -14,8 +14,9 @@ error line and exits with status 2. This module only parses arguments: the
 work is done by keras_bninit.harness.experiment / sweep / report.
 
 Keras fixes its backend when it is imported, and `keras_bninit`'s
-`__init__` imports Keras, so the two entry points load this file by path
-(`load`) without the package: parsing, `--help` and `--backend` come first.
+`__init__` imports Keras, so the two entry points (train.py,
+bin/keras-bninit) load this file by path without the package: parsing,
+`--help` and `--backend` come first.
 Until Keras loads, this module imports only the standard library and the
 backend-free modules `keras_bninit.harness.config` / `presets`.
 """
