@@ -1,14 +1,50 @@
-"""Backend-agnostic test helpers: gradients on TensorFlow, JAX and PyTorch.
+"""Backend-agnostic test helpers: gradients on TensorFlow, JAX and PyTorch,
+and child processes on another backend.
 
 Keras 3 has no backend-neutral gradient API, so `gradients` dispatches to
 each backend's own (tf.GradientTape, jax.grad over a StatelessScope,
 torch.autograd); TensorFlow is imported only on the TensorFlow backend.
+Keras fixes its backend when imported, so another backend (or a clean
+interpreter) needs a process of its own: `run_python`.
 """
+
+import os
+import pathlib
+import subprocess
+import sys
 
 import keras
 import numpy as np
 
 BACKEND = keras.backend.backend()
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TRAIN_PY = str(ROOT / "train.py")
+
+
+def run_python(*args, backend=None, env=None, cwd=ROOT, timeout=300):
+    """`python *args` in a child process; returns the `CompletedProcess`
+    (text stdout and stderr).
+
+    Args:
+        *args: the interpreter's arguments (`"-c", code, ...` or a script).
+        backend: sets KERAS_BACKEND; `""` removes it (Keras's default, or
+            train.py's own choice); None leaves the environment's.
+        env: the environment to start from (default `os.environ`);
+            TensorFlow's start-up notes are muted in any case.
+    """
+    env = dict(os.environ if env is None else env, TF_CPP_MIN_LOG_LEVEL="3")
+    if backend == "":
+        env.pop("KERAS_BACKEND", None)
+    elif backend is not None:
+        env["KERAS_BACKEND"] = backend
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
 def to_numpy(x):

@@ -4,29 +4,21 @@ model, and the TensorFlow-only SavedModel export refused by name."""
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
+from _backend import TRAIN_PY, run_python
 
 import keras_bninit  # noqa: F401  (registers the layers for loading)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _train(*args, backend_env=None):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
-    env.pop("KERAS_BACKEND", None)
-    if backend_env:
-        env["KERAS_BACKEND"] = backend_env
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train.py"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
+    return run_python(
+        TRAIN_PY,
+        *args,
+        backend=backend_env or "",
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
         timeout=900,
     )
 
@@ -91,15 +83,7 @@ def test_run_config_export_needs_tensorflow():
         "except ValueError as error:\n"
         "    print(error)\n"
     )
-    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-    )
+    out = run_python("-c", code, backend="jax")
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip() == (
         "export=True (a SavedModel) needs the TensorFlow backend; Keras runs "

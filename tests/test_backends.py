@@ -9,14 +9,12 @@ import ast
 import json
 import os
 import pathlib
-import subprocess
-import sys
 import textwrap
 
 import keras
 import numpy as np
 import pytest
-from _backend import BACKEND, to_numpy
+from _backend import BACKEND, run_python, to_numpy
 from test_models import EXPECTED_PARAMS, LARGE, trainable_params
 
 import keras_bninit
@@ -263,15 +261,7 @@ _NO_TENSORFLOW = textwrap.dedent(
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_core_and_models_work_without_tensorflow(backend):
     pytest.importorskip(backend)
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run(
-        [sys.executable, "-c", _NO_TENSORFLOW],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-    )
+    out = run_python("-c", _NO_TENSORFLOW, backend=backend)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["backend"] == backend

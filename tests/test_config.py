@@ -4,10 +4,9 @@ import dataclasses
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import pytest
+from _backend import run_python
 
 from keras_bninit.harness import config
 from keras_bninit.harness.config import (
@@ -163,13 +162,9 @@ def test_the_module_imports_no_backend():
         "if m in sys.modules]\n"
         "print(heavy)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-    ).stdout.split()
+    result = run_python("-c", code)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout.split()
     assert len(out[0]) == 16 and out[1] == "[]"
 
 

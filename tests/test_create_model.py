@@ -10,10 +10,10 @@ import keras
 import numpy as np
 import pytest
 from _backend import to_numpy
-from keras_bninit.models import create_model, list_models
 
 import keras_bninit
 from keras_bninit import models
+from keras_bninit.models import create_model, list_models
 
 SHAPE = (16, 16, 3)
 X = np.random.default_rng(0).normal(size=(4, *SHAPE)).astype("float32")

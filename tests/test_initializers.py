@@ -4,23 +4,18 @@ Keras's distributions, the same values on every backend, for every model.
 
 import json
 import math
-import os
-import pathlib
-import subprocess
-import sys
 import textwrap
 
 import keras
 import numpy as np
 import pytest
-from _backend import BACKEND, to_numpy
-from keras_bninit.models import _layers
+from _backend import BACKEND, run_python, to_numpy
 
 import keras_bninit as kb
 from keras_bninit import models
 from keras_bninit.initializers import VarianceScaling, generator
+from keras_bninit.models import _layers
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 C = 0.5  # the BN scale constant of the models built here
 SIZE = (16, 16, 3)  # the smallest input every model takes (stride 8)
 
@@ -276,15 +271,7 @@ def test_initial_weights_equal_another_backends(tmp_path):
     other = _NEXT_BACKEND[BACKEND]
     pytest.importorskip(other)
     path = tmp_path / "weights.npz"
-    env = dict(os.environ, KERAS_BACKEND=other, TF_CPP_MIN_LOG_LEVEL="3")
-    out = subprocess.run(
-        [sys.executable, "-c", _DUMP, str(path), *_CROSS_MODELS],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-    )
+    out = run_python("-c", _DUMP, path, *_CROSS_MODELS, backend=other)
     assert out.returncode == 0, out.stderr[-3000:]
     theirs = np.load(path)
     assert str(theirs["backend"]) == other

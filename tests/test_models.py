@@ -13,10 +13,10 @@ import keras
 import numpy as np
 import pytest
 from _backend import gradients, to_numpy
-from keras_bninit.models import repvgg
 
 import keras_bninit
 from keras_bninit import models
+from keras_bninit.models import repvgg
 from keras_bninit.norms import NORM_LAYERS, norm_layer
 
 C = 0.1  # a BN scale init other than 1, so that "gamma == c" means something

@@ -10,11 +10,10 @@ fails the run.
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from _backend import TRAIN_PY, run_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,23 +57,11 @@ def no_tf_env(tmp_path):
 
 
 def _train(env, *args, cwd):
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train.py"), *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    return run_python(TRAIN_PY, *args, env=env, cwd=cwd, timeout=900)
 
 
 def test_tensorflow_is_really_hidden(no_tf_env, tmp_path):
-    probe = subprocess.run(
-        [sys.executable, "-c", "import tensorflow"],
-        env=no_tf_env,
-        capture_output=True,
-        text=True,
-    )
+    probe = run_python("-c", "import tensorflow", env=no_tf_env)
     assert probe.returncode == 1
     assert "ModuleNotFoundError" in probe.stderr
 
@@ -201,13 +188,8 @@ _GPU_PROBE = textwrap.dedent(
     "backend, hidden", [("jax", True), ("torch", True), ("tensorflow", False)]
 )
 def test_gpus_are_hidden_from_tensorflow_off_its_backend(backend, hidden):
-    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=ROOT)
-    result = subprocess.run(
-        [sys.executable, "-c", _GPU_PROBE],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result = run_python(
+        "-c", _GPU_PROBE, backend=backend, env=dict(os.environ, PYTHONPATH=ROOT)
     )
     assert result.returncode == 0, result.stderr[-2000:]
     calls, visible = result.stdout.strip().splitlines()[-2:]

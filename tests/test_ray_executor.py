@@ -12,6 +12,7 @@ import time
 
 import keras
 import pytest
+from _backend import TRAIN_PY, run_python
 
 from keras_bninit.harness.presets import expand
 from keras_bninit.harness.ray_executor import GPU_SHARING_ENV, RayExecutor
@@ -301,10 +302,7 @@ def test_ctrl_c_cancels_tasks_and_releases_claims(local_ray, tmp_path):
 
 
 def _train(*args):
-    return subprocess.run(
-        [sys.executable, os.path.join(ROOT, "train.py"), *args],
-        capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600,
-    )  # fmt: skip
+    return run_python(TRAIN_PY, *args, env=ENV, timeout=600)
 
 
 def _accuracies(sweep_dir):

@@ -9,9 +9,9 @@ import keras
 import numpy as np
 import pytest
 from _backend import to_numpy
-from keras_bninit.models import _torch_names
 
 from keras_bninit import models
+from keras_bninit.models import _torch_names
 
 BN = ("weight", "bias", "running_mean", "running_var")
 
