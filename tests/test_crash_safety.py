@@ -331,7 +331,7 @@ def test_a_live_owners_run_is_not_touched(tmp_path):
 
 DRIVER = textwrap.dedent(
     """
-    import dataclasses, json, os, random, signal, sys
+    import dataclasses, json, os, random, signal, sys, time
 
     from keras_bninit.harness import _io, checkpoints
     from keras_bninit.harness.presets import expand
@@ -365,6 +365,15 @@ DRIVER = textwrap.dedent(
             f.write(json.dumps([kwargs["bn_gamma"], os.getpid()]) + "\\n")
         return tiny_builder(name, **kwargs)
 
+    # Concurrent drivers start sweeping together, after both imported
+    # TensorFlow: else a fast one may train every run before the other
+    # starts, and the test of sharing would depend on the machine's load.
+    together = os.environ.get("START_TOGETHER")
+    if together:
+        open(os.path.join(together, str(os.getpid())), "w").close()
+        while len(os.listdir(together)) < 2:
+            time.sleep(0.02)
+
     runs = expand([{"dataset": "digits", "gamma": 0.1}], seeds,
                   epochs=int(epochs))
     runs = [dataclasses.replace(r, model="tiny") for r in runs]
@@ -375,14 +384,19 @@ DRIVER = textwrap.dedent(
 )
 
 
-def _driver(tmp_path, sweep_dir, log, kill_at=0, epochs=3, seeds="1-2"):
+def _driver(
+    tmp_path, sweep_dir, log, kill_at=0, epochs=3, seeds="1-2", together=None
+):
+    """A sweep in a child process; drivers given the same `together`
+    folder start sweeping at the same moment (two of them)."""
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
+    env = ENV if together is None else dict(ENV, START_TOGETHER=str(together))
     return subprocess.Popen(
         [sys.executable, str(script), str(sweep_dir), str(log), str(kill_at)]
         + [str(epochs), seeds],
         cwd=ROOT,
-        env=ENV,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -449,7 +463,11 @@ def test_sigkill_at_random_moments_then_rerun(tmp_path):
 @pytest.mark.slow
 def test_two_concurrent_sweeps_split_the_runs(tmp_path):
     sweep_dir, log = tmp_path / "sweep", tmp_path / "trained.jsonl"
-    procs = [_driver(tmp_path, sweep_dir, log) for _ in range(2)]
+    together = tmp_path / "started"
+    together.mkdir()
+    procs = [
+        _driver(tmp_path, sweep_dir, log, together=together) for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=600) for p in procs]
     for proc, (_, err) in zip(procs, outputs):
         assert proc.returncode == 0, err[-3000:]
