@@ -302,6 +302,21 @@ def test_another_programs_database_is_refused_unchanged(tmp_path, schema):
     assert sorted(os.listdir(tmp_path)) == ["results.sqlite"]
 
 
+def test_a_store_being_created_by_another_process_opens(tmp_path):
+    # Two sweeps starting together: one sees the SQLite file the other has
+    # just made, before its tables are committed (a CI failure, once).
+    path = tmp_path / "results.sqlite"
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA user_version=0")
+    con.execute("PRAGMA journal_mode=WAL")
+    con.commit()
+    con.close()
+    assert path.stat().st_size > 0
+    with ResultStore(tmp_path) as store:
+        store.put(_record(1))
+        assert len(store.records()) == 1
+
+
 def test_stores_are_stamped_and_older_unstamped_ones_open(tmp_path):
     from keras_bninit.harness.store import APPLICATION_ID
 

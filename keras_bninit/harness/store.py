@@ -117,7 +117,11 @@ _OUR_TABLES = {
 
 def _check_ours(path):
     """Raises `StoreError` unless `path` is missing, empty or one of our
-    stores; reads it without writing (a foreign file stays unchanged)."""
+    stores; reads it without writing (a foreign file stays unchanged).
+
+    A database without tables is let through: another process of a sweep
+    may be creating the store this instant (SQLite has made the file, the
+    tables are not committed yet), and such a file holds nothing to harm."""
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         return
     uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
@@ -143,6 +147,8 @@ def _check_ours(path):
             f"{path!r} is not a results store or is damaged (SQLite: "
             f"{error}); move it away to start a new one"
         ) from None
+    if not tables and stamp in (0, APPLICATION_ID):
+        return
     ours = all(
         columns <= tables.get(name, set())
         for name, columns in _OUR_TABLES.items()
