@@ -13,6 +13,7 @@ import sys
 import zipfile
 
 import pytest
+from _backend import run_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = (
@@ -171,13 +172,7 @@ def test_a_checkout_uses_its_own_zoo(tmp_path):
         "print(zoo.__file__)\n"
         "print(models is zoo, models.resnet is zoo.resnet)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"),
-    )
+    result = run_python("-c", code, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         str(tmp_path / "models" / "__init__.py"),
