@@ -25,6 +25,8 @@ installed.
    does, so the split is the same for every run of a data set.
 """
 
+import builtins
+import codecs
 import dataclasses
 import hashlib
 import os
@@ -47,6 +49,14 @@ from keras_bninit.seeding import make_complex
 
 SYNTHETIC = "synthetic"
 CACHE_VERSION = 1
+
+
+class BadDataError(ValueError):
+    """A data file is malformed or hostile: bad input, not a missing set.
+
+    The message names the file. The command-line interface turns this error
+    into exit status 2 before anything is written.
+    """
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -276,9 +286,71 @@ def _load_synthetic(spec, data_dir, download, image_size, size):
     )
 
 
+def _numpy_multiarray():
+    try:  # NumPy 2
+        from numpy._core import multiarray
+    except ImportError:  # NumPy 1
+        from numpy.core import multiarray
+    return multiarray
+
+
+def _numpy_frombuffer():
+    try:  # NumPy 2
+        from numpy._core.numeric import _frombuffer
+    except ImportError:  # NumPy 1
+        from numpy.core.numeric import _frombuffer
+    return _frombuffer
+
+
+# What CIFAR's python pickles may name: plain containers and NumPy's array
+# reconstruction, as NumPy 1 (`numpy.core`) and NumPy 2 (`numpy._core`)
+# write it. Anything else (os.system, eval, a class's __reduce__) is refused
+# before it is looked up, so no code from a data file ever runs.
+_PICKLE_GLOBALS = {
+    **{
+        (module, name): lambda name=name: getattr(_numpy_multiarray(), name)
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")
+    },
+    **{
+        (module, "_frombuffer"): _numpy_frombuffer
+        for module in ("numpy.core.numeric", "numpy._core.numeric")
+    },
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    ("_codecs", "encode"): lambda: codecs.encode,
+    **{
+        ("builtins", name): lambda name=name: getattr(builtins, name)
+        for name in ("bytearray", "bytes", "complex", "frozenset", "set")
+    },
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds arrays and containers, and nothing else."""
+
+    def find_class(self, module, name):
+        # Python 2's names (__builtin__, copy_reg) are mapped to Python 3's
+        # by `fix_imports` before this point.
+        make = _PICKLE_GLOBALS.get((module, name))
+        if make is None:
+            raise pickle.UnpicklingError(
+                f"it names {module}.{name}, which CIFAR's files never do "
+                "(refused: only arrays and plain containers are read)"
+            )
+        return make()
+
+
 def _unpickle(path):
+    """One CIFAR python file, read without running any code from it."""
     with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
+        try:
+            return _CifarUnpickler(f, encoding="bytes").load()
+        except Exception as error:  # any malformed stream is bad input
+            raise BadDataError(
+                f"{path} is not a CIFAR python file: "
+                f"{type(error).__name__}: {error}"
+            ) from error
 
 
 def _pickle_images(batch):
@@ -338,6 +410,8 @@ def load_cifar_pickles(name, folder):
             names,
             source=f"pickles:{folder}",
         )
+    except BadDataError:
+        raise
     except (OSError, KeyError, ValueError, pickle.UnpicklingError) as error:
         raise DatasetUnavailableError(
             f"{folder} does not hold a readable CIFAR python version "
@@ -641,12 +715,14 @@ def ensure_available(name, data_dir=None):
     """Checks, without reading images, that a data set loads offline.
 
     A named tensorflow-datasets set must be prepared (its `.npz` cache, the
-    CIFAR pickles, or tensorflow-datasets' `dataset_info.json`); digits and
-    synthetic always are; a directory must hold 2 or more class folders of
+    CIFAR pickles, which are read here with the restricted unpickler, or
+    tensorflow-datasets' `dataset_info.json`); digits and synthetic always
+    are; a directory must hold 2 or more class folders of
     images (`directory_listing`).
 
     Raises:
-        ValueError: an unknown name.
+        ValueError: an unknown name; `BadDataError` (a ValueError): a CIFAR
+            python file that is malformed or names anything but arrays.
         DatasetUnavailableError: the data set is not on this machine; the
             message says how to get it.
     """
@@ -659,7 +735,10 @@ def ensure_available(name, data_dir=None):
     root = _tfds_data_dir(data_dir)
     if os.path.isfile(cache_path(spec.name, root)):
         return
-    if spec.name in _CIFAR_PICKLES and _find_pickles(spec.name, data_dir):
+    pickles = spec.name in _CIFAR_PICKLES
+    folder = _find_pickles(spec.name, data_dir) if pickles else None
+    if folder:
+        load_cifar_pickles(spec.name, folder)  # BadDataError: hostile file
         return
     how_to_get = spec.how_to_get.format(data_dir=root)
     if _tensorflow_missing():
