@@ -7,6 +7,8 @@ import keras
 from keras import ops
 
 from keras_bninit._validation import choice, positive_float
+from keras_bninit.hyperparameters import HyperVariables
+from keras_bninit.torch_sgd import TorchSGD  # noqa: F401  (public here too)
 
 # The three parameter groups of the reference (Section 3.2):
 SCALE = "scale"  # BN scales: lr / gamma_lr_divisor, no weight decay
@@ -50,12 +52,6 @@ _UNSUPPORTED_INNER = {
     "clipvalue": "pass clipvalue to ParamGroupOptimizer instead",
     "global_clipnorm": "pass global_clipnorm to ParamGroupOptimizer instead",
 }
-
-
-def _constant(value, dtype):
-    """A Python number as a tensor of `dtype`, rounded once (`ops.cast`
-    goes through float32 first on TensorFlow, which float64 runs notice)."""
-    return ops.convert_to_tensor(value, dtype=dtype)
 
 
 def _short_name(variable):
@@ -106,54 +102,6 @@ def _compile_patterns(name, patterns):
                 f"Received: {name}={patterns!r} ({error})"
             ) from None
     return tuple(compiled)
-
-
-@keras.saving.register_keras_serializable(package="keras_bninit")
-class TorchSGD(keras.optimizers.SGD):
-    """SGD with PyTorch's momentum form: the learning rate outside the buffer.
-
-    PyTorch (the paper's reference, Section 4.2) updates
-
-        buf = momentum * buf + g;   w = w - lr * buf
-
-    while Keras's SGD keeps the learning rate inside the buffer
-    (`v = momentum * v - lr * g; w = w + v`). The two agree while the rate
-    is constant and part when it changes: with a decaying schedule Keras
-    still applies earlier, larger rates to the remembered gradients (about
-    1.0003 times the total step over the paper's 180-epoch cosine, more for
-    short runs). Use this class (e.g. inside `ParamGroupOptimizer`, which
-    passes each group's rate as `learning_rate`) for exact parity with the
-    reference. Dampening is 0, as in the reference; `nesterov=True` uses
-    PyTorch's form `w = w - lr * (g + momentum * buf)`.
-
-    Args:
-        learning_rate: a float or a `LearningRateSchedule`.
-        momentum: the momentum factor (>= 0), 0.9 in the paper.
-        nesterov: PyTorch's Nesterov momentum.
-        **kwargs: other `keras.optimizers.SGD` arguments.
-
-    Example:
-
-    ```python
-    schedule = kb.EpochCosineDecay(0.1, steps_per_epoch=352, epochs=180)
-    optimizer = kb.ParamGroupOptimizer(kb.TorchSGD(schedule, momentum=0.9))
-    model.compile(optimizer, "sparse_categorical_crossentropy")
-    ```
-    """
-
-    def update_step(self, gradient, variable, learning_rate):
-        learning_rate = ops.cast(learning_rate, variable.dtype)
-        gradient = ops.cast(gradient, variable.dtype)
-        if self.momentum == 0:
-            self.assign_sub(variable, ops.multiply(gradient, learning_rate))
-            return
-        momentum = _constant(self.momentum, variable.dtype)
-        buffer = self.momentums[self._get_variable_index(variable)]
-        self.assign(buffer, ops.add(ops.multiply(buffer, momentum), gradient))
-        step = buffer
-        if self.nesterov:
-            step = ops.add(gradient, ops.multiply(buffer, momentum))
-        self.assign_sub(variable, ops.multiply(step, learning_rate))
 
 
 _WARNED = set()
@@ -335,6 +283,16 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
             )
         )
         self.classify = classify
+        # What the compiled step reads of the groups' numbers (not tracked,
+        # not saved; listed by `variables`), see `keras_bninit.hyperparameters`.
+        object.__setattr__(
+            self,
+            "_hyper",
+            HyperVariables(
+                "param_groups", {"decay": 0.0, "offset": 0.0, "ratio": 1.0}
+            ),
+        )
+        self._refresh_hyperparameters()
         # One step counter: the inner optimizer's. Base `apply` increments
         # `self._iterations`, and the inner `update_step` (e.g. Adam's bias
         # correction) and its schedule read it.
@@ -366,6 +324,56 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
             if any(p.search(path) for p in patterns):
                 return group
         return default_group(variable)
+
+    def _scale_terms(self):
+        """`(offset, ratio)` of the scales' rate: offset + (lr - offset) *
+        ratio, from the schedule's `group_terms` where it has one."""
+        factor = 1.0 / self.gamma_lr_divisor
+        schedule = self.inner_optimizer._learning_rate
+        if hasattr(schedule, "group_terms"):
+            return schedule.group_terms(factor)
+        return 0.0, factor
+
+    def _refresh_hyperparameters(self):
+        """Writes the current divisor, decay and schedule numbers into the
+        variables the compiled step reads."""
+        offset, ratio = self._scale_terms()
+        self._hyper.assign(
+            decay=self.coupled_weight_decay, offset=offset, ratio=ratio
+        )
+
+    def set_hyperparameters(self, gamma_lr_divisor=None, weight_decay=None):
+        """New divisor a and weight decay, for the same compiled program.
+
+        Call it also after the schedule's `set_values`. On a built
+        optimizer, a divisor of 1 (no scale group) and a decay of 0 (no
+        decay term) are part of the program's structure: switching them
+        on or off needs a new optimizer.
+        """
+        new_divisor = self.gamma_lr_divisor
+        if gamma_lr_divisor is not None:
+            new_divisor = positive_float("gamma_lr_divisor", gamma_lr_divisor)
+        new_decay = self.coupled_weight_decay
+        if weight_decay is not None:
+            new_decay = positive_float("weight_decay", weight_decay, True)
+        if self.built and (
+            (new_divisor == 1.0) != (self.gamma_lr_divisor == 1.0)
+            or (new_decay == 0.0) != (self.coupled_weight_decay == 0.0)
+        ):
+            raise ValueError(
+                "A built ParamGroupOptimizer keeps whether the scales have "
+                "their own rate (gamma_lr_divisor != 1) and whether kernels "
+                "decay (weight_decay != 0). Received: gamma_lr_divisor="
+                f"{new_divisor!r}, weight_decay={new_decay!r} on one built "
+                f"with {self.gamma_lr_divisor!r}, {self.coupled_weight_decay!r}"
+            )
+        self.gamma_lr_divisor = new_divisor
+        self.coupled_weight_decay = new_decay
+        if self.built:
+            pairs = [self._factor_and_decay(g) for g in self._groups]
+            self._lr_factors = [factor for factor, _ in pairs]
+            self._decays = [decay for _, decay in pairs]
+        self._refresh_hyperparameters()
 
     def _factor_and_decay(self, group):
         if group == SCALE:
@@ -442,24 +450,29 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
         # `variable` may be a raw tf.Variable without a Keras path (the TF
         # backend and tf.distribute hand those over), so the group was
         # decided in `build` and is looked up by identity here.
+        # The groups' numbers come from variables (`_hyper`), so a new
+        # divisor, decay or schedule needs no new program; whether a group
+        # is scaled or decayed at all is structure, fixed at build.
         index = self._get_variable_index(variable)
-        decay = self._decays[index]
-        if decay:
-            gradient = ops.add(
-                gradient,
-                ops.multiply(_constant(decay, variable.dtype), variable),
-            )
-        factor = self._lr_factors[index]
-        if factor != 1.0:
-            learning_rate = ops.cast(learning_rate, variable.dtype)
+        dtype = variable.dtype
+        if self._decays[index]:
+            decay = self._hyper.read("decay", dtype)
+            gradient = ops.add(gradient, ops.multiply(decay, variable))
+        if self._lr_factors[index] != 1.0:
+            learning_rate = ops.cast(learning_rate, dtype)
             schedule = self.inner_optimizer._learning_rate
-            if hasattr(schedule, "group_learning_rate"):
+            if hasattr(schedule, "group_learning_rate") and not hasattr(
+                schedule, "group_terms"
+            ):  # a schedule of another library decides by itself
                 learning_rate = schedule.group_learning_rate(
-                    learning_rate, factor
+                    learning_rate, self._lr_factors[index]
                 )
-            else:
-                learning_rate = ops.multiply(
-                    learning_rate, _constant(factor, variable.dtype)
+            else:  # offset + (lr - offset) * ratio; offset 0 is exact
+                offset = self._hyper.read("offset", dtype)
+                ratio = self._hyper.read("ratio", dtype)
+                learning_rate = ops.add(
+                    offset,
+                    ops.multiply(ops.subtract(learning_rate, offset), ratio),
                 )
         self.inner_optimizer.update_step(gradient, variable, learning_rate)
 
@@ -472,7 +485,15 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
 
     @property
     def variables(self):
-        return self.inner_optimizer.variables
+        # The inner optimizer's (saved), then the numbers the step reads
+        # (not saved): listed so that JAX's compiled step gets them as
+        # state rather than baking their values in.
+        schedule = self.inner_optimizer._learning_rate
+        return [
+            *self.inner_optimizer.variables,
+            *self._hyper.variables,
+            *getattr(schedule, "variables", []),
+        ]
 
     def save_own_variables(self, store):
         # `variables` are the inner optimizer's, and Keras's saving writes
@@ -515,12 +536,11 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
         if self.built:
             raise ValueError(
                 "Set `weight_decay` before the optimizer is built (its "
-                "groups' decays are fixed then): e.g. before model.fit. "
-                f"Received: weight_decay={value!r} on a built optimizer"
+                "groups' decays are fixed then): e.g. before model.fit, or "
+                "use set_hyperparameters(weight_decay=...). Received: "
+                f"weight_decay={value!r} on a built optimizer"
             )
-        self.coupled_weight_decay = positive_float(
-            "weight_decay", value, allow_zero=True
-        )
+        self.set_hyperparameters(weight_decay=value)
 
     def get_config(self):
         return {

@@ -339,10 +339,18 @@ def test_saved_files_hold_each_optimizer_variable_once(tmp_path, name):
     sizes = _datasets(tmp_path / name)
     saved = {k: v for k, v in sizes.items() if k.startswith("optimizer/")}
     assert all(k.startswith("optimizer/inner_optimizer/vars/") for k in saved)
-    assert len(saved) == len(opt.variables)
-    nbytes = [keras.ops.convert_to_numpy(v).nbytes for v in opt.variables]
+    # The state is the inner optimizer's; the hyperparameter variables
+    # (divisor, decay, schedule numbers) follow from the config, unsaved.
+    state = opt.inner_optimizer.variables
+    hyper = opt.variables[len(state) :]
+    assert [v.path for v in opt.variables[: len(state)]] == [
+        v.path for v in state
+    ]
+    assert len(hyper) == 3 and all(v.shape == () for v in hyper)
+    assert len(saved) == len(state)
+    nbytes = [keras.ops.convert_to_numpy(v).nbytes for v in state]
     assert sorted(saved.values()) == sorted(nbytes)
-    assert len(sizes) == len(model.weights) + len(opt.variables)
+    assert len(sizes) == len(model.weights) + len(state)
 
 
 @pytest.mark.parametrize("name", FORMATS)

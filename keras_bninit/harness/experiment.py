@@ -28,19 +28,22 @@ from keras_bninit.harness import config as _config
 from keras_bninit.harness.checkpoints import RunState
 from keras_bninit.harness.config import (
     DATASET_NAMES,
-    ETA_MIN,
     RunConfig,
     apply_ablation,
 )
 from keras_bninit.harness.datasets import DATASETS, EpochTracker
+from keras_bninit.harness.programs import ProgramCache, make_optimizer
 from keras_bninit.layers import PAPER_MOMENTUM
-from keras_bninit.norms import norm_layer
-from keras_bninit.optimizers import ParamGroupOptimizer, TorchSGD
 from keras_bninit.precise_bn import PreciseBN
-from keras_bninit.schedules import EpochCosineDecay
 from keras_bninit.seeding import set_seed
 
-__all__ = ["RunConfig", "apply_ablation", "run_experiment", "validate"]
+__all__ = [
+    "RunConfig",
+    "apply_ablation",
+    "make_optimizer",
+    "run_experiment",
+    "validate",
+]
 
 
 def validate(config):
@@ -177,7 +180,7 @@ def _history(entries):
     return {k: [e.get(k) for e in entries] for k in keys}
 
 
-def run_experiment(config, build_model=None, callbacks=()):
+def run_experiment(config, build_model=None, callbacks=(), programs=None):
     """Trains one configuration and returns its result record.
 
     Args:
@@ -185,6 +188,9 @@ def run_experiment(config, build_model=None, callbacks=()):
         build_model: `callable(name, **kwargs) -> keras.Model`; defaults to
             the package's model zoo (`keras_bninit.models.build`).
         callbacks: extra Keras callbacks for `model.fit`.
+        programs: a `harness.programs.ProgramCache` whose compiled program
+            and data the run may share with earlier runs (a sweep worker's);
+            None: the run builds and compiles its own.
 
     Returns:
         The result record (also written to `<out>/<run name>/result.json`):
@@ -220,9 +226,39 @@ def run_experiment(config, build_model=None, callbacks=()):
         return done
 
     # -- data and model: every failure here happens before any write -------
-    splits = _load_splits(config)
+    if programs is None:
+        programs = ProgramCache(size=1, clear_session=False)
+    splits = programs.splits(config, _load_splits)
+    programs.prepare(config)
     complex_seed = set_seed(config.seed, deterministic=config.deterministic)
-    model, fit_model = _build(config, splits, build_model)
+    try:
+        model, trained, fit_model = programs.acquire(
+            config, splits, build_model
+        )
+        record, state = _train(
+            config, splits, model, trained, fit_model, callbacks
+        )
+    except BaseException:
+        programs.discard(config)  # its state is not trusted again
+        raise
+    if record["status"] != "ok":
+        programs.discard(config)
+    record["complex_seed"] = complex_seed
+    train_time = sum(e["epoch_time_s"] for e in state.entries)
+    # Epochs of earlier, interrupted invocations count; this invocation's
+    # own epochs are inside its elapsed time already.
+    elapsed = time.perf_counter() - start
+    record["wall_time_s"] = elapsed + train_time - state.session_epoch_time
+    _io.atomic_write_json(result_path, record)
+    state.delete()  # only now: the result is committed
+    return record
+
+
+def _train(config, splits, model, trained, fit_model, callbacks):
+    """Trains the run in `fit_model` (whose model is `trained`), evaluates
+    it and saves `model`; returns the record (not yet written) and the
+    run's `RunState`."""
+    run_dir = os.path.join(config.out, config.run_name())
 
     # -- train -------------------------------------------------------------
     os.makedirs(run_dir, exist_ok=True)
@@ -250,22 +286,15 @@ def run_experiment(config, build_model=None, callbacks=()):
         )
     finally:  # a checkpoint written in the background is committed
         state.wait()
-    record = _evaluate(config, splits, model, fit_model, state, run_dir)
-    record["complex_seed"] = complex_seed
-    train_time = sum(e["epoch_time_s"] for e in state.entries)
-    # Epochs of earlier, interrupted invocations count; this invocation's
-    # own epochs are inside its elapsed time already.
-    elapsed = time.perf_counter() - start
-    record["wall_time_s"] = elapsed + train_time - state.session_epoch_time
-    _io.atomic_write_json(result_path, record)
-    state.delete()  # only now: the result is committed
-    return record
+    record = _evaluate(config, splits, model, trained, fit_model, state)
+    return record, state
 
 
-def _evaluate(config, splits, model, fit_model, state, run_dir):
+def _evaluate(config, splits, model, trained, fit_model, state):
     """The result record of a trained run: the best epoch's weights on the
     test split, `model.keras` (and the SavedModel) written; or a failed
     record with the reason."""
+    run_dir = state.run_dir
     entries = state.entries
     record = {
         "config": dataclasses.asdict(config),
@@ -297,6 +326,10 @@ def _evaluate(config, splits, model, fit_model, state, run_dir):
         test_accuracy=float(test["accuracy"]),
         best_epoch=best_epoch + 1,
     )
+    if model is not trained:  # the run's own build, trained in a shared one
+        from keras_bninit.harness.programs import copy_variables
+
+        copy_variables(trained, model)
     if model is not fit_model:  # saved with its optimizer, as compiled
         model.compile(fit_model.optimizer, fit_model.loss, metrics=["accuracy"])
     _io.ensure_space(  # weights and optimizer state, zipped as they are
@@ -324,62 +357,6 @@ def _load_splits(config):
         batch_size=config.batch_size,
         input_norm=config.input_norm,
         size=config.synthetic_size,
-    )
-
-
-def _build(config, splits, build_model):
-    """The model, and the model `fit` trains (the same, or behind the
-    memory path's image pipeline), built under the run's precision and
-    compiled with the paper's optimizer and schedule (Section 4.2)."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(config.precision)
-    try:
-        model = build_model(
-            config.model,
-            num_classes=splits.num_classes,
-            input_shape=splits.input_shape,
-            bn_gamma=config.gamma,
-            input_bn=config.input_norm == "bn",
-            activation_std=config.activation_std,
-            norm_layer=norm_layer(config.bn),
-            moving_variance=config.moving_variance,
-        )
-        fit_model = splits.fit_model(model)
-    finally:
-        keras.config.set_dtype_policy(previous)
-    optimizer = make_optimizer(config, splits.steps_per_epoch)
-    if config.precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    fit_model.compile(
-        optimizer,
-        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        jit_compile=False if config.deterministic else config.jit_compile,
-        steps_per_execution=config.steps_per_execution,
-    )
-    return model, fit_model
-
-
-def make_optimizer(config, steps_per_epoch):
-    """The run's optimizer: SGD in the configured form with the paper's
-    parameter groups and per-epoch cosine schedule (Sections 3.2, 4.2).
-
-    Args:
-        config: a resolved `RunConfig`.
-        steps_per_epoch: optimizer steps per epoch.
-    """
-    schedule = EpochCosineDecay(
-        config.lr,
-        steps_per_epoch,
-        config.epochs,
-        eta_min=ETA_MIN,
-        per_group_floor=config.scale_lr_floor == "per_group",
-    )
-    sgd = TorchSGD if config.sgd == "torch" else keras.optimizers.SGD
-    return ParamGroupOptimizer(
-        sgd(schedule, momentum=config.momentum),
-        gamma_lr_divisor=config.gamma_lr_divisor,
-        weight_decay=config.weight_decay,
     )
 
 

@@ -92,10 +92,11 @@ def out_of_memory(error):
 def execute_run(config, build_model=None):
     """Trains one run in this process and returns its store record.
 
-    The run resumes from its run directory's checkpoint, if any
-    (`keras.backend.clear_session()` first). Failures of the run itself
-    (non-finite loss, a model that cannot be built, a bad value found at
-    build time) come back as a record with status "failed".
+    The run resumes from its run directory's checkpoint, if any. It trains
+    in this process's compiled program for its configuration, shared with
+    the runs before it (`harness.programs.worker_programs`). Failures of the
+    run itself (non-finite loss, a model that cannot be built, a bad value
+    found at build time) come back as a record with status "failed".
 
     Args:
         config: a `RunConfig` whose `out` is the runs directory.
@@ -109,11 +110,12 @@ def execute_run(config, build_model=None):
             `ENVIRONMENT_ERRORS`), naming the run; KeyboardInterrupt and
             other `BaseException`s pass through unchanged.
     """
-    import keras
+    from keras_bninit.harness.programs import worker_programs
 
-    keras.backend.clear_session()  # each run starts from a clean graph
     try:
-        return run_experiment(config, build_model=build_model)
+        return run_experiment(
+            config, build_model=build_model, programs=worker_programs()
+        )
     except Exception as error:  # noqa: BLE001 - stored as the run's failure
         if out_of_memory(error):
             raise EnvironmentFailure(

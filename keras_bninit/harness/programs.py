@@ -1,0 +1,285 @@
+"""One compiled program per sweep worker: runs share a model's traced steps.
+
+Building a model and tracing and compiling its train and evaluation steps
+costs a run's first epoch several times a later one (minutes per program
+for ResNet-18 under XLA). Runs whose program is the same share it here:
+
+- The program is the same when every field of the configuration that shapes
+  it matches: model, data set (input shape, classes, its image store on the
+  memory path), batch size, precision, backend, input path, norm kind,
+  jit, steps per execution, the SGD form, momentum and the like, plus two
+  structural facts: whether the BN scales have their own rate (a != 1) and
+  whether kernels decay (weight decay != 0). `program_key` is that key.
+- What changes from run to run is state, not program: the seed, c (only an
+  initial value), the learning rate and the schedule's numbers, a and the
+  weight decay. The optimizer and schedule hold these as variables
+  (`keras_bninit.hyperparameters`), which is why Table 1(a)'s grid (two
+  learning rates, three values of c, BASE) compiles twice per worker:
+  once with the input BN layer and a != 1, once for BASE.
+- Each run builds its model fresh under its seed, without compiling it: the
+  initial weights are then exactly a fresh build's. On a cache hit these
+  arrays (weights, BN moving statistics, RNG states) are assigned into the
+  program's model, the optimizer's variables are reset to the values they
+  had when the program was built (iterations, momenta, loss scale), and the
+  new hyperparameters are written. Keras resets the metrics at every epoch
+  and evaluation. The run's fresh model, given the trained weights, is the
+  one saved (`model.keras` then holds the run's own config, c included).
+- At most `size` programs are kept, the least recently used dropped first,
+  and freed (collected) when dropped. A run that fails or is interrupted
+  drops its program: its state is not trusted again.
+
+The data sets a worker trains on are loaded once and kept the same way.
+"""
+
+import collections
+import dataclasses
+import gc
+import json
+
+import keras
+import numpy as np
+
+from keras_bninit.harness.config import ETA_MIN
+from keras_bninit.norms import norm_layer
+from keras_bninit.optimizers import ParamGroupOptimizer, TorchSGD
+from keras_bninit.schedules import EpochCosineDecay
+
+# Fields whose values are state of a program, not part of it.
+STATE_FIELDS = (
+    "seed",
+    "gamma",
+    "lr",
+    "epochs",
+    "gamma_lr_divisor",
+    "weight_decay",
+    "out",
+    "verbose",
+    "export",
+    "precise_bn",
+)
+# Fields that decide which data a run loads.
+DATA_FIELDS = (
+    "input",
+    "dataset",
+    "data_dir",
+    "batch_size",
+    "input_norm",
+    "synthetic_size",
+)
+
+
+def program_key(config):
+    """The identity of a resolved config's compiled program (a string)."""
+    fields = dataclasses.asdict(config)
+    for name in STATE_FIELDS:
+        fields.pop(name)
+    fields.update(
+        scale_group=config.gamma_lr_divisor != 1.0,
+        decay=config.weight_decay != 0.0,
+        backend=keras.backend.backend(),
+        floatx=keras.config.floatx(),
+    )
+    return json.dumps(fields, sort_keys=True, default=str)
+
+
+def data_key(config):
+    return json.dumps([getattr(config, f) for f in DATA_FIELDS], default=str)
+
+
+def make_optimizer(config, steps_per_epoch):
+    """The run's optimizer: SGD in the configured form with the paper's
+    parameter groups and per-epoch cosine schedule (Sections 3.2, 4.2).
+
+    Args:
+        config: a resolved `RunConfig`.
+        steps_per_epoch: optimizer steps per epoch.
+    """
+    schedule = EpochCosineDecay(
+        config.lr,
+        steps_per_epoch,
+        config.epochs,
+        eta_min=ETA_MIN,
+        per_group_floor=config.scale_lr_floor == "per_group",
+    )
+    sgd = TorchSGD if config.sgd == "torch" else keras.optimizers.SGD
+    return ParamGroupOptimizer(
+        sgd(schedule, momentum=config.momentum),
+        gamma_lr_divisor=config.gamma_lr_divisor,
+        weight_decay=config.weight_decay,
+    )
+
+
+def build_fresh(config, splits, build_model):
+    """The run's model, built (not compiled) under its precision."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.precision)
+    try:
+        return build_model(
+            config.model,
+            num_classes=splits.num_classes,
+            input_shape=splits.input_shape,
+            bn_gamma=config.gamma,
+            input_bn=config.input_norm == "bn",
+            activation_std=config.activation_std,
+            norm_layer=norm_layer(config.bn),
+            moving_variance=config.moving_variance,
+        )
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def compile_program(config, splits, model):
+    """The model `fit` trains (`model`, or it behind the memory path's
+    image pipeline), compiled with the paper's optimizer and schedule."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.precision)
+    try:
+        fit_model = splits.fit_model(model)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    optimizer = make_optimizer(config, splits.steps_per_epoch)
+    if config.precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    fit_model.compile(
+        optimizer,
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=False if config.deterministic else config.jit_compile,
+        steps_per_execution=config.steps_per_execution,
+    )
+    return fit_model
+
+
+def _param_groups(optimizer):
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer.inner_optimizer
+    return optimizer
+
+
+def copy_variables(source, target):
+    """Assigns `source`'s variables into `target`'s, position by position
+    (two builds of one architecture)."""
+    pairs = list(zip(source.variables, target.variables, strict=True))
+    for src, dst in pairs:
+        if tuple(src.shape) != tuple(dst.shape):
+            raise ValueError(
+                f"Cannot share a program: variable {dst.path} has shape "
+                f"{tuple(dst.shape)}, the run's build {tuple(src.shape)}"
+            )
+    for src, dst in pairs:
+        dst.assign(src.value)
+
+
+class _Program:
+    """A compiled model and the optimizer values it started with."""
+
+    def __init__(self, model, fit_model):
+        self.model = model
+        self.fit_model = fit_model
+        optimizer = fit_model.optimizer
+        optimizer.build(fit_model.trainable_variables)
+        self.initial = [
+            np.array(keras.ops.convert_to_numpy(v)) for v in optimizer.variables
+        ]
+        self.runs = 0
+
+    def reset(self, config, splits, fresh):
+        """The program's state as a fresh build of `config` starts."""
+        copy_variables(fresh, self.model)
+        optimizer = self.fit_model.optimizer
+        for variable, value in zip(optimizer.variables, self.initial):
+            variable.assign(value)
+        groups = _param_groups(optimizer)
+        groups.inner_optimizer._learning_rate.set_values(
+            config.lr, splits.steps_per_epoch, config.epochs, ETA_MIN
+        )
+        groups.set_hyperparameters(
+            gamma_lr_divisor=config.gamma_lr_divisor,
+            weight_decay=config.weight_decay,
+        )
+
+
+class ProgramCache:
+    """The compiled programs and loaded data sets of one worker (LRU).
+
+    Args:
+        size: the most programs (and data sets) kept; >= 1.
+        clear_session: whether a miss first clears Keras's session (names
+            and graphs start as in a new process), as a sweep worker does.
+
+    Attributes:
+        built: how many programs were built (compiled) so far.
+        hits: how many runs trained in a program built before them.
+    """
+
+    def __init__(self, size=2, clear_session=True):
+        if not (isinstance(size, int) and size >= 1):
+            raise ValueError(f"`size` must be an int >= 1. Received: {size!r}")
+        self.size = size
+        self.clear_session = clear_session
+        self._programs = collections.OrderedDict()
+        self._splits = collections.OrderedDict()
+        self.built = 0
+        self.hits = 0
+
+    def splits(self, config, load):
+        """The run's data, loaded by `load(config)` once per data set."""
+        key = data_key(config)
+        if key not in self._splits:
+            self._splits[key] = load(config)
+            while len(self._splits) > self.size:
+                self._splits.popitem(last=False)
+        self._splits.move_to_end(key)
+        return self._splits[key]
+
+    def prepare(self, config):
+        """Call before seeding: on a miss, makes room and clears Keras's
+        session (names and graphs start as in a new process)."""
+        key = program_key(config)
+        if key in self._programs:
+            return
+        dropped = False
+        while len(self._programs) >= self.size:
+            self._programs.popitem(last=False)
+            dropped = True
+        if self.clear_session:
+            keras.backend.clear_session()  # collects the dropped ones too
+        elif dropped:
+            gc.collect()
+
+    def acquire(self, config, splits, build_model):
+        """`(model, fit_model)` for a seeded run: its own fresh `model` and
+        the compiled model `fit` trains (`model`'s own on a miss)."""
+        key = program_key(config)
+        fresh = build_fresh(config, splits, build_model)
+        program = self._programs.get(key)
+        if program is None:
+            program = _Program(fresh, compile_program(config, splits, fresh))
+            self._programs[key] = program
+            self.built += 1
+        else:
+            program.reset(config, splits, fresh)
+            self.hits += 1
+        self._programs.move_to_end(key)
+        program.runs += 1
+        return fresh, program.model, program.fit_model
+
+    def discard(self, config):
+        """Drops the program of `config` (its state is not trusted)."""
+        if self._programs.pop(program_key(config), None) is not None:
+            gc.collect()
+
+    def clear(self):
+        self._programs.clear()
+        self._splits.clear()
+        gc.collect()
+
+
+_WORKER = {}
+
+
+def worker_programs():
+    """This process's `ProgramCache` (a sweep worker's, Ray's included)."""
+    if "cache" not in _WORKER:
+        _WORKER["cache"] = ProgramCache()
+    return _WORKER["cache"]

@@ -1,0 +1,176 @@
+"""Shared compiled programs: a run trained in one equals the run alone.
+
+`harness.programs.ProgramCache` lets a sweep worker train run after run in
+one compiled model. These tests train a run after another run in the same
+program and compare it with the same run trained alone: bit for bit on
+TensorFlow with `deterministic`, within 1e-5 relative on JAX and PyTorch
+(child processes, each on its backend).
+"""
+
+import dataclasses
+import json
+import os
+import textwrap
+
+import numpy as np
+import pytest
+
+from keras_bninit.harness import programs
+from keras_bninit.harness.experiment import RunConfig, run_experiment
+from tests._backend import run_python
+
+EPOCHS = 2
+
+
+def _config(out, **kwargs):
+    values = {
+        "dataset": "digits",
+        "model": "resnet8",
+        "epochs": EPOCHS,
+        "out": str(out),
+        "verbose": 0,
+        "deterministic": True,
+        "input": "memory",
+    }
+    return RunConfig(**{**values, **kwargs}).resolved()
+
+
+# The second run differs from the first in everything that is state: seed,
+# c, learning rate, epochs' schedule, a and weight decay.
+FIRST = {"seed": 1, "gamma": 0.1, "lr": 0.05, "gamma_lr_divisor": 100.0}
+SECOND = {
+    "seed": 2,
+    "gamma": 0.5,
+    "lr": 0.1,
+    "gamma_lr_divisor": 30.0,
+    "weight_decay": 5e-4,
+}
+
+
+def _weights(record):
+    import keras
+
+    model = keras.saving.load_model(
+        os.path.join(record["run_dir"], "model.keras"), compile=True
+    )
+    weights = [np.asarray(w) for w in model.weights]
+    optimizer = [
+        np.asarray(keras.ops.convert_to_numpy(v))
+        for v in model.optimizer.inner_optimizer.variables
+    ]
+    return model, weights, optimizer
+
+
+def test_program_key_ignores_state_and_keeps_structure(tmp_path):
+    base = _config(tmp_path, **FIRST)
+    same = _config(tmp_path, **SECOND, epochs=7)
+    assert programs.program_key(base) == programs.program_key(same)
+    for change in (
+        {"batch_size": 32},
+        {"input": "tfdata"},
+        {"bn": "a1"},
+        {"gamma_lr_divisor": 1.0},
+        {"weight_decay": 0.0},
+        {"momentum": 0.5},
+        {"input_norm": "fixed"},
+    ):
+        other = dataclasses.replace(base, **change)
+        assert programs.program_key(other) != programs.program_key(base), change
+    with pytest.raises(ValueError, match="size"):
+        programs.ProgramCache(size=0)
+
+
+def test_a_run_in_a_shared_program_is_bit_identical_to_the_run_alone(
+    tmp_path,
+):
+    cache = programs.ProgramCache()
+    run_experiment(_config(tmp_path / "shared", **FIRST), programs=cache)
+    shared = run_experiment(
+        _config(tmp_path / "shared", **SECOND), programs=cache
+    )
+    assert (cache.built, cache.hits) == (1, 1)
+    alone = run_experiment(_config(tmp_path / "alone", **SECOND))
+    timing = "epoch_time_s"
+    assert shared["history"].pop(timing) != alone["history"].pop(timing)
+    assert shared["history"] == alone["history"]  # every epoch, exactly
+    assert shared["test_accuracy"] == alone["test_accuracy"]
+    model, weights, optimizer = _weights(shared)
+    _, weights_alone, optimizer_alone = _weights(alone)
+    for a, b in zip(weights + optimizer, weights_alone + optimizer_alone):
+        np.testing.assert_array_equal(a, b)
+    # The saved model is the run's own: its config and optimizer say c = 0.5
+    # and a = 30, not the program's first run's values.
+    config = json.dumps(model.get_config())
+    assert '"gamma": 0.5' in config or '"value": 0.5' in config
+    assert model.optimizer.gamma_lr_divisor == 30.0
+    assert model.optimizer.weight_decay == 5e-4
+    assert model.optimizer.inner_optimizer.learning_rate is not None
+
+
+def test_table_1a_grid_compiles_twice_and_evicts_the_oldest(tmp_path):
+    cache = programs.ProgramCache(size=2)
+    seen = []
+    for lr in (0.05, 0.1):
+        for gamma in (0.1, 0.5):
+            cfg = _config(tmp_path, epochs=1, lr=lr, gamma=gamma, seed=3)
+            run_experiment(cfg, programs=cache)
+            seen.append(cache.built)
+        base = dataclasses.replace(
+            cfg, gamma=1.0, gamma_lr_divisor=1.0, input_norm="offline"
+        )
+        run_experiment(base, programs=cache)
+        seen.append(cache.built)
+    assert seen == [1, 1, 2, 2, 2, 2] and cache.hits == 4
+    # A third program drops the least recently used (the method's).
+    other = _config(tmp_path, epochs=1, seed=3, batch_size=32)
+    run_experiment(other, programs=cache)
+    assert cache.built == 3 and len(cache._programs) == 2
+    assert programs.program_key(base) in cache._programs
+
+
+OTHER_BACKEND = textwrap.dedent(
+    """
+    import json, sys
+    from keras_bninit.harness import programs
+    from keras_bninit.harness.experiment import RunConfig, run_experiment
+
+    out, first, second = sys.argv[1], json.loads(sys.argv[2]), json.loads(
+        sys.argv[3]
+    )
+
+    def config(where, values):
+        return RunConfig(
+            dataset="digits", model="resnet8", epochs=2, out=out + where,
+            verbose=0, input="memory", **values
+        ).resolved()
+
+    cache = programs.ProgramCache()
+    run_experiment(config("/shared", first), programs=cache)
+    shared = run_experiment(config("/shared", second), programs=cache)
+    alone = run_experiment(config("/alone", second))
+    print(json.dumps([cache.built, cache.hits, shared["history"],
+                      alone["history"]]))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_shared_programs_on_jax_and_torch_agree_with_runs_alone(
+    tmp_path, backend
+):
+    result = run_python(
+        "-c",
+        OTHER_BACKEND,
+        str(tmp_path),
+        json.dumps(FIRST),
+        json.dumps(SECOND),
+        backend=backend,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    built, hits, shared, alone = json.loads(result.stdout.splitlines()[-1])
+    assert (built, hits) == (1, 1)
+    assert shared.keys() == alone.keys()
+    for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
+        np.testing.assert_allclose(shared[key], alone[key], rtol=1e-5)
