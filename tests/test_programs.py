@@ -174,3 +174,75 @@ def test_shared_programs_on_jax_and_torch_agree_with_runs_alone(
     assert shared.keys() == alone.keys()
     for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
         np.testing.assert_allclose(shared[key], alone[key], rtol=1e-5)
+
+
+class _Killed(BaseException):
+    """Stands for the worker being killed: not caught as a run failure."""
+
+
+def _sweep_records(sweep_dir):
+    from keras_bninit.harness.store import ResultStore
+
+    with ResultStore(sweep_dir) as store:
+        records = store.records()
+    out = {}
+    for record in records:
+        history = dict(record["history"])
+        history.pop("epoch_time_s")
+        config = record["config"]
+        key = (config["gamma"], config["seed"])
+        assert key not in out  # each run once
+        out[key] = (history, record["test_accuracy"], record["best_epoch"])
+    return out
+
+
+def test_a_worker_killed_inside_a_shared_program_resumes_to_the_same_records(
+    tmp_path, monkeypatch
+):
+    from keras_bninit.harness import experiment, sweep
+    from keras_bninit.harness.presets import expand
+    from tests._tiny import tiny_builder
+
+    runs = expand(
+        [{"dataset": "digits", "gamma": 0.1}],
+        "1-2",
+        epochs=3,
+        model="tiny",
+        deterministic=True,
+        input="memory",
+    )
+    monkeypatch.setattr(programs, "_WORKER", {})  # a new worker process
+    sweep.run_sweep(
+        runs, tmp_path / "whole", quiet=True, build_model=tiny_builder
+    )
+    whole = _sweep_records(tmp_path / "whole")
+    assert len(whole) == 4
+
+    started = []
+    callbacks = experiment._callbacks
+
+    def killing(config, splits, run_dir, extra):
+        import keras
+
+        class Kill(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                if len(started) == 3 and epoch == 1:  # the 3rd run, shared
+                    raise _Killed()
+
+        started.append(config.run_name())
+        return [*callbacks(config, splits, run_dir, extra), Kill()]
+
+    monkeypatch.setattr(programs, "_WORKER", {})
+    monkeypatch.setattr(experiment, "_callbacks", killing)
+    with pytest.raises(_Killed):
+        sweep.run_sweep(
+            runs, tmp_path / "killed", quiet=True, build_model=tiny_builder
+        )
+    assert programs.worker_programs().hits >= 1  # it died in a shared one
+    monkeypatch.setattr(experiment, "_callbacks", callbacks)
+    monkeypatch.setattr(programs, "_WORKER", {})  # the rerun's new process
+    counts = sweep.run_sweep(
+        runs, tmp_path / "killed", quiet=True, build_model=tiny_builder
+    )
+    assert counts["ran"] == 2 and counts["failed"] == 0
+    assert _sweep_records(tmp_path / "killed") == whole

@@ -257,6 +257,13 @@ def _add_backend_arg(parser):
         "KERAS_BACKEND, else tensorflow where installed, else jax, else "
         "torch)",
     )
+    parser.add_argument(
+        "--no-compile-cache",
+        action="store_true",
+        help="on JAX, do not use JAX's persistent compilation cache (on by "
+        "default, in JAX_COMPILATION_CACHE_DIR, else "
+        "~/.cache/keras_bninit/jax)",
+    )
 
 
 def _set_backend(args):
@@ -275,6 +282,9 @@ def _set_backend(args):
             )
     else:
         os.environ["KERAS_BACKEND"] = backend
+    _light_module("keras_bninit.harness.jax_cache").configure(
+        enabled=not getattr(args, "no_compile_cache", False)
+    )
     if getattr(args, "export", False) and backend != "tensorflow":
         _fail(
             f"--export writes a SavedModel, which needs --backend "

@@ -230,10 +230,12 @@ def run_experiment(config, build_model=None, callbacks=(), programs=None):
         programs = ProgramCache(size=1, clear_session=False)
     splits = programs.splits(config, _load_splits)
     programs.prepare(config)
-    complex_seed = set_seed(config.seed, deterministic=config.deterministic)
     try:
-        model, trained, fit_model = programs.acquire(
-            config, splits, build_model
+        complex_seed, model, trained, fit_model = programs.acquire(
+            config,
+            splits,
+            build_model,
+            seed=lambda: set_seed(config.seed, config.deterministic),
         )
         record, state = _train(
             config, splits, model, trained, fit_model, callbacks

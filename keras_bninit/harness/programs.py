@@ -17,11 +17,11 @@ for ResNet-18 under XLA). Runs whose program is the same share it here:
   learning rates, three values of c, BASE) compiles twice per worker:
   once with the input BN layer and a != 1, once for BASE.
 - Each run builds its model fresh under its seed, without compiling it: the
-  initial weights are then exactly a fresh build's. On a cache hit these
-  arrays (weights, BN moving statistics, RNG states) are assigned into the
-  program's model, the optimizer's variables are reset to the values they
-  had when the program was built (iterations, momenta, loss scale), and the
-  new hyperparameters are written. Keras resets the metrics at every epoch
+  initial weights are then exactly a fresh build's. These arrays (weights,
+  BN moving statistics, RNG states) are assigned into the program's model
+  (a build of its own, never saved), the optimizer's variables are reset to
+  the values they had when the program was built (iterations, momenta, loss
+  scale), and the new hyperparameters are written. Keras resets the metrics at every epoch
   and evaluation. The run's fresh model, given the trained weights, is the
   one saved (`model.keras` then holds the run's own config, c included).
 - At most `size` programs are kept, the least recently used dropped first,
@@ -247,22 +247,36 @@ class ProgramCache:
         elif dropped:
             gc.collect()
 
-    def acquire(self, config, splits, build_model):
-        """`(model, fit_model)` for a seeded run: its own fresh `model` and
-        the compiled model `fit` trains (`model`'s own on a miss)."""
+    def acquire(self, config, splits, build_model, seed):
+        """Seeds the run and returns `(model, trained, fit_model)`: the run's
+        own fresh build (`model`, never compiled for training, the one to
+        save), the program's model holding the same initial weights
+        (`trained`), and the compiled model `fit` trains (`trained`, or it
+        behind the memory path's image pipeline).
+
+        Args:
+            seed: `callable() -> complex seed`, called right before the
+                run's own build (the program's model of a miss is built
+                before it, so the run draws what a fresh process draws).
+        """
         key = program_key(config)
-        fresh = build_fresh(config, splits, build_model)
         program = self._programs.get(key)
+        if program is None:  # built apart from any run's model: the saved
+            # model is never this one, which keeps no optimizer of its own
+            shared = build_fresh(config, splits, build_model)
+            fit_model = compile_program(config, splits, shared)
+        complex_seed = seed()
+        fresh = build_fresh(config, splits, build_model)
         if program is None:
-            program = _Program(fresh, compile_program(config, splits, fresh))
+            program = _Program(shared, fit_model)
             self._programs[key] = program
             self.built += 1
         else:
-            program.reset(config, splits, fresh)
             self.hits += 1
+        program.reset(config, splits, fresh)
         self._programs.move_to_end(key)
         program.runs += 1
-        return fresh, program.model, program.fit_model
+        return complex_seed, fresh, program.model, program.fit_model
 
     def discard(self, config):
         """Drops the program of `config` (its state is not trusted)."""

@@ -54,7 +54,15 @@ GPU_SHARING_ENV = {
 }
 
 # The driver's settings that a worker on another node does not inherit.
-_PASSED_ENV = ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL", "TFDS_DATA_DIR")
+_PASSED_ENV = (
+    "KERAS_BACKEND",
+    "TF_CPP_MIN_LOG_LEVEL",
+    "TFDS_DATA_DIR",
+    # JAX's persistent compilation cache (harness.jax_cache), for workers
+    "KERAS_BNINIT_COMPILE_CACHE",
+    "JAX_COMPILATION_CACHE_DIR",
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS",
+)
 
 
 class RayUnavailableError(ImportError):
