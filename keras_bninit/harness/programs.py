@@ -21,9 +21,10 @@ for ResNet-18 under XLA). Runs whose program is the same share it here:
   BN moving statistics, RNG states) are assigned into the program's model
   (a build of its own, never saved), the optimizer's variables are reset to
   the values they had when the program was built (iterations, momenta, loss
-  scale), and the new hyperparameters are written. Keras resets the metrics at every epoch
-  and evaluation. The run's fresh model, given the trained weights, is the
-  one saved (`model.keras` then holds the run's own config, c included).
+  scale), and the new hyperparameters are written. Keras resets the
+  metrics at every epoch and evaluation. The run's fresh model, given the
+  trained weights, is the one saved (`model.keras` holds the run's own
+  config, c included).
 - At most `size` programs are kept, the least recently used dropped first,
   and freed (collected) when dropped. A run that fails or is interrupted
   drops its program: its state is not trusted again.
