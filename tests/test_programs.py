@@ -246,3 +246,45 @@ def test_a_worker_killed_inside_a_shared_program_resumes_to_the_same_records(
     )
     assert counts["ran"] == 2 and counts["failed"] == 0
     assert _sweep_records(tmp_path / "killed") == whole
+
+
+def test_checkpoint_bytes_template_writes_what_load_weights_reads(tmp_path):
+    import keras
+
+    from keras_bninit import models
+    from keras_bninit.harness import weights_layout as wl
+
+    def built(seed):
+        keras.utils.set_random_seed(seed)
+        model = models.build("resnet8", num_classes=10, input_shape=(8, 8, 1))
+        cfg = _config(tmp_path)
+        model.compile(programs.make_optimizer(cfg, 5), "mse")
+        model.optimizer.build(model.trainable_variables)
+        return model
+
+    model = built(1)
+    learned = []
+
+    def learn():
+        learned.append(1)
+        return wl._learn_layout(model, wl._snapshot(model), str(tmp_path))
+
+    state = wl._state_variables(model)
+    layout = wl.cached_layout(model, state, learn)
+    assert layout._template is not None  # the fast path was learned
+    assert wl.cached_layout(model, state, learn) is layout and learned == [1]
+    # Other values (another seed's weights, a moved optimizer) written from
+    # the template load back exactly, through Keras's own reader.
+    other = built(2)
+    for v in other.optimizer.inner_optimizer.variables:  # saved state
+        v.assign(keras.ops.ones_like(v) * 3)
+    values = wl._snapshot(other)
+    path = str(tmp_path / "fast.weights.h5")
+    layout.write(path, values)
+    model.load_weights(path)
+    for a, b in zip(wl._snapshot(model), values):
+        np.testing.assert_array_equal(a, b)
+    assert layout.matches(path, values)
+    # A changed set of state variables learns again.
+    wl.cached_layout(model, state[:-1], learn)
+    assert learned == [1, 1]

@@ -105,8 +105,10 @@ def test_killed_sweep_resumes_every_run_exactly_once(tmp_path):
     built = []
 
     def dies_on_third(name, **kwargs):
+        # Builds: a program's model and each run's own (harness.programs):
+        # runs 1 and 2 (a new program each) build twice, run 3 once.
         built.append(name)
-        if len(built) == 3:
+        if len(built) == 5:
             raise _Killed()
         return tiny_builder(name, **kwargs)
 

@@ -17,11 +17,18 @@ import time
 import uuid
 import warnings
 
-import h5py
 import keras
-import numpy as np
 
 from keras_bninit.harness import _io
+from keras_bninit.harness.weights_layout import (  # noqa: F401  (public)
+    DATA_ATTRIBUTE,
+    _assign,
+    _Layout,
+    _learn_layout,
+    _snapshot,
+    _state_variables,
+    cached_layout,
+)
 
 
 class RunState(keras.callbacks.Callback):
@@ -271,10 +278,16 @@ class RunState(keras.callbacks.Callback):
         self.wait()
 
     def _file_layout(self, values):
-        """The model's `_Layout`, learned at the first commit, or False."""
+        """The model's `_Layout`, learned at the first commit (once per
+        model and state variables: runs of a shared program reuse it), or
+        False."""
         if self._layout is None:
             os.makedirs(self.backup_dir, exist_ok=True)
-            layout = _learn_layout(self.model, values, self.backup_dir)
+            layout = cached_layout(
+                self.model,
+                _state_variables(self.model),
+                lambda: _learn_layout(self.model, values, self.backup_dir),
+            )
             self._layout = layout or False
         return self._layout
 
@@ -380,149 +393,8 @@ def _wait_for_writes(run_dir):
         write.join()
 
 
-class _Layout:
-    """Where `model.save_weights` puts each variable: its file from copies.
-
-    `model.save_weights` reads the live variables, so it cannot run while
-    the next epoch trains; this writes the same groups, attributes and
-    datasets from NumPy copies of the variables.
-    """
-
-    def __init__(self, groups, datasets):
-        self.groups = groups  # [(path, attrs)], the root's first
-        self.datasets = datasets  # [(path, variable index or array, attrs)]
-
-    @classmethod
-    def read(cls, path, markers):
-        """The layout of a file saved with variable k set to `markers[k]`;
-        None if a dataset is not one marker (a layer that saves something
-        derived from its variables)."""
-        groups, datasets = [], []
-
-        def visit(name, obj):
-            attrs = dict(obj.attrs)
-            if isinstance(obj, h5py.Group):
-                groups.append((name, attrs))
-                return None
-            data = obj[()]
-            source = data  # an empty dataset is written as it is
-            if np.size(data):
-                source = _marker_index(data, markers)
-                if source is None:
-                    return False  # stops the visit
-            datasets.append((name, source, attrs))
-            return None
-
-        with h5py.File(path, "r") as f:
-            groups.append(("/", dict(f.attrs)))
-            if f.visititems(visit) is not None:
-                return None
-        return cls(groups, datasets)
-
-    def write(self, path, values):
-        with h5py.File(path, "w") as f:
-            for name, attrs in self.groups:
-                f.require_group(name).attrs.update(attrs)
-            for name, source, attrs in self.datasets:
-                f.create_dataset(name, data=self._data(source, values))
-                f[name].attrs.update(attrs)
-
-    def matches(self, path, values):
-        """Whether the file at `path` is what `write` makes of `values`."""
-        with h5py.File(path, "r") as f:
-            for name, source, _ in self.datasets:
-                data = np.asarray(self._data(source, values))
-                saved = f.get(name)
-                if saved is None or saved.dtype != data.dtype:
-                    return False
-                if not np.array_equal(saved[()], data):
-                    return False
-        return True
-
-    @staticmethod
-    def _data(source, values):
-        return values[source] if isinstance(source, int) else source
-
-
-def _learn_layout(model, values, directory):
-    """The `_Layout` of `model`, or None where it cannot be learned.
-
-    Saves the model with every variable set to a marker (its index plus 1)
-    and reads back which dataset holds which marker; then, the variables
-    given `values` back, checks that the layout writes the very file
-    `model.save_weights` writes. None when a dtype cannot hold its marker
-    or a dataset is not one variable's value as it is (a layer that saves
-    something derived): the checkpoints are then written by
-    `model.save_weights` itself.
-    """
-    try:
-        markers = [
-            np.full(v.shape, k + 1, dtype=v.dtype) for k, v in enumerate(values)
-        ]
-    except (OverflowError, TypeError, ValueError):
-        return None
-    if any(m.size and m.flat[0] != k + 1 for k, m in enumerate(markers)):
-        return None
-    probe = os.path.join(directory, f".tmp-{uuid.uuid4().hex}.weights.h5")
-    try:
-        try:
-            _assign(model, markers)
-            model.save_weights(probe)
-        finally:
-            _assign(model, values)
-        layout = _Layout.read(probe, markers)
-        if layout is None:
-            return None
-        model.save_weights(probe)
-        return layout if layout.matches(probe, values) else None
-    finally:
-        _remove(probe)
-
-
-def _marker_index(data, markers):
-    """The index of the marker that `data` equals, or None."""
-    try:
-        index = int(np.ravel(data)[0]) - 1
-    except (TypeError, ValueError, OverflowError):
-        return None
-    if 0 <= index < len(markers) and np.array_equal(data, markers[index]):
-        return index
-    return None
-
-
 def _best_key(entry):
     return entry["val_accuracy"], -entry["epoch"]
-
-
-# A variable with this attribute set is data, not training state (the
-# memory input path's image store): checkpoints neither copy nor write it.
-DATA_ATTRIBUTE = "_keras_bninit_data"
-
-
-def _state_variables(model):
-    """The model's and the optimizer's variables, less data stores."""
-    return [
-        v
-        for v in [*model.variables, *model.optimizer.variables]
-        if not getattr(v, DATA_ATTRIBUTE, False)
-    ]
-
-
-def _snapshot(model):
-    """Copies of the state variables in host memory.
-
-    Copies, not views: on some backends a CPU variable's NumPy value shares
-    its buffer, which the next training steps would overwrite while the
-    copy is being written.
-    """
-    return [
-        np.array(keras.ops.convert_to_numpy(v)) for v in _state_variables(model)
-    ]
-
-
-def _assign(model, values):
-    for variable, value in zip(_state_variables(model), values):
-        variable.assign(value)
 
 
 def _fsync_file(path):
