@@ -235,7 +235,7 @@ def run_experiment(config, build_model=None, callbacks=(), programs=None):
             config,
             splits,
             build_model,
-            seed=lambda: set_seed(config.seed, config.deterministic),
+            seed=lambda: _seed_run(config),
         )
         record, state = _train(
             config, splits, model, trained, fit_model, callbacks
@@ -254,6 +254,13 @@ def run_experiment(config, build_model=None, callbacks=(), programs=None):
     _io.atomic_write_json(result_path, record)
     state.delete()  # only now: the result is committed
     return record
+
+
+def _seed_run(config):
+    """`set_seed` for the run, keeping TensorFlow's compiled steps (see
+    `harness._tf.seeding_keeps_caches`)."""
+    with _tf.seeding_keeps_caches():
+        return set_seed(config.seed, deterministic=config.deterministic)
 
 
 def _train(config, splits, model, trained, fit_model, callbacks):
