@@ -25,7 +25,7 @@ import numpy as np
 from keras_bninit.activations import activation_std
 from keras_bninit.harness import _io, _tf
 from keras_bninit.harness import config as _config
-from keras_bninit.harness.checkpoints import RunState
+from keras_bninit.harness.checkpoints import RunState, assign_state
 from keras_bninit.harness.config import (
     DATASET_NAMES,
     RunConfig,
@@ -326,7 +326,11 @@ def _evaluate(config, splits, model, trained, fit_model, state):
         record["reason"] = state.failure or "training stopped early"
         return record
     best_epoch, val_accuracy = state.best()
-    fit_model.load_weights(state.best_weights_path())
+    best_values = state.best_values()
+    if best_values is not None:  # the same arrays as the file, in memory
+        assign_state(fit_model, best_values)
+    else:
+        fit_model.load_weights(state.best_weights_path())
     test = fit_model.evaluate(
         splits.eval_data("test"), verbose=0, return_dict=True
     )

@@ -47,7 +47,8 @@ def _snapshot(model):
     ]
 
 
-def _assign(model, values):
+def assign_state(model, values):
+    """Assigns `values` (from `_snapshot`) to the state variables."""
     for variable, value in zip(_state_variables(model), values):
         variable.assign(value)
 
@@ -193,10 +194,10 @@ def _learn_layout(model, values, directory):
     probe = os.path.join(directory, f".tmp-{uuid.uuid4().hex}.weights.h5")
     try:
         try:
-            _assign(model, markers)
+            assign_state(model, markers)
             model.save_weights(probe)
         finally:
-            _assign(model, values)
+            assign_state(model, values)
         layout = _Layout.read(probe, markers)
         if layout is None:
             return None
@@ -239,3 +240,6 @@ def cached_layout(model, variables, learn):
     layout = learn()
     _LAYOUTS[model] = (signature, layout)
     return layout
+
+
+_assign = assign_state  # the former name
