@@ -16,6 +16,11 @@
 #      all runs / wall seconds of the command: start-up, compilation,
 #      validation, checkpoints and test evaluation included), its output
 #      in $OUT_DIR/sweep.log;
+#   3. benchmarks/sweep.py: a sweep in one process, 2 configurations (c =
+#      0.1 and BASE) x 2 seeds x $SWEEP_EPOCHS epochs of $MODEL on CIFAR-sized
+#      synthetic data, twice on one new JAX compilation cache folder (cold,
+#      then warm): its training share, per-run overhead and the compile
+#      seconds of each of its 2 programs (issue 27);
 # and prints one table.
 #
 # Wheels the caller carries into .whl/ (cp312, manylinux x86_64): Keras
@@ -159,6 +164,21 @@ else
     sweep=failed failed=1
 fi
 
+# -- 3. a sweep's share of training, cold and warm compilation cache ------
+declare -a SHARES=()
+export JAX_COMPILATION_CACHE_DIR="$OUT_DIR/jax-cache"
+for cache in cold warm; do
+    log="$OUT_DIR/sweep-share-$cache.log"
+    echo "== benchmarks/sweep.py $MODEL, 2 configurations x 2 seeds ($cache cache)"
+    if python3 benchmarks/sweep.py --backend jax --model "$MODEL" \
+        --dataset synthetic --batch-size "$BATCH" --synthetic-size "$SIZE" \
+        --seeds 1-2 --epochs "$SWEEP_EPOCHS" --input memory 2>&1 | tee "$log"; then
+        SHARES+=("$cache cache: $(grep -E '^(wall|training|share|overhead|compile)' "$log" | tr '\n' ';')")
+    else
+        SHARES+=("$cache cache: failed") failed=1
+    fi
+done
+
 # -- the table ----------------------------------------------------------
 echo
 printf '%-36s | %16s | %13s | %6s\n' configuration "model-only img/s" \
@@ -169,5 +189,8 @@ for row in "${ROWS[@]}"; do
         "$ratio"
 done
 echo "sweep (jax, $MODEL, synthetic $SIZE, $SWEEP_EPOCHS epochs): $sweep"
+for line in "${SHARES[@]}"; do
+    echo "sweep share, $line"
+done
 echo "logs: $OUT_DIR"
 exit $failed

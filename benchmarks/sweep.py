@@ -123,6 +123,17 @@ def main():
     phases.wrap(checkpoints.RunState, "on_epoch_end", "checkpoints")
     phases.wrap(experiment, "_evaluate", "test evaluation and saving")
     phases.wrap(keras.Model, "fit", "fit (training and validation)")
+    built_by = set()  # the runs that built (traced and compiled) a program
+    acquire = programs.ProgramCache.acquire
+
+    def acquire_noting(self, config, *rest, **kwargs):
+        before = self.built
+        result = acquire(self, config, *rest, **kwargs)
+        if self.built > before:
+            built_by.add(config.run_name())
+        return result
+
+    programs.ProgramCache.acquire = acquire_noting
     profile = cProfile.Profile() if args.profile else None
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
@@ -151,6 +162,15 @@ def main():
     print(
         f"first epochs: median {statistics.median(first):.2f} s, max "
         f"{max(first):.2f} s; later epochs: median {steady:.3f} s"
+    )
+    compiles = [
+        r["history"]["epoch_time_s"][0] - steady
+        for r in records
+        if os.path.basename(r["run_dir"]) in built_by
+    ]
+    print(
+        "compile seconds per program (first epoch of the run that built "
+        "it - steady epoch): " + ", ".join(f"{c:.2f}" for c in compiles)
     )
     print(f"wall {wall:.1f} s")
     print(f"training {training:.1f} s ({epochs} epochs x {steady:.3f} s)")
