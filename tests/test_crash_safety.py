@@ -320,7 +320,9 @@ def test_a_live_owners_run_is_not_touched(tmp_path):
         runs, tmp_path, quiet=True, build_model=builder, poll_every=0.2
     )
     thread.join()
-    assert trained == [1.0]  # only BASE; the claimed run was left alone
+    # Only BASE was built (its program's model and the run's own): the
+    # claimed run was left alone.
+    assert trained and set(trained) == {1.0}
     assert counts == {"total": 2, "skipped": 1, "ran": 1, "failed": 0}
     assert not os.path.exists(
         os.path.join(tmp_path, "runs", runs[0].run_name())
@@ -333,7 +335,7 @@ DRIVER = textwrap.dedent(
     """
     import dataclasses, json, os, random, signal, sys, time
 
-    from keras_bninit.harness import _io, checkpoints
+    from keras_bninit.harness import _io, checkpoints, experiment
     from keras_bninit.harness.presets import expand
     from keras_bninit.harness.sweep import run_sweep
     from tests._tiny import Crash, CrashAt, tiny_builder
@@ -360,10 +362,15 @@ DRIVER = textwrap.dedent(
         replace(src, dst)
     _io.os.replace = dying_replace
 
-    def builder(name, **kwargs):
+    # Each run trained (not each model built: a worker also builds the
+    # model of each compiled program it keeps, harness.programs).
+    train = experiment._train
+    def logged_train(config, *args, **kwargs):
         with open(trained_log, "a") as f:
-            f.write(json.dumps([kwargs["bn_gamma"], os.getpid()]) + "\\n")
-        return tiny_builder(name, **kwargs)
+            f.write(json.dumps([config.gamma, os.getpid()]) + "\\n")
+        return train(config, *args, **kwargs)
+    experiment._train = logged_train
+    builder = tiny_builder
 
     # Concurrent drivers start sweeping together, after both imported
     # TensorFlow: else a fast one may train every run before the other

@@ -15,6 +15,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from keras_bninit import models
 from keras_bninit.harness import programs
 from keras_bninit.harness.experiment import RunConfig, run_experiment
 from tests._backend import run_python
@@ -125,7 +126,7 @@ def test_table_1a_grid_compiles_twice_and_evicts_the_oldest(tmp_path):
     other = _config(tmp_path, epochs=1, seed=3, batch_size=32)
     run_experiment(other, programs=cache)
     assert cache.built == 3 and len(cache._programs) == 2
-    assert programs.program_key(base) in cache._programs
+    assert programs.program_key(base, models.build) in cache._programs
 
 
 OTHER_BACKEND = textwrap.dedent(
@@ -288,3 +289,68 @@ def test_checkpoint_bytes_template_writes_what_load_weights_reads(tmp_path):
     # A changed set of state variables learns again.
     wl.cached_layout(model, state[:-1], learn)
     assert learned == [1, 1]
+
+
+def _builder_of_width(width):
+    import keras
+
+    def builder(name, num_classes, input_shape, **kwargs):
+        inputs = keras.Input(input_shape)
+        x = keras.layers.Conv2D(width, 3, name="conv")(inputs)
+        x = keras.layers.GlobalAveragePooling2D()(x)
+        return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+
+    return builder
+
+
+def test_builders_of_one_name_and_other_shapes_never_share(tmp_path):
+    narrow, wide = _builder_of_width(4), _builder_of_width(8)
+    cfg = _config(tmp_path, epochs=1, model="tiny", seed=1)
+    assert programs.program_key(cfg, narrow) == programs.program_key(cfg, wide)
+    assert programs.program_key(cfg, narrow) != programs.program_key(cfg)
+    cache = programs.ProgramCache()
+    run_experiment(cfg, build_model=narrow, programs=cache)
+    record = run_experiment(
+        dataclasses.replace(cfg, seed=2), build_model=wide, programs=cache
+    )
+    assert record["status"] == "ok"
+    assert (cache.built, cache.hits) == (2, 0)  # rebuilt, not shared
+
+
+def test_jax_cache_settings_default_user_folder_and_off_switch():
+    from keras_bninit.harness import jax_cache
+
+    env = {"XDG_CACHE_HOME": "/x/cache"}
+    assert jax_cache.configure(env) == "/x/cache/keras_bninit/jax"
+    assert env["JAX_COMPILATION_CACHE_DIR"] == "/x/cache/keras_bninit/jax"
+    assert env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
+    mine = {"JAX_COMPILATION_CACHE_DIR": "/mine"}  # the user's folder wins
+    assert jax_cache.configure(mine) == "/mine"
+    off = dict(env)
+    assert jax_cache.configure(off, enabled=False) is None
+    assert "JAX_COMPILATION_CACHE_DIR" not in off
+    assert off["KERAS_BNINIT_COMPILE_CACHE"] == "off"
+    assert jax_cache.configure(off) is None  # stays off in child processes
+    home = {"HOME": "/h"}
+    assert jax_cache.default_directory(home).endswith(
+        os.path.join(".cache", "keras_bninit", "jax")
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("off", [False, True])
+def test_train_py_on_jax_fills_the_persistent_cache_unless_off(tmp_path, off):
+    args = ["--no-compile-cache"] if off else []
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    for name in ("JAX_COMPILATION_CACHE_DIR", "KERAS_BNINIT_COMPILE_CACHE"):
+        env.pop(name, None)
+    result = run_python(
+        os.path.join(os.path.dirname(os.path.dirname(__file__)), "train.py"),
+        "run", "--backend", "jax", "--dataset", "digits", "--model",
+        "resnet8", "--epochs", "1", "--out", str(tmp_path / "runs"), *args,
+        env=env, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path / "cache" / "keras_bninit" / "jax"
+    entries = list(folder.iterdir()) if folder.exists() else []
+    assert (len(entries) == 0) if off else (len(entries) >= 2)

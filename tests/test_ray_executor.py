@@ -14,6 +14,7 @@ import keras
 import pytest
 from _backend import TRAIN_PY, run_python
 
+from keras_bninit.harness import jax_cache
 from keras_bninit.harness.presets import expand
 from keras_bninit.harness.ray_executor import GPU_SHARING_ENV, RayExecutor
 from keras_bninit.harness.store import ResultStore
@@ -185,6 +186,8 @@ def test_bad_options_name_the_value(kwargs, message):
 
 def test_task_env_hides_gpus_or_shares_their_memory(monkeypatch):
     monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    for name in ("KERAS_BNINIT_COMPILE_CACHE", *jax_cache.ENV_VARS):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
     shared = RayExecutor(num_gpus_per_run=0.5).task_env()
     assert shared == {**GPU_SHARING_ENV, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -198,6 +201,11 @@ def test_task_env_hides_gpus_or_shares_their_memory(monkeypatch):
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "CUDA_VISIBLE_DEVICES": "",
     }
+    # JAX's persistent compilation cache, as train.py set it, travels too.
+    directory = jax_cache.configure()
+    env = RayExecutor(num_gpus_per_run=1).task_env()
+    assert env["JAX_COMPILATION_CACHE_DIR"] == directory
+    assert env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"
 
 
 @pytest.mark.slow

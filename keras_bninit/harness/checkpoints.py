@@ -17,6 +17,7 @@ import time
 import uuid
 import warnings
 
+import h5py
 import keras
 
 from keras_bninit.harness import _io
@@ -172,11 +173,13 @@ class RunState(keras.callbacks.Callback):
                     variables = _snapshot(model)
                 model.load_weights(os.path.join(path, "weights.weights.h5"))
                 best = max(entries, key=_best_key, default=None)
-                if best is not None and not os.path.exists(
-                    self._best_path(best["epoch"])
-                ):
-                    raise ValueError("its best-epoch weights are missing")
-            except (OSError, ValueError, KeyError, TypeError) as error:
+                if best is not None:
+                    _check_weights_file(self._best_path(best["epoch"]))
+            except MemoryError:
+                raise
+            except Exception as error:  # noqa: BLE001 - any damage
+                # h5py's RuntimeError (flipped bits), OSError, zip, JSON
+                # and shape errors alike: the checkpoint is damaged.
                 warnings.warn(
                     f"Checkpoint {path} is unreadable ({type(error).__name__}"
                     f": {error}); trying an earlier one",
@@ -411,6 +414,19 @@ def _wait_for_writes(run_dir):
 
 def _best_key(entry):
     return entry["val_accuracy"], -entry["epoch"]
+
+
+def _check_weights_file(path):
+    """Raises if the weights file at `path` is missing or its HDF5
+    structure does not read back whole (every object visited)."""
+    if not os.path.exists(path):
+        raise ValueError(f"its best-epoch weights {path} are missing")
+
+    def visit(name, obj):
+        list(obj.attrs)  # reads each object's header and attributes
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
 
 
 def _fsync_file(path):

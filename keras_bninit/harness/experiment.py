@@ -229,7 +229,7 @@ def run_experiment(config, build_model=None, callbacks=(), programs=None):
     if programs is None:
         programs = ProgramCache(size=1, clear_session=False)
     splits = programs.splits(config, _load_splits)
-    programs.prepare(config)
+    programs.prepare(config, build_model)
     try:
         complex_seed, model, trained, fit_model = programs.acquire(
             config,
@@ -241,10 +241,10 @@ def run_experiment(config, build_model=None, callbacks=(), programs=None):
             config, splits, model, trained, fit_model, callbacks
         )
     except BaseException:
-        programs.discard(config)  # its state is not trusted again
+        programs.discard(config, build_model)  # its state: not trusted
         raise
     if record["status"] != "ok":
-        programs.discard(config)
+        programs.discard(config, build_model)
     record["complex_seed"] = complex_seed
     train_time = sum(e["epoch_time_s"] for e in state.entries)
     # Epochs of earlier, interrupted invocations count; this invocation's

@@ -33,6 +33,7 @@ The data sets a worker trains on are loaded once and kept the same way.
 """
 
 import collections
+import contextlib
 import dataclasses
 import gc
 import json
@@ -69,8 +70,18 @@ DATA_FIELDS = (
 )
 
 
-def program_key(config):
-    """The identity of a resolved config's compiled program (a string)."""
+def _builder_name(build_model):
+    if build_model is None:
+        return None
+    module = getattr(build_model, "__module__", None)
+    name = getattr(build_model, "__qualname__", None) or repr(build_model)
+    return f"{module}.{name}"
+
+
+def program_key(config, build_model=None):
+    """The identity of a resolved config's compiled program (a string):
+    the fields that shape it and the model builder's name (a builder sent
+    to a Ray worker by value is another object with the same name)."""
     fields = dataclasses.asdict(config)
     for name in STATE_FIELDS:
         fields.pop(name)
@@ -79,6 +90,7 @@ def program_key(config):
         decay=config.weight_decay != 0.0,
         backend=keras.backend.backend(),
         floatx=keras.config.floatx(),
+        builder=_builder_name(build_model),
     )
     return json.dumps(fields, sort_keys=True, default=str)
 
@@ -110,11 +122,19 @@ def make_optimizer(config, steps_per_epoch):
     )
 
 
+@contextlib.contextmanager
+def _dtype_policy(policy):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def build_fresh(config, splits, build_model):
     """The run's model, built (not compiled) under its precision."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(config.precision)
-    try:
+    with _dtype_policy(config.precision):
         return build_model(
             config.model,
             num_classes=splits.num_classes,
@@ -125,19 +145,13 @@ def build_fresh(config, splits, build_model):
             norm_layer=norm_layer(config.bn),
             moving_variance=config.moving_variance,
         )
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def compile_program(config, splits, model):
     """The model `fit` trains (`model`, or it behind the memory path's
     image pipeline), compiled with the paper's optimizer and schedule."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(config.precision)
-    try:
+    with _dtype_policy(config.precision):
         fit_model = splits.fit_model(model)
-    finally:
-        keras.config.set_dtype_policy(previous)
     optimizer = make_optimizer(config, splits.steps_per_epoch)
     if config.precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
@@ -157,15 +171,29 @@ def _param_groups(optimizer):
     return optimizer
 
 
+class ProgramMismatch(ValueError):
+    """Two models that should be builds of one architecture are not."""
+
+
 def copy_variables(source, target):
     """Assigns `source`'s variables into `target`'s, position by position
-    (two builds of one architecture)."""
-    pairs = list(zip(source.variables, target.variables, strict=True))
+    (two builds of one architecture).
+
+    Raises:
+        ProgramMismatch: the variables differ in number, shape or dtype.
+    """
+    if len(source.variables) != len(target.variables):
+        raise ProgramMismatch(
+            f"Cannot share a program: it has {len(target.variables)} "
+            f"variables, the run's build {len(source.variables)}"
+        )
+    pairs = list(zip(source.variables, target.variables))
     for src, dst in pairs:
-        if tuple(src.shape) != tuple(dst.shape):
-            raise ValueError(
+        if tuple(src.shape) != tuple(dst.shape) or src.dtype != dst.dtype:
+            raise ProgramMismatch(
                 f"Cannot share a program: variable {dst.path} has shape "
-                f"{tuple(dst.shape)}, the run's build {tuple(src.shape)}"
+                f"{tuple(dst.shape)} {dst.dtype}, the run's build "
+                f"{tuple(src.shape)} {src.dtype}"
             )
     for src, dst in pairs:
         dst.assign(src.value)
@@ -233,10 +261,10 @@ class ProgramCache:
         self._splits.move_to_end(key)
         return self._splits[key]
 
-    def prepare(self, config):
+    def prepare(self, config, build_model=None):
         """Call before seeding: on a miss, makes room and clears Keras's
         session (names and graphs start as in a new process)."""
-        key = program_key(config)
+        key = program_key(config, build_model)
         if key in self._programs:
             return
         dropped = False
@@ -249,39 +277,47 @@ class ProgramCache:
             gc.collect()
 
     def acquire(self, config, splits, build_model, seed):
-        """Seeds the run and returns `(model, trained, fit_model)`: the run's
-        own fresh build (`model`, never compiled for training, the one to
-        save), the program's model holding the same initial weights
-        (`trained`), and the compiled model `fit` trains (`trained`, or it
-        behind the memory path's image pipeline).
+        """Seeds the run and returns `(complex_seed, model, trained,
+        fit_model)`: the run's own fresh build (`model`, never compiled for
+        training, the one to save), the program's model holding the same
+        initial weights (`trained`), and the compiled model `fit` trains
+        (`trained`, or it behind the memory path's image pipeline).
 
         Args:
             seed: `callable() -> complex seed`, called right before the
                 run's own build (the program's model of a miss is built
                 before it, so the run draws what a fresh process draws).
         """
-        key = program_key(config)
+        key = program_key(config, build_model)
         program = self._programs.get(key)
         if program is None:  # built apart from any run's model: the saved
             # model is never this one, which keeps no optimizer of its own
-            shared = build_fresh(config, splits, build_model)
-            fit_model = compile_program(config, splits, shared)
+            program = self._build(key, config, splits, build_model)
         complex_seed = seed()
         fresh = build_fresh(config, splits, build_model)
-        if program is None:
-            program = _Program(shared, fit_model)
-            self._programs[key] = program
-            self.built += 1
-        else:
+        try:
+            program.reset(config, splits, fresh)
+        except ProgramMismatch:  # another builder of the same name
+            self._programs.pop(key)
+            program = self._build(key, config, splits, build_model)
+            program.reset(config, splits, fresh)
+        if program.runs:
             self.hits += 1
-        program.reset(config, splits, fresh)
         self._programs.move_to_end(key)
         program.runs += 1
         return complex_seed, fresh, program.model, program.fit_model
 
-    def discard(self, config):
+    def _build(self, key, config, splits, build_model):
+        shared = build_fresh(config, splits, build_model)
+        program = _Program(shared, compile_program(config, splits, shared))
+        self._programs[key] = program
+        self.built += 1
+        return program
+
+    def discard(self, config, build_model=None):
         """Drops the program of `config` (its state is not trusted)."""
-        if self._programs.pop(program_key(config), None) is not None:
+        key = program_key(config, build_model)
+        if self._programs.pop(key, None) is not None:
             gc.collect()
 
     def clear(self):

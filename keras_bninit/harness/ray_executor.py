@@ -319,7 +319,10 @@ class RayExecutor:
         except BaseException:
             self.close()
             raise
-        self._task = ray.remote(_execute)
+        # A worker process runs task after task (Ray's default for GPU
+        # tasks is one each): it keeps its compiled programs and data
+        # (harness.programs), so runs after its first skip the compile.
+        self._task = ray.remote(max_calls=0)(_execute)
         self._ray = ray
         return ray
 
@@ -359,10 +362,6 @@ class RayExecutor:
             num_gpus=self.num_gpus_per_run,
             max_retries=self.max_retries,
             retry_exceptions=False,
-            # A worker process runs task after task (Ray's default for GPU
-            # tasks is one each): it keeps its compiled programs and data
-            # (harness.programs), so runs after its first skip the compile.
-            max_calls=0,
             runtime_env={"env_vars": self.task_env()},
         ).remote(config, self.build_model, self.ship_files, self.run_fn)
 
