@@ -1,6 +1,9 @@
 """Loading `.keras` files that hold this package's layers and optimizer."""
 
+import os
 import re
+import zipfile
+import zlib
 
 import keras
 
@@ -33,6 +36,19 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     model = kb.load_model("runs/demo/runs/<run>/model.keras")
     ```
     """
+    name = filepath
+    if isinstance(filepath, os.PathLike):
+        name = os.fspath(filepath)
+    if (
+        isinstance(name, str)
+        and name.endswith(".keras")
+        and os.path.isfile(name)
+        and not zipfile.is_zipfile(name)
+    ):
+        raise ValueError(
+            f"Cannot load {name!r}: it is not a .keras file (not a zip "
+            "archive: damaged, truncated or another format)"
+        )
     try:
         return keras.saving.load_model(
             filepath,
@@ -44,6 +60,16 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
         raise ValueError(
             f"Cannot load {str(filepath)!r}: {_reason(error)}"
         ) from error
+    except _DAMAGE as error:  # a zip or HDF5 member with flipped bits
+        raise ValueError(
+            f"Cannot load {str(filepath)!r}: it is damaged or truncated "
+            f"({type(error).__name__}: {_reason(error)})"
+        ) from error
+
+
+# What reading a damaged zip archive or HDF5 file raises besides OSError:
+# zipfile's and zlib's errors, h5py's RuntimeError and KeyError, EOFError.
+_DAMAGE = (zipfile.BadZipFile, zlib.error, RuntimeError, KeyError, EOFError)
 
 
 def _reason(error):

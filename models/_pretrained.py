@@ -24,6 +24,7 @@ layer fits.
 import os
 import warnings
 
+import h5py
 import keras
 import numpy as np
 
@@ -67,8 +68,9 @@ def _read_torch(path):
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and torch errors alike
         raise ValueError(
-            f"Cannot read {path!r} as a PyTorch state_dict: {error}. "
-            "Valid files: .keras, .weights.h5, or a torch.save'd state_dict."
+            f"Cannot read {path!r} as a PyTorch state_dict: "
+            f"{_torch_reason(error)}. Valid files: .keras, .weights.h5, or "
+            "a torch.save'd state_dict of tensors."
         ) from error
     for key in _CHECKPOINT_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -125,12 +127,44 @@ def _torch_weights(model, state):
     return weights, heads
 
 
+def _torch_reason(error):
+    """Why torch refused a file, in one line of our words: its own message
+    runs over several lines and advises `weights_only=False`, which would
+    run the file's code."""
+    text = " ".join(str(error).split())
+    if "Weights only load failed" in text or "weights_only" in text:
+        return (
+            "it names objects other than tensors and plain containers, "
+            "which are not unpickled (no code from a file is run)"
+        )
+    return f"{type(error).__name__}: {text[:200]}"
+
+
+def _check_hdf5(path):
+    """Raises one `ValueError` if `path` is not a whole HDF5 file."""
+    if not h5py.is_hdf5(path):
+        raise ValueError(
+            f"Cannot read {path!r}: it is not an HDF5 .weights.h5 file "
+            "(damaged, truncated or another format)"
+        )
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, obj: list(obj.attrs) and None)
+    except Exception as error:  # h5py's RuntimeError, KeyError, OSError
+        text = " ".join(str(error).split())[:200]
+        raise ValueError(
+            f"Cannot read {path!r}: it is damaged or truncated "
+            f"({type(error).__name__}: {text})"
+        ) from error
+
+
 def _weights_h5(path, rebuild):
     if rebuild is None:
         raise ValueError(
             f"A .weights.h5 file holds no architecture; load {path!r} "
             "through create_model(name, pretrained=path, ...)."
         )
+    _check_hdf5(path)
     twin = rebuild()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -144,6 +178,11 @@ def _weights_h5(path, rebuild):
             )
         except (ValueError, OSError, KeyError) as error:
             problem = error
+        except RuntimeError as error:  # h5py: damage its check did not see
+            raise ValueError(
+                f"Cannot read {path!r}: it is damaged or truncated "
+                f"(RuntimeError: {' '.join(str(error).split())[:200]})"
+            ) from error
     if problem is not None:
         reason = " ".join(str(problem).split())[:300]
         raise ValueError(

@@ -117,3 +117,88 @@ def test_a_damaged_best_epoch_file_falls_back_too(tmp_path, uninterrupted):
     with pytest.warns(RuntimeWarning, match="restarts from epoch 0"):
         record = run_experiment(config, build_model=tiny_builder)
     assert _numbers(record) == uninterrupted
+
+
+# -- damaged model files: one ValueError line naming the file ---------------
+
+
+@pytest.fixture(scope="module")
+def saved_resnet8(tmp_path_factory):
+    import keras
+
+    import keras_bninit as kb
+    from keras_bninit.models import create_model
+
+    folder = tmp_path_factory.mktemp("models")
+    kb.set_seed(1, deterministic=False)
+    model = create_model("resnet8", num_classes=10, input_shape=(8, 8, 1))
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    model.save(folder / "m.keras")
+    model.save_weights(folder / "m.weights.h5")
+    return folder
+
+
+def _one_line(error, path):
+    text = str(error)
+    assert "\n" not in text and str(path) in text, text
+    return text
+
+
+def test_a_damaged_keras_file_is_one_line(saved_resnet8, tmp_path):
+    import keras_bninit as kb
+
+    garbage = tmp_path / "garbage.keras"
+    garbage.write_bytes(b"not a zip archive at all" * 40)
+    with pytest.raises(ValueError) as info:
+        kb.load_model(garbage)
+    assert "not a .keras file" in _one_line(info.value, garbage)
+    # Bits flipped inside the archive: each damage gives one line.
+    data = (saved_resnet8 / "m.keras").read_bytes()
+    failures = 0
+    for offset in range(100, len(data) - 8, len(data) // 25):
+        damaged = bytearray(data)
+        for k in range(8):
+            damaged[offset + k] ^= 0xFF
+        path = tmp_path / f"flipped-{offset}.keras"
+        path.write_bytes(damaged)
+        try:
+            kb.load_model(path)
+        except ValueError as error:
+            _one_line(error, path)
+            failures += 1
+    assert failures >= 10  # most flips are caught as damage
+
+
+def test_a_damaged_weights_file_is_named_as_damaged(saved_resnet8, tmp_path):
+    from keras_bninit.models import create_model
+
+    kwargs = {"num_classes": 10, "input_shape": (8, 8, 1)}
+    garbage = tmp_path / "garbage.weights.h5"
+    garbage.write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(ValueError) as info:
+        create_model("resnet8", pretrained=str(garbage), **kwargs)
+    text = _one_line(info.value, garbage)
+    assert "not an HDF5" in text and "does not fit" not in text
+    flipped = tmp_path / "flipped.weights.h5"
+    flipped.write_bytes((saved_resnet8 / "m.weights.h5").read_bytes())
+    flip_until_runtime_error(str(flipped))
+    with pytest.raises(ValueError) as info:
+        create_model("resnet8", pretrained=str(flipped), **kwargs)
+    assert "damaged or truncated" in _one_line(info.value, flipped)
+
+
+def test_a_refused_pth_is_one_line_without_weights_only_advice(tmp_path):
+    torch = pytest.importorskip("torch")
+    from keras_bninit.models import create_model
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("ran code from a file",))
+
+    path = tmp_path / "hostile.pth"
+    torch.save({"fc.weight": Payload()}, path)
+    with pytest.raises(ValueError) as info:
+        create_model("resnet18", pretrained=str(path), num_classes=10)
+    text = _one_line(info.value, path)
+    assert "weights_only=False" not in text and len(text) < 400
+    assert "no code from a file is run" in text
