@@ -334,6 +334,20 @@ GRID = ["sweep", "--dataset", "digits", "--gamma", "0.1"]
         (["run", "--gamma", "1e39"], "representable in float32"),
         (["run", "--lr", "1e-50"], "lr=1e-50"),
         ([*GRID, "--row-key", "colour", "--dry-run"], "--row-key 'colour'"),
+        # Sizes that pass the type check but no sane bound (issue 28).
+        (["run", "--batch-size", str(2**63)], "batch_size=9223372036854775808"),
+        (["run", "--batch-size", str(2**31)], "must be <= 65,536"),
+        (["run", "--steps-per-execution", str(2**31)], "must be <= 65,536"),
+        (
+            ["run", "--dataset", "synthetic", "--synthetic-size", str(2**40)],
+            "synthetic_size must be <= ",
+        ),
+        # ... and sizes the data cannot serve, found once it is loaded.
+        (["run", "--batch-size", "5000"], "exceeds the 1293 training"),
+        (
+            ["run", "--steps-per-execution", "50", "--batch-size", "64"],
+            "exceeds the 21 steps of an epoch",
+        ),
     ],
 )
 def test_bounds_exit_2_with_one_line(tmp_path, args, message):
@@ -343,6 +357,21 @@ def test_bounds_exit_2_with_one_line(tmp_path, args, message):
     _one_error_line(result, message)
     assert time.perf_counter() - start < 60  # no hang on a huge range
     assert not out.exists()
+
+
+def test_a_batch_the_data_cannot_serve_stores_nothing_in_a_sweep(tmp_path):
+    out = tmp_path / "sweep"
+    result = _train(*GRID, "--seeds", "1", "--batch-size", "5000", "--out",
+                    str(out), check=False)  # fmt: skip
+    _one_error_line(result, "batch_size=5000 exceeds the 1293 training")
+    records = []
+    if (out / "results.sqlite").exists():
+        from keras_bninit.harness.store import ResultStore
+
+        with ResultStore(str(out)) as store:
+            records = store.records(status=None)
+            assert store.claims() == {}
+    assert records == []  # not stored as failed
 
 
 def test_report_row_key_is_a_config_field(tmp_path):

@@ -100,6 +100,7 @@ def _light_module(name):
 def _config():
     """`keras_bninit.harness.config`, before Keras loads."""
     _light_module("keras_bninit._validation")
+    _light_module("keras_bninit.harness.bounds")
     return _light_module("keras_bninit.harness.config")
 
 
@@ -441,6 +442,7 @@ def _guarded(function, *args, **kwargs):
     """Runs training; an environment error or Ctrl-C is one line."""
     import sqlite3
 
+    from keras_bninit.harness.bounds import BadInputError
     from keras_bninit.harness.sweep import (
         ENVIRONMENT_ERRORS,
         OUT_OF_MEMORY_HINT,
@@ -450,6 +452,8 @@ def _guarded(function, *args, **kwargs):
 
     try:
         return function(*args, **kwargs)
+    except BadInputError as error:  # found with the data, nothing written
+        _fail(str(error).replace("\n", " "))
     except Exception as error:
         environment = (
             EnvironmentFailure,

@@ -616,24 +616,15 @@ def validate(config):
     for name in ("deterministic", "export", "diagnostics"):
         choice(name, getattr(config, name), (True, False))
     choice("jit_compile", config.jit_compile, ("auto", True, False))
-    _check_synthetic_size(config)
+    _bounds().check_fields(config)
 
 
-def _check_synthetic_size(config):
-    if config.synthetic_size is None:
-        return
-    if config.dataset != "synthetic":
-        raise ValueError(
-            "synthetic_size is for dataset='synthetic' only. Received: "
-            f"synthetic_size={config.synthetic_size!r}, "
-            f"dataset={config.dataset!r}"
-        )
-    if config.synthetic_size < 20:
-        raise ValueError(
-            "synthetic_size must be >= 20 (10 classes, each in training "
-            "and validation). Received: synthetic_size="
-            f"{config.synthetic_size}"
-        )
+def _bounds():
+    """`harness.bounds`: imported, or (the command line, before Keras
+    loads) the copy `cli._config` loaded beside this module."""
+    import importlib
+
+    return importlib.import_module("keras_bninit.harness.bounds")
 
 
 def apply_ablation(config, ablation):

@@ -25,6 +25,7 @@ import numpy as np
 from keras_bninit.activations import activation_std
 from keras_bninit.harness import _io, _tf
 from keras_bninit.harness import config as _config
+from keras_bninit.harness.bounds import check_data
 from keras_bninit.harness.checkpoints import RunState, assign_state
 from keras_bninit.harness.config import (
     DATASET_NAMES,
@@ -203,6 +204,8 @@ def run_experiment(config, build_model=None, callbacks=(), programs=None):
         ValueError: a bad configuration (nothing is written).
         harness.data.DatasetUnavailableError: the data set is not on
             this machine (nothing is written).
+        harness.bounds.BadInputError: a ValueError, the data cannot serve
+            the batch size or steps per execution (nothing is written).
     """
     start = time.perf_counter()
     if isinstance(config, dict):
@@ -229,6 +232,7 @@ def run_experiment(config, build_model=None, callbacks=(), programs=None):
     if programs is None:
         programs = ProgramCache(size=1, clear_session=False)
     splits = programs.splits(config, _load_splits)
+    check_data(config, splits)  # BadInputError: nothing written yet
     programs.prepare(config, build_model)
     try:
         complex_seed, model, trained, fit_model = programs.acquire(

@@ -21,6 +21,7 @@ import time
 import traceback
 
 from keras_bninit.harness import _io
+from keras_bninit.harness.bounds import BadInputError
 from keras_bninit.harness.datasets import (
     DatasetUnavailableError,
 )
@@ -107,7 +108,8 @@ def execute_run(config, build_model=None):
 
     Raises:
         EnvironmentFailure: an error of the environment (see
-            `ENVIRONMENT_ERRORS`), naming the run; KeyboardInterrupt and
+            `ENVIRONMENT_ERRORS`), naming the run; `BadInputError` (the
+            data cannot serve the arguments), KeyboardInterrupt and
             other `BaseException`s pass through unchanged.
     """
     from keras_bninit.harness.programs import worker_programs
@@ -116,6 +118,8 @@ def execute_run(config, build_model=None):
         return run_experiment(
             config, build_model=build_model, programs=worker_programs()
         )
+    except BadInputError:  # bad input, not the run's failure: not stored
+        raise
     except Exception as error:  # noqa: BLE001 - stored as the run's failure
         if out_of_memory(error):
             raise EnvironmentFailure(
