@@ -85,6 +85,16 @@ def _isolate_op_determinism():
             tf_config.disable_op_determinism()
 
 
+@pytest.fixture(autouse=True)
+def _new_sweep_worker(monkeypatch):
+    """Each test's sweeps start with a worker of their own (no compiled
+    programs or data kept from another test), as each sweep process does;
+    sharing within a worker is tested in test_programs.py."""
+    from keras_bninit.harness import programs
+
+    monkeypatch.setattr(programs, "_WORKER", {})
+
+
 @pytest.fixture
 def float64():
     """Keras's floatx is float64 for the test (JAX in 64-bit mode), then

@@ -65,8 +65,16 @@ def _numbers(record):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
+    from tensorflow.python.framework import config as tf_config
+
+    # A module fixture runs before conftest's per-test guard of op
+    # determinism, so it gives the setting back itself.
+    before = tf_config.is_op_determinism_enabled()
     out = tmp_path_factory.mktemp("whole")
-    return _numbers(run_experiment(_config(out), build_model=tiny_builder))
+    numbers = _numbers(run_experiment(_config(out), build_model=tiny_builder))
+    if not before:
+        tf_config.disable_op_determinism()
+    return numbers
 
 
 def _crash_and_damage(config):

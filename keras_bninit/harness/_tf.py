@@ -69,6 +69,7 @@ def seeding_keeps_caches():
     def set_seed(seed):
         from tensorflow.python.eager import context
 
+        seeds.append(seed)
         ctx = context.context()
         if not (
             context.executing_eagerly()
@@ -81,7 +82,28 @@ def seeding_keeps_caches():
         return None
 
     random_module.set_seed = set_seed
+    seeds = []
     try:
         yield
     finally:
         random_module.set_seed = original
+    # Kernels made while op determinism had another setting would keep it:
+    # the first time, and when the setting changed since the last run,
+    # the caches are cleared as TF would.
+    flag = _op_determinism()
+    if seeds and _SEEDING.get("determinism", "unknown") != flag:
+        original(seeds[-1])
+    _SEEDING["determinism"] = flag
+
+
+_SEEDING = {}
+
+
+def _op_determinism():
+    """Whether TensorFlow's op determinism is on (None if unknown)."""
+    try:
+        from tensorflow.python.framework import config as tf_config
+
+        return tf_config.is_op_determinism_enabled()
+    except (ImportError, AttributeError):
+        return None
