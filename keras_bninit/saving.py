@@ -67,6 +67,19 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
         ) from error
 
 
+def read_hdf5_whole(path):
+    """Opens the HDF5 file at `path` and reads every object's header and
+    attributes; raises what h5py raises for a damaged or truncated file
+    (`OSError`, `RuntimeError`, `KeyError`, ...)."""
+    import h5py  # Keras's own dependency
+
+    def visit(name, obj):
+        list(obj.attrs)
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+
+
 # What reading a damaged zip archive or HDF5 file raises besides OSError:
 # zipfile's and zlib's errors, h5py's RuntimeError and KeyError, EOFError.
 _DAMAGE = (zipfile.BadZipFile, zlib.error, RuntimeError, KeyError, EOFError)

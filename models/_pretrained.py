@@ -28,7 +28,7 @@ import h5py
 import keras
 import numpy as np
 
-from keras_bninit.saving import load_model
+from keras_bninit.saving import load_model, read_hdf5_whole
 
 from ._torch_names import (
     _mapped_variables,
@@ -148,8 +148,7 @@ def _check_hdf5(path):
             "(damaged, truncated or another format)"
         )
     try:
-        with h5py.File(path, "r") as f:
-            f.visititems(lambda name, obj: list(obj.attrs) and None)
+        read_hdf5_whole(path)
     except Exception as error:  # h5py's RuntimeError, KeyError, OSError
         text = " ".join(str(error).split())[:200]
         raise ValueError(

@@ -17,13 +17,11 @@ import time
 import uuid
 import warnings
 
-import h5py
 import keras
 
 from keras_bninit.harness import _io
 from keras_bninit.harness.weights_layout import (  # noqa: F401  (public)
     DATA_ATTRIBUTE,
-    _assign,
     _Layout,
     _learn_layout,
     _snapshot,
@@ -31,6 +29,7 @@ from keras_bninit.harness.weights_layout import (  # noqa: F401  (public)
     assign_state,
     cached_layout,
 )
+from keras_bninit.saving import read_hdf5_whole
 
 
 class RunState(keras.callbacks.Callback):
@@ -197,7 +196,7 @@ class RunState(keras.callbacks.Callback):
                     RuntimeWarning,
                     stacklevel=2,
                 )
-                _assign(model, variables)
+                assign_state(model, variables)
             self.entries = []
         try:
             logged = _io.read_json(self.log_path, [])
@@ -421,12 +420,7 @@ def _check_weights_file(path):
     structure does not read back whole (every object visited)."""
     if not os.path.exists(path):
         raise ValueError(f"its best-epoch weights {path} are missing")
-
-    def visit(name, obj):
-        list(obj.attrs)  # reads each object's header and attributes
-
-    with h5py.File(path, "r") as f:
-        f.visititems(visit)
+    read_hdf5_whole(path)
 
 
 def _fsync_file(path):

@@ -33,7 +33,11 @@ from keras_bninit.harness.config import (
     apply_ablation,
 )
 from keras_bninit.harness.datasets import DATASETS, EpochTracker
-from keras_bninit.harness.programs import ProgramCache, make_optimizer
+from keras_bninit.harness.programs import (
+    ProgramCache,
+    copy_variables,
+    make_optimizer,
+)
 from keras_bninit.layers import PAPER_MOMENTUM
 from keras_bninit.precise_bn import PreciseBN
 from keras_bninit.seeding import set_seed
@@ -344,8 +348,6 @@ def _evaluate(config, splits, model, trained, fit_model, state):
         best_epoch=best_epoch + 1,
     )
     if model is not trained:  # the run's own build, trained in a shared one
-        from keras_bninit.harness.programs import copy_variables
-
         copy_variables(trained, model)
     if model is not fit_model:  # saved with its optimizer, as compiled
         model.compile(fit_model.optimizer, fit_model.loss, metrics=["accuracy"])

@@ -320,11 +320,6 @@ class ProgramCache:
         if self._programs.pop(key, None) is not None:
             gc.collect()
 
-    def clear(self):
-        self._programs.clear()
-        self._splits.clear()
-        gc.collect()
-
 
 _WORKER = {}
 

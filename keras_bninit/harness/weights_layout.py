@@ -240,6 +240,3 @@ def cached_layout(model, variables, learn):
     layout = learn()
     _LAYOUTS[model] = (signature, layout)
     return layout
-
-
-_assign = assign_state  # the former name
