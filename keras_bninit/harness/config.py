@@ -91,9 +91,11 @@ DATASET_DEFAULTS = {
 }
 DIRECTORY = "directory"
 # CIFAR-10's training size, the synthetic data set's default; and the
-# share of a data set without a test split held out as its test set.
+# share of a data set without a test split held out as its test set, and
+# the share of the training set held out for validation (Section 4.2).
 SYNTHETIC_SIZE = 50_000
 TEST_FRACTION = 0.2
+VALIDATION_FRACTION = 0.1
 DATASET_NAMES = tuple(n for n in DATASET_DEFAULTS if n != DIRECTORY)
 
 # Seeds fit a signed 32-bit integer (TensorFlow's and NumPy's seeds).

@@ -16,9 +16,8 @@ installed.
      CIFAR python pickles (`cifar-10-batches-py/`, `cifar-100-python/`) in
      `data_dir`, or tensorflow-datasets;
    - CUB, Cars: tensorflow-datasets, then the same `.npz` cache;
-   - a class-folder directory: decoded and resized with Pillow, cached as
-     `.npz` under `~/.cache/keras_bninit` (keyed by the files' names,
-     sizes and times and the image size);
+   - a class-folder directory: checked, decoded and resized with Pillow,
+     cached as `.npz` under `~/.cache/keras_bninit` (`image_folders`);
    - synthetic: CIFAR-shaped random images with fixed labels, for timing.
 2. `validation_split` draws 10 % of the training set, stratified by class,
    with NumPy's generator seeded from `make_complex(0)`, as the reference
@@ -28,7 +27,6 @@ installed.
 import builtins
 import codecs
 import dataclasses
-import hashlib
 import os
 import pickle
 
@@ -38,12 +36,14 @@ from sklearn.model_selection import train_test_split
 
 from keras_bninit._validation import non_negative_int, positive_int
 from keras_bninit.harness import _tf
+from keras_bninit.harness.bounds import BadInputError
 from keras_bninit.harness.config import (  # noqa: F401  (public here too)
     DATASET_DEFAULTS,
     DIRECTORY,
     INPUT_NORMS,
     SYNTHETIC_SIZE,
     TEST_FRACTION,
+    VALIDATION_FRACTION,
 )
 from keras_bninit.seeding import make_complex
 
@@ -51,11 +51,12 @@ SYNTHETIC = "synthetic"
 CACHE_VERSION = 1
 
 
-class BadDataError(ValueError):
+class BadDataError(BadInputError):
     """A data file is malformed or hostile: bad input, not a missing set.
 
-    The message names the file. The command-line interface turns this error
-    into exit status 2 before anything is written.
+    The message names the file or class. The command-line interface turns
+    this error into exit status 2 before anything is written; a sweep
+    raises it without storing the run as failed.
     """
 
 
@@ -182,7 +183,7 @@ def available_datasets():
 # ---------------------------------------------------------------------------
 
 
-def validation_split(labels, fraction=0.1, seed=0):
+def validation_split(labels, fraction=VALIDATION_FRACTION, seed=0):
     """Splits example indices into training and held-out parts, stratified.
 
     This is the reference's draw (Section 4.2): scikit-learn's
@@ -496,7 +497,9 @@ def _load_named(spec, data_dir, download, image_size, size):
     if spec.name in _CIFAR_PICKLES:
         folder = _find_pickles(spec.name, data_dir)
         if folder is not None:
-            return load_cifar_pickles(spec.name, folder)
+            raw = load_cifar_pickles(spec.name, folder)
+            _save_cache_quietly(cache, raw)
+            return raw
     if _tensorflow_missing():
         raise DatasetUnavailableError(
             f"Data set {spec.name!r} is not prepared in {root} "
@@ -515,137 +518,24 @@ def _load_named(spec, data_dir, download, image_size, size):
             f"{error} {spec.how_to_get.format(data_dir=root)}"
         ) from error
     raw = RawData(*arrays, source=f"tfds:{spec.tfds_name}")
-    try:  # the prepared arrays, for later runs with or without TensorFlow
-        save_cache(cache, raw)
-    except OSError:
-        pass  # a read-only data folder: read tensorflow-datasets each time
+    _save_cache_quietly(cache, raw)
     return raw
 
 
-_IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
-
-
-def _image_files(folder):
-    """`(class_names, [(path, class_index)])` of a class-folder tree."""
-    names = sorted(
-        n
-        for n in os.listdir(folder)
-        if os.path.isdir(os.path.join(folder, n)) and not n.startswith(".")
-    )
-    files = []
-    for index, name in enumerate(names):
-        for root, _, filenames in sorted(os.walk(os.path.join(folder, name))):
-            for filename in sorted(filenames):
-                if filename.lower().endswith(_IMAGE_SUFFIXES):
-                    files.append((os.path.join(root, filename), index))
-    return tuple(names), files
-
-
-def _read_images(files, image_size):
-    """Decodes to RGB and resizes (bilinear, antialiased) with Pillow."""
-    from PIL import Image
-
-    height, width = image_size
-    images = np.empty((len(files), height, width, 3), np.uint8)
-    for i, (path, _) in enumerate(files):
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-                if image.size != (width, height):
-                    image = image.resize((width, height), Image.BILINEAR)
-                images[i] = np.asarray(image)
-        except OSError as error:
-            raise DatasetUnavailableError(
-                f"{path} is not a readable image ({error})."
-            ) from error
-    return images, np.asarray([c for _, c in files], np.int64)
-
-
-def _directory_cache(data_dir, image_size, listing):
-    digest = hashlib.sha256()
-    digest.update(repr((os.path.realpath(data_dir), image_size)).encode())
-    for path, label in listing:
-        stat = os.stat(path)
-        digest.update(
-            repr((path, label, stat.st_size, stat.st_mtime_ns)).encode()
-        )
-    folder = os.environ.get(
-        "KERAS_BNINIT_CACHE",
-        os.path.join(os.path.expanduser("~"), ".cache", "keras_bninit"),
-    )
-    return os.path.join(
-        folder, f"directory-{digest.hexdigest()[:24]}-v{CACHE_VERSION}.npz"
-    )
-
-
-def directory_listing(data_dir):
-    """`(split, class_names, files, test_files)` of a class-folder data
-    set, checked without reading an image: the folder exists and holds at
-    least 2 class subfolders (or `train/` and `test/` with the same ones),
-    each with at least one image file.
-
-    Raises:
-        ValueError: anything else, in one line naming the folder.
-    """
-    suffixes = ", ".join(_IMAGE_SUFFIXES)
-    what = (
-        "a folder with one subfolder of images per class (or `train/` "
-        f"and `test/` folders that each have them; {suffixes})"
-    )
-    if data_dir is None or not os.path.isdir(data_dir):
-        raise ValueError(
-            f"A directory data set needs {what}. Received: {data_dir!r}"
-        )
-    train_dir = os.path.join(data_dir, "train")
-    test_dir = os.path.join(data_dir, "test")
-    split = os.path.isdir(train_dir) and os.path.isdir(test_dir)
+def _save_cache_quietly(cache, raw):
+    """The prepared arrays, for later runs with or without TensorFlow; a
+    read-only or full data folder reads the original files each time."""
     try:
-        names, files = _image_files(train_dir if split else data_dir)
-        test_names, test_files = (
-            _image_files(test_dir) if split else (names, [])
-        )
-    except OSError as error:
-        raise ValueError(f"{data_dir!r} cannot be listed ({error}).") from None
-    if test_names != names:
-        raise ValueError(
-            f"{test_dir} has the classes {list(test_names)}, "
-            f"{train_dir} has {list(names)}; they must be the same."
-        )
-    counts = {name: 0 for name in names}
-    for _, label in files:
-        counts[names[label]] += 1
-    empty = [name for name, n in counts.items() if n == 0]
-    if len(names) < 2 or empty:
-        found = (
-            f"class folders without images: {', '.join(empty[:5])}"
-            if empty and len(names) >= 2
-            else f"{len(names) - len(empty)} class folder(s) with images"
-        )
-        raise ValueError(
-            f"{data_dir!r} is not an image data set ({found}); give {what}."
-        )
-    return split, names, files, test_files
+        save_cache(cache, raw)
+    except OSError:
+        pass
 
 
 def _load_directory(spec, data_dir, download, image_size, size):
+    from keras_bninit.harness import image_folders  # imports this module
+
     del spec, download, size
-    split, names, files, test_files = directory_listing(data_dir)
-    cache = _directory_cache(data_dir, image_size, files + test_files)
-    if os.path.isfile(cache):
-        return load_cache(cache)
-    images, labels = _read_images(files, image_size)
-    test_images = test_labels = None
-    if split:
-        test_images, test_labels = _read_images(test_files, image_size)
-    raw = RawData(
-        images, labels, test_images, test_labels, names, source=data_dir
-    )
-    try:
-        os.makedirs(os.path.dirname(cache), exist_ok=True)
-        save_cache(cache, raw)
-    except OSError:
-        pass  # no cache: decoded again next time
-    return raw
+    return image_folders.load(data_dir, image_size)
 
 
 _LOADERS = {
@@ -711,24 +601,27 @@ def load_raw(
     return spec, raw
 
 
-def ensure_available(name, data_dir=None):
-    """Checks, without reading images, that a data set loads offline.
+def ensure_available(name, data_dir=None, image_size=(32, 32)):
+    """Checks that a data set loads offline, before a run writes anything.
 
     A named tensorflow-datasets set must be prepared (its `.npz` cache, the
-    CIFAR pickles, which are read here with the restricted unpickler, or
-    tensorflow-datasets' `dataset_info.json`); digits and synthetic always
-    are; a directory must hold 2 or more class folders of
-    images (`directory_listing`).
+    CIFAR pickles, which are read here with the restricted unpickler and
+    then cached as `.npz`, or tensorflow-datasets' `dataset_info.json`);
+    digits and synthetic always are; a directory of class folders is
+    listed and decoded at `image_size` (`image_folders`), which caches the
+    images for the run.
 
     Raises:
         ValueError: an unknown name; `BadDataError` (a ValueError): a CIFAR
-            python file that is malformed or names anything but arrays.
+            python file that is malformed or names anything but arrays, a
+            directory's file that is no regular file or no image, or a
+            class with too few images for the splits.
         DatasetUnavailableError: the data set is not on this machine; the
             message says how to get it.
     """
     spec, data_dir = resolve_name(name, data_dir)
     if spec.name == DIRECTORY:
-        directory_listing(data_dir)  # ValueError: not an image data set
+        _load_directory(spec, data_dir, False, tuple(image_size), None)
         return
     if spec.tfds_name is None:
         return
@@ -738,7 +631,7 @@ def ensure_available(name, data_dir=None):
     pickles = spec.name in _CIFAR_PICKLES
     folder = _find_pickles(spec.name, data_dir) if pickles else None
     if folder:
-        load_cifar_pickles(spec.name, folder)  # BadDataError: hostile file
+        _load_named(spec, data_dir, False, None, None)  # BadDataError
         return
     how_to_get = spec.how_to_get.format(data_dir=root)
     if _tensorflow_missing():

@@ -15,6 +15,7 @@ import dataclasses
 import os
 import shutil
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -455,16 +456,25 @@ class _Sweep:
         )
         heartbeat = _Heartbeat(self.store.path, self.owner, every)
         heartbeat.start()
+        stopped = True
         try:
             while True:
                 executor.run(self.claim_next, self.on_record)
                 if not self.pending:
                     break
                 time.sleep(poll_every)  # runs other live processes hold
+            stopped = False
         finally:
             heartbeat.stop.set()
             heartbeat.join()
-            self.store.release_all(self.owner)
+            try:
+                self.store.release_all(self.owner)
+            except sqlite3.Error:
+                # The store's disk is full or failing too: the error that
+                # stopped the sweep is the one to report, and the claims
+                # of a process that has ended are taken over at once.
+                if not stopped:
+                    raise
 
 
 def _place(where):

@@ -11,8 +11,15 @@ a small model's epoch. So the layout also keeps the bytes of one file it
 wrote and where each dataset's data lies in them (contiguous storage, as
 h5py writes uncompressed datasets): a later file is those bytes with the
 data put in place, checked once against h5py's reading of marker values.
+
+HDF5 crashes the interpreter (a segfault in h5py's finaliser) when a file
+it writes runs out of space. So every file this module makes is written
+by Python's own I/O, where a full disk is an `OSError` like any other: the
+template, or HDF5 built in memory and then written. Only the probe calls
+`model.save_weights` on disk, and only after checking there is room.
 """
 
+import io
 import os
 import uuid
 import weakref
@@ -20,6 +27,8 @@ import weakref
 import h5py
 import keras
 import numpy as np
+
+from keras_bninit.harness._io import ensure_space
 
 # A variable with this attribute set is data, not training state (the
 # memory input path's image store): checkpoints neither copy nor write it.
@@ -148,12 +157,16 @@ class _Layout:
         return False
 
     def _write_objects(self, path, values):
-        with h5py.File(path, "w") as f:
+        """Builds the file in memory, then writes its bytes (see above)."""
+        buffer = io.BytesIO()
+        with h5py.File(buffer, "w") as f:
             for name, attrs in self.groups:
                 f.require_group(name).attrs.update(attrs)
             for name, source, attrs in self.datasets:
                 f.create_dataset(name, data=self._data(source, values))
                 f[name].attrs.update(attrs)
+        with open(path, "wb") as f:
+            f.write(buffer.getbuffer())
 
     def matches(self, path, values):
         """Whether the file at `path` is what `write` makes of `values`."""
@@ -191,6 +204,9 @@ def _learn_layout(model, values, directory):
         return None
     if any(m.size and m.flat[0] != k + 1 for k, m in enumerate(markers)):
         return None
+    # HDF5 must not run out of space (see above): room for the probe and
+    # the template's check file, which exist together.
+    ensure_space(directory, 2 * sum(v.nbytes for v in values))
     probe = os.path.join(directory, f".tmp-{uuid.uuid4().hex}.weights.h5")
     try:
         try:
