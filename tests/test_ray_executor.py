@@ -251,14 +251,30 @@ def _disk_full(config, build_model=None):
     raise EnvironmentFailure(f"run {config.run_name()}: disk full")
 
 
-@pytest.mark.slow
-def test_environment_error_in_a_task_stops_the_sweep_unclaimed(
-    local_ray, tmp_path
-):
-    from keras_bninit.harness.sweep import EnvironmentFailure
+def _bad_image(config, build_model=None):
+    from keras_bninit.harness.datasets import BadDataError
 
-    executor = RayExecutor(workers=2, run_fn=_disk_full)
-    with pytest.raises(EnvironmentFailure, match=r"run digits-tiny-.*: disk"):
+    raise BadDataError(f"{config.out}/cat/1.png is not a readable image")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "run_fn, error, message",
+    [
+        (_disk_full, "EnvironmentFailure", r"run digits-tiny-.*: disk"),
+        # Bad data found on a worker reaches the driver as itself, which
+        # the command line turns into exit status 2.
+        (_bad_image, "BadDataError", r"cat/1.png is not a readable image"),
+    ],
+)
+def test_a_task_that_stops_the_sweep_leaves_it_unclaimed(
+    local_ray, tmp_path, run_fn, error, message
+):
+    from keras_bninit.harness import datasets, sweep
+
+    error = getattr(sweep, error, None) or getattr(datasets, error)
+    executor = RayExecutor(workers=2, run_fn=run_fn)
+    with pytest.raises(error, match=message):
         run_sweep(_runs(seeds="1"), tmp_path, quiet=True, executor=executor)
     with ResultStore(tmp_path) as store:
         assert store.claims() == {} and len(store) == 0
