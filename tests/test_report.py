@@ -3,6 +3,7 @@
 import csv
 import io
 import os
+import re
 
 import numpy as np
 import pytest
@@ -462,3 +463,130 @@ def test_few_seeds_are_named_in_the_legend(table):
     for render in (report.comparisons_markdown, report.comparisons_text):
         text = " ".join(render(table).split())
         assert "Too few seeds to judge: n = 4 pairs (fewer than 5;" in text
+
+
+# -- odd stores (issue 28, item 8) --------------------------------------------
+
+
+def _odd_store(path, **changes):
+    """BASE and c = 0.1 at lr 0.1, seeds 1-5, with `changes`: (gamma,
+    seed) -> the test_accuracy stored in place of the real one."""
+    with ResultStore(path) as store:
+        for seed in SEEDS:
+            for gamma in (1.0, 0.1):
+                acc = _accuracy(0.1, None if gamma == 1.0 else gamma, seed)
+                acc = changes.get(f"c{gamma:g}s{seed}".replace(".", "_"), acc)
+                store.put(
+                    {
+                        "config": _config(
+                            seed, 0.1, gamma, 1.0 + 99 * (gamma != 1)
+                        ),
+                        "status": "ok",
+                        "test_accuracy": acc,
+                    }
+                )
+    return os.path.join(path, "results.sqlite")
+
+
+def _key(gamma, seed):
+    return stats.config_key(_config(seed, 0.1, gamma, 1.0 + 99 * (gamma != 1)))
+
+
+def test_dropped_values_are_warned_naming_their_rows(tmp_path):
+    path = _odd_store(tmp_path, c0_1s2=float("nan"), c0_1s4="0.83")
+    with pytest.warns(RuntimeWarning) as caught:
+        with ResultStore(tmp_path) as store:
+            (table,) = report.build_tables(store)
+    lines = sorted(str(w.message) for w in caught)
+    assert lines == [
+        f"{path} row config_key={_key(0.1, 2)} seed=2: test_accuracy=nan is "
+        "not a finite number; left out of the means and tests, counted as "
+        "failed",
+        f"{path} row config_key={_key(0.1, 4)} seed=4: test_accuracy='0.83' "
+        "is not a finite number; left out of the means and tests, counted "
+        "as failed",
+    ]
+    ours = next(c for c in table.cells.values() if not c.stats["is_base"])
+    assert ours.stats["seeds"] == (1, 3, 5) and ours.stats["n_failed"] == 2
+    expected = [_accuracy(0.1, 0.1, s) * 100 for s in (1, 3, 5)]
+    assert ours.mean == pytest.approx(np.mean(expected))
+    # A list of records is named by its index.
+    with ResultStore(tmp_path) as store:
+        records = store.records(status=None)
+    (i,) = [
+        i
+        for i, r in enumerate(records)
+        if r["config"]["gamma"] == 0.1 and r["config"]["seed"] == 2
+    ]
+    name = rf"^record {i} \(config_key={_key(0.1, 2)}, seed=2\): test_acc"
+    with pytest.warns(RuntimeWarning) as caught:
+        report.build_tables(records)
+    assert len(caught) == 2 and re.match(name, str(caught[0].message))
+
+
+def test_an_accuracy_out_of_range_names_its_row_and_writes_nothing(tmp_path):
+    path = _odd_store(tmp_path / "sweep", c0_1s3=7.5)
+    out = tmp_path / "sweep" / "report"
+    with pytest.raises(ValueError) as raised:
+        report.write_report(path, out)
+    assert str(raised.value) == (
+        f"{path} row config_key={_key(0.1, 3)} seed=3: test_accuracy=7.5 is "
+        "not an accuracy; valid: 0 <= test_accuracy <= 1"
+    )
+    assert "bounds" not in str(raised.value)
+    assert not out.exists()
+
+
+def test_a_row_that_is_not_its_records_is_left_out_of_the_report(tmp_path):
+    import sqlite3
+
+    path = _odd_store(tmp_path)
+    # BASE's seed 1 under another key, then stored again: two rows of one
+    # run ("Two records for the same run" before), and a truncated record.
+    con = sqlite3.connect(path)
+    con.execute(
+        "UPDATE runs SET config_key = 'feedfacefeedface' "
+        "WHERE config_key = ? AND seed = 1",
+        (_key(1.0, 1),),
+    )
+    con.execute(
+        "UPDATE runs SET record = substr(record, 1, 30) "
+        "WHERE config_key = ? AND seed = 5",
+        (_key(0.1, 5),),
+    )
+    con.commit()
+    con.close()
+    with ResultStore(tmp_path) as store:
+        store.put({"config": _config(1, 0.1, 1.0, 1.0), "status": "ok",
+                   "test_accuracy": _accuracy(0.1, None, 1)})  # fmt: skip
+    with open(path, "rb") as f:
+        before = f.read()
+    with pytest.warns(RuntimeWarning) as caught:
+        (table,) = report.build_tables(path)
+    lines = sorted(str(w.message) for w in caught)
+    assert len(lines) == 2
+    assert lines[0].startswith(
+        f"{path} row config_key={_key(0.1, 5)} seed=5 holds a record that is "
+        "not valid JSON ("
+    )
+    assert lines[1] == (
+        f"{path} row config_key=feedfacefeedface seed=1 does not match its "
+        f"config, whose key is {_key(1.0, 1)}; left out (the next sweep on "
+        "this folder sets it aside and runs it again)"
+    )
+    n = sorted(c.stats["n_ours"] for c in table.cells.values())
+    assert n == [4, 5]
+    with open(path, "rb") as f:
+        assert f.read() == before  # read, never written
+
+
+@pytest.mark.parametrize("content", [b"", b"SQLite format 3\0" + b"\xff" * 200])
+def test_an_empty_or_damaged_store_is_refused_unchanged(tmp_path, content):
+    from keras_bninit.harness.store import StoreError
+
+    path = tmp_path / "results.sqlite"
+    path.write_bytes(content)
+    with pytest.raises(StoreError, match=f"^'{path}' is "):
+        report.write_report(str(path), tmp_path / "report")
+    assert path.read_bytes() == content
+    assert sorted(os.listdir(tmp_path)) == ["results.sqlite"]

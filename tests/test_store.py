@@ -376,3 +376,143 @@ def test_an_aborted_process_leaves_a_claim_taken_over_at_once(tmp_path):
         (owner,) = [o for o, _ in store.claims().values()]
         assert store.claim("k", 1, "somebody:1:y", stale_after=1e9) == "claimed"
         assert store.last_takeover == owner
+
+
+# -- rows checked against their own record (issue 28, item 7) ----------------
+
+
+class _Recorded:
+    """An executor that stores a made-up record for each run it claims,
+    without training (the sweep's bookkeeping is what is tested)."""
+
+    build_model = "not used"
+
+    def __init__(self):
+        self.ran = []
+
+    def run(self, claim_next, on_record):
+        import dataclasses
+
+        import keras
+
+        while (config := claim_next()) is not None:
+            self.ran.append((config.key(), config.seed))
+            accuracy = 0.8 + config.seed / 100 + (config.gamma != 1.0) / 50
+            record = {
+                "config": dataclasses.asdict(config),
+                "status": "ok",
+                "test_accuracy": accuracy,
+                "versions": {"keras_backend": keras.backend.backend()},
+            }
+            on_record(config, record, {"node": "here", "seconds": 0.0})
+
+
+def _sweep_configs(add_base=True):
+    from keras_bninit.harness.presets import expand
+
+    return expand(
+        [{"dataset": "digits", "gamma": 0.1}],
+        "1-2",
+        epochs=1,
+        add_base=add_base,
+    )
+
+
+@pytest.mark.parametrize("tamper", ["key", "truncated"])
+def test_a_tampered_row_is_set_aside_and_its_run_done_again(tmp_path, tamper):
+    import warnings
+
+    from keras_bninit.harness.report import build_tables
+    from keras_bninit.harness.store_checks import StoreRowWarning
+    from keras_bninit.harness.sweep import run_sweep
+
+    ours = _sweep_configs(add_base=False)  # c = 0.1, seeds 1 and 2
+    everything = _sweep_configs()  # and BASE, seeds 1 and 2
+    key, base_key = ours[0].key(), everything[1].key()
+    assert everything[1].gamma == 1.0 and base_key != key
+    first = _Recorded()
+    run_sweep(ours, tmp_path, quiet=True, executor=first)
+    assert first.ran == [(key, 1), (key, 2)]
+    con = sqlite3.connect(tmp_path / "results.sqlite")
+    if tamper == "key":  # another configuration's key: BASE's
+        con.execute(
+            "UPDATE runs SET config_key = ? WHERE config_key = ? AND seed = 1",
+            (base_key, key),
+        )
+        row, problem = (base_key, 1), f"whose key is {key}"
+    else:  # a record cut off mid-way
+        con.execute(
+            "UPDATE runs SET record = substr(record, 1, 40) WHERE seed = 1"
+        )
+        row, problem = (key, 1), "a record that is not valid JSON"
+    con.commit()
+    con.close()
+
+    again = _Recorded()
+    with pytest.warns(StoreRowWarning) as caught:
+        counts = run_sweep(everything, tmp_path, quiet=True, executor=again)
+    lines = [str(w.message) for w in caught if w.category is StoreRowWarning]
+    assert len(lines) == 1
+    assert f"row config_key={row[0]} seed={row[1]} " in lines[0]
+    assert (
+        problem in lines[0] and "set aside in table runs_set_aside" in lines[0]
+    )
+    # c = 0.1's seed 1 is done again, BASE's seeds run; seed 2 was done.
+    assert sorted(again.ran) == sorted([(key, 1), (base_key, 1), (base_key, 2)])
+    assert counts == {"total": 4, "skipped": 1, "ran": 3, "failed": 0}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no row left that is warned about
+        with ResultStore(tmp_path) as store:
+            records = store.records(status=None)
+            (table,) = build_tables(store)  # no "Two records for the same run"
+    runs = sorted(
+        (config_key(r["config"]), r["config"]["seed"]) for r in records
+    )
+    assert runs == sorted([(key, 1), (key, 2), (base_key, 1), (base_key, 2)])
+    assert {r["status"] for r in records} == {"ok"}
+    assert [c.stats["n_ours"] for c in table.cells.values()] == [2, 2]
+    con = sqlite3.connect(tmp_path / "results.sqlite")
+    kept = con.execute("SELECT config_key, seed, problem FROM runs_set_aside")
+    ((kept_key, kept_seed, kept_problem),) = kept.fetchall()
+    con.close()
+    assert (kept_key, kept_seed) == row and problem in kept_problem
+    # A third sweep finds everything done, with nothing to warn about.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        counts = run_sweep(
+            everything, tmp_path, quiet=True, executor=_Recorded()
+        )
+    assert counts == {"total": 4, "skipped": 4, "ran": 0, "failed": 0}
+
+
+def test_reads_leave_out_a_row_that_is_not_its_records(tmp_path):
+    from keras_bninit.harness.store_checks import StoreRowWarning
+
+    with ResultStore(tmp_path) as store:
+        for seed in (1, 2):
+            store.put(_record(seed, acc=0.5 + seed / 10))
+        key = config_key(_record(1)["config"])
+        store._conn.execute(  # as a tool would rewrite it
+            "UPDATE runs SET config_key = 'feedfacefeedface' WHERE seed = 2"
+        )
+        store._conn.commit()
+        with pytest.warns(
+            StoreRowWarning, match="config_key=feedfacefeedface "
+        ):
+            records = store.records()
+        assert [r["test_accuracy"] for r in records] == [0.6]
+        assert store.runs() == {(key, 1), ("feedfacefeedface", 2)}
+
+
+def test_rows_of_a_0_2_store_match_their_records(tmp_path):
+    import shutil
+    import warnings
+
+    source = os.path.join(os.path.dirname(__file__), "data", "store-0.2")
+    shutil.copy(os.path.join(source, "results.sqlite"), tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with ResultStore(tmp_path) as store:
+            assert store.set_aside_bad_rows() == []
+            assert len(store.records()) == len(store) == 5

@@ -1,5 +1,6 @@
 """train.py as a user runs it: subprocesses, exit codes, files."""
 
+import csv
 import glob
 import json
 import os
@@ -398,6 +399,87 @@ def test_damaged_store_exits_2_naming_it(tmp_path, damage):
         result = _train(*args, check=False)
         _one_error_line(result, f"'{store}' is not a results store")
     assert sorted(os.listdir(tmp_path)) == ["results.sqlite"]
+
+
+def _odd_sweep(sweep, odd=None):
+    """A finished sweep folder (records put directly, no training): BASE
+    and c = 0.1 at seeds 1-3; `odd` replaces c = 0.1's seed-2 accuracy.
+    Returns the store's path and c = 0.1's config key."""
+    from keras_bninit.harness.store import ResultStore, config_key
+
+    def config(seed, gamma):
+        return {"dataset": "digits", "model": "resnet8", "lr": 0.1,
+                "gamma": gamma, "gamma_lr_divisor": 1 + 99 * (gamma != 1),
+                "epochs": 1, "seed": seed}  # fmt: skip
+
+    with ResultStore(str(sweep)) as store:
+        for seed in (1, 2, 3):
+            for gamma in (1.0, 0.1):
+                accuracy = 0.8 + seed / 100 + (gamma != 1) / 50
+                if odd is not None and (seed, gamma) == (2, 0.1):
+                    accuracy = odd
+                store.put({"config": config(seed, gamma), "status": "ok",
+                           "test_accuracy": accuracy})  # fmt: skip
+    return sweep / "results.sqlite", config_key(config(2, 0.1))
+
+
+def _listing(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("odd", ["empty store", "accuracy 7.5", "sweep.json"])
+def test_report_on_an_odd_store_exits_2_naming_it_and_writes_nothing(
+    tmp_path, odd
+):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    if odd == "empty store":  # was made a 28 KB store, then "no runs"
+        store = sweep / "results.sqlite"
+        store.write_bytes(b"")
+        message = f"'{store}' is an empty file (0 bytes), not a results store"
+    elif odd == "accuracy 7.5":  # was "... pass bounds=None ..."
+        store, key = _odd_sweep(sweep, odd=7.5)
+        message = (
+            f"{store} row config_key={key} seed=2: test_accuracy=7.5 is not "
+            "an accuracy; valid: 0 <= test_accuracy <= 1"
+        )
+    else:  # a torn sweep.json: was a JSONDecodeError naming no file
+        _odd_sweep(sweep)
+        (sweep / "sweep.json").write_text('{"row_key": "ga')
+        message = f"'{sweep / 'sweep.json'}' cannot be read (Unterminated"
+    before = _listing(sweep)
+    result = _train("report", str(sweep), check=False)
+    _one_error_line(result, message)
+    assert "bounds=None" not in result.stderr
+    assert _listing(sweep) == before  # no report/, the store unchanged
+
+
+def test_report_warns_naming_each_value_and_row_it_leaves_out(tmp_path):
+    import sqlite3
+
+    sweep = tmp_path / "sweep"
+    store, key = _odd_sweep(sweep, odd=float("nan"))
+    con = sqlite3.connect(store)  # seed 3 of c = 0.1: a truncated record
+    con.execute("UPDATE runs SET record = substr(record, 1, 30) "
+                "WHERE config_key = ? AND seed = 3", (key,))  # fmt: skip
+    con.commit()
+    con.close()
+    result = _train("report", str(sweep))
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2 and "Traceback" not in result.stderr
+    assert lines[0].startswith(
+        f"train.py: warning: {store} row config_key={key} seed=3 holds a "
+        "record that is not valid JSON ("
+    )
+    assert lines[1] == (
+        f"train.py: warning: {store} row config_key={key} seed=2: "
+        "test_accuracy=nan is not a finite number; left out of the means "
+        "and tests, counted as failed"
+    )
+    with open(sweep / "report" / "report.csv", encoding="utf-8") as f:
+        rows = {r["is_base"]: r for r in csv.DictReader(f)}
+    assert rows["False"]["n_ours"] == "1" and rows["False"]["n_failed"] == "1"
+    assert rows["True"]["n_ours"] == "3"
 
 
 @pytest.mark.parametrize(

@@ -434,7 +434,13 @@ class _Terminated(KeyboardInterrupt):
     (and Ray tasks cancelled)."""
 
 
+# Set by the SIGTERM handler: Ray's `ray.wait` turns any exception a
+# signal handler raises into a plain KeyboardInterrupt.
+_SIGTERM_RECEIVED = threading.Event()
+
+
 def _on_sigterm(signum, frame):
+    _SIGTERM_RECEIVED.set()
     raise _Terminated()
 
 
@@ -707,24 +713,23 @@ def _print_estimate(runs, images_per_second, workers):
 
 
 def _report_dir(sweep_dir, row_key, decision, quiet=False):
-    from keras_bninit.harness import _io, report
-    from keras_bninit.harness.store import STORE_FILENAME, ResultStore
+    from keras_bninit.harness import report, report_inputs
+    from keras_bninit.harness.store import STORE_FILENAME
 
-    if not os.path.isfile(os.path.join(sweep_dir, STORE_FILENAME)):
+    path = os.path.join(sweep_dir, STORE_FILENAME)
+    if not os.path.isfile(path):
         _fail(f"{sweep_dir!r} holds no sweep results ({STORE_FILENAME})")
-    if row_key is None:
-        row_key = _io.read_json(os.path.join(sweep_dir, "sweep.json"), {}).get(
-            "row_key", "gamma"
-        )
-    with ResultStore(sweep_dir) as store:
-        if not store.records():
-            _fail(f"{sweep_dir!r} has no completed runs yet")
-        text, paths = report.write_report(
-            store,
-            os.path.join(sweep_dir, "report"),
-            row_key=row_key,
-            decision=decision,
-        )
+    row_key = row_key or report_inputs.sweep_row_key(sweep_dir)
+    # Read only, bad rows and values named; a locked store: status 1.
+    records = _guarded(report_inputs.load, path)
+    if not any(r.get("status", "ok") == "ok" for r in records):
+        _fail(f"{sweep_dir!r} has no completed runs yet")
+    text, paths = report.write_report(  # nothing written before it checks
+        records,
+        os.path.join(sweep_dir, "report"),
+        row_key=row_key,
+        decision=decision,
+    )
     if not quiet:
         print(text)
         print(f"report: {paths['markdown']}, {paths['latex']}, {paths['csv']}")
@@ -831,6 +836,7 @@ def main(argv=None, prog=None):
         return _checked(_plot, args)
     except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM (_Terminated)
         terminated = isinstance(error, _Terminated)
+        terminated = terminated or _SIGTERM_RECEIVED.is_set()
         what = "terminated (SIGTERM)" if terminated else "interrupted"
         sys.stderr.write(
             f"{PROG}: {what}; nothing half-done is stored, rerun the "

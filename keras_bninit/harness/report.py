@@ -32,7 +32,7 @@ import numbers
 import os
 import textwrap
 
-from keras_bninit.harness import _io, report_plots
+from keras_bninit.harness import _io, report_inputs, report_plots
 from keras_bninit.harness.config import format_value
 from keras_bninit.harness.stats import (
     ALPHA,
@@ -374,10 +374,9 @@ def _sort_key(value):
     return (1, 0.0, str(value))
 
 
-def _as_records(records):
-    if hasattr(records, "records"):  # a ResultStore: failures count too
-        return records.records(status=None)
-    return list(records)
+def _as_records(records, metric="test_accuracy"):
+    # checked: a store read-only, rows and values named (report_inputs)
+    return report_inputs.load(records, metric)
 
 
 def build_tables(
@@ -396,7 +395,8 @@ def build_tables(
     """Groups result records into paper-style tables.
 
     Args:
-        records: result records (a list of dicts), or a `ResultStore`.
+        records: result records (a list of dicts), a `ResultStore` or
+            a store's path; checked first (`report_inputs.load`).
         row_key: the config field that labels rows ("gamma", "bn",
             "input_norm", "model", ...).
         col_key: the config field of the columns ("lr").
@@ -420,7 +420,7 @@ def build_tables(
             f"`row_key` and `col_key` must differ. Received: {row_key!r}"
         )
     comparisons = compare_records(
-        _as_records(records),
+        _as_records(records, metric),
         metric=metric,
         alpha=alpha,
         baseline=baseline,
@@ -857,9 +857,9 @@ def write_report(records, out_dir, row_key="gamma", col_key="lr", **kwargs):
         of the files written ("markdown", "latex", "csv", "plots").
     """
     _io.refuse_links(out_dir, "a report's files")  # never written through
-    os.makedirs(out_dir, exist_ok=True)
-    records = _as_records(records)
+    records = _as_records(records, kwargs.get("metric", "test_accuracy"))
     tables = build_tables(records, row_key=row_key, col_key=col_key, **kwargs)
+    os.makedirs(out_dir, exist_ok=True)  # only once the inputs are good
     header = f"Keras backend: {', '.join(record_backends(records))}\n"
     scale = kwargs.get("scale", 100.0)
     paths = {

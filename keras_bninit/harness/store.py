@@ -6,7 +6,9 @@ status ("ok" or "failed"), the failure reason, and a few indexed columns
 is one transaction and rows are keyed by `(config_key, seed)`, so writing the
 same run again replaces it: a sweep killed at any moment and restarted any
 number of times ends with every (configuration, seed) exactly once. An "ok"
-row is never replaced by a "failed" one.
+row is never replaced by a "failed" one. A row whose key is not its own
+record's is left out of reads and set aside by the next sweep
+(`harness.store_checks`).
 
 Claims let several sweep processes share one directory: before training a
 run, a process claims it (`claim`, one `BEGIN IMMEDIATE` transaction) under
@@ -39,7 +41,6 @@ import socket
 import sqlite3
 import threading
 import time
-import urllib.parse
 import uuid
 import warnings
 
@@ -49,6 +50,14 @@ from keras_bninit.harness.config import (  # noqa: F401  (the store's key)
     NON_RESULT_FIELDS,
     canonical_config,
     config_key,
+)
+from keras_bninit.harness.store_checks import (  # noqa: F401  (re-exported)
+    APPLICATION_ID,
+    StoreError,
+    check_ours,
+    checked_rows,
+    damaged,
+    set_aside,
 )
 
 STORE_FILENAME = "results.sqlite"
@@ -62,10 +71,6 @@ HEARTBEAT_EVERY_S = 10.0
 # seconds; a heartbeat further in the future is another host's clock
 # running ahead, and its claim is taken over (with a warning).
 CLOCK_SKEW_S = 60.0
-
-
-class StoreError(ValueError):
-    """The store file is not a SQLite results store, or it is damaged."""
 
 
 def new_owner_id():
@@ -106,60 +111,6 @@ _INDEXED = (
 )
 
 _SCHEMA_VERSION = 1
-# SQLite's application_id of a results store ("kbin"), stamped since 0.3;
-# older stores are recognised by their tables.
-APPLICATION_ID = 0x6B62696E
-_OUR_TABLES = {
-    "runs": {"config_key", "seed", "status", "config", "record"},
-    "claims": {"config_key", "seed", "owner", "heartbeat"},
-}
-
-
-def _check_ours(path):
-    """Raises `StoreError` unless `path` is missing, empty or one of our
-    stores; reads it without writing (a foreign file stays unchanged).
-
-    A database without tables is let through: another process of a sweep
-    may be creating the store this instant (SQLite has made the file, the
-    tables are not committed yet), and such a file holds nothing to harm."""
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        return
-    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True)
-        try:
-            stamp = conn.execute("PRAGMA application_id").fetchone()[0]
-            tables = {
-                name: {
-                    column[1]
-                    for column in conn.execute(f"PRAGMA table_info({name})")
-                }
-                for (name,) in conn.execute(
-                    "SELECT name FROM sqlite_master WHERE type = 'table'"
-                )
-            }
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
-        return  # locked or unreadable: the machine's problem, met later
-    except sqlite3.DatabaseError as error:
-        raise StoreError(
-            f"{path!r} is not a results store or is damaged (SQLite: "
-            f"{error}); move it away to start a new one"
-        ) from None
-    if not tables and stamp in (0, APPLICATION_ID):
-        return
-    ours = all(
-        columns <= tables.get(name, set())
-        for name, columns in _OUR_TABLES.items()
-    )
-    if stamp not in (0, APPLICATION_ID) or not ours:
-        found = ", ".join(sorted(tables)) or "no tables"
-        raise StoreError(
-            f"{path!r} is another program's SQLite database (tables: "
-            f"{found}), not a keras_bninit results store; give the sweep "
-            "another --out"
-        )
 
 
 def record_backends(records):
@@ -281,7 +232,7 @@ class ResultStore:
         else:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.path = path
-        _check_ours(path)  # before anything can write to a foreign file
+        check_ours(path)  # before anything can write to a foreign file
         # One connection, usable from the heartbeat thread too (a lock
         # serializes its use).
         self._lock = threading.RLock()
@@ -302,10 +253,7 @@ class ResultStore:
             raise
         except sqlite3.DatabaseError as error:
             self._conn.close()
-            raise StoreError(
-                f"{path!r} is not a results store or is damaged "
-                f"(SQLite: {error}); move it away to start a new one"
-            ) from None
+            raise damaged(path, error) from None
 
     def _create_schema(self):
         columns = ", ".join(f"{name} {kind}" for name, kind, _ in _INDEXED)
@@ -505,6 +453,13 @@ class ResultStore:
             for r in rows
         }
 
+    def set_aside_bad_rows(self):
+        """Moves the rows that do not match their own record out of `runs`
+        (see `harness.store_checks`), warning once per row; returns their
+        `(config_key, seed, problem)`. A sweep does this at start, so their
+        runs are done again."""
+        return set_aside(self._conn, self._lock, self.path)
+
     def delete(self, config_key, seed):
         """Removes one run's row (no error when there is none)."""
         with self._lock, self._conn:
@@ -561,7 +516,9 @@ class ResultStore:
                 `dataset="cifar10", lr=0.1`.
 
         Returns:
-            A list of record dicts, ordered by (config_key, seed).
+            A list of record dicts, ordered by (config_key, seed). A row
+            that does not match its own record (`harness.store_checks`) is
+            left out, with a `StoreRowWarning` naming it.
         """
         indexed = {name for name, _, _ in _INDEXED}
         unknown = set(filters) - indexed
@@ -585,11 +542,12 @@ class ResultStore:
         for name, value in sorted(filters.items()):
             where.append(f"{name} = ?")
             args.append(value)
-        query = "SELECT record FROM runs"
+        query = "SELECT config_key, seed, record FROM runs"
         if where:
             query += " WHERE " + " AND ".join(where)
         query += " ORDER BY config_key, seed"
-        return [json.loads(r["record"]) for r in self._query(query, args)]
+        rows = self._query(query, args)
+        return [record for _, _, record in checked_rows(self.path, rows)]
 
     def _query(self, query, args=()):
         with self._lock:

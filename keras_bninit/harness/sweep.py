@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 
 from keras_bninit.harness import _io
 from keras_bninit.harness.bounds import BadInputError
@@ -38,6 +39,7 @@ from keras_bninit.harness.store import (
     new_owner_id,
     record_backends,
 )
+from keras_bninit.harness.store_checks import StoreRowWarning
 
 
 def _clock(seconds):
@@ -219,7 +221,9 @@ def check_backend(store, sweep_dir):
     import keras
 
     backend = keras.backend.backend()
-    stored = record_backends(store.records(status=None))
+    with warnings.catch_warnings():  # bad rows: set aside, warned, later
+        warnings.simplefilter("ignore", StoreRowWarning)
+        stored = record_backends(store.records(status=None))
     others = [b for b in stored if b != backend]
     if others:
         raise ValueError(
@@ -248,7 +252,9 @@ def run_sweep(
     claimed in the store before it is trained (`ResultStore.claim`), so
     every (configuration, seed) is trained once in total. A process waits
     for runs that another live process holds, and takes over the claims of
-    dead ones. At start the store is reconciled with the run directories
+    dead ones. At start, rows that do not match their own record are set
+    aside with a warning (`ResultStore.set_aside_bad_rows`; their runs are
+    done again) and the store is reconciled with the run directories
     (`reconcile`).
 
     Args:
@@ -293,6 +299,7 @@ def run_sweep(
     with ResultStore(sweep_dir) as store:
         check_backend(store, sweep_dir)
         _write_meta(sweep_dir, row_key, reporter)
+        store.set_aside_bad_rows()  # their runs are done again
         reconcile(store, configs, runs_dir)
         sweep = _Sweep(store, configs, retry_failed, stale_after, reporter)
         sweep.run(executor, heartbeat_every, poll_every)
