@@ -362,6 +362,49 @@ def test_cli_ray_sweep_gives_the_local_sweeps_rows(tmp_path):
     assert "absl::InitializeLog" not in ray.stderr + out
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143)])
+def test_a_signal_to_a_ray_driver_is_one_line_and_a_rerun_finishes(
+    tmp_path, signum, status
+):
+    """`ray.init()` replaces the driver's handlers (SIGTERM was a C++ stack
+    dump and exit 134, or exit 1): they are given back, so the driver
+    cancels its task, releases its claim, says so in one line and exits
+    143; the same command then trains the run, once."""
+    pytest.importorskip("ray")
+    argv = [
+        sys.executable, TRAIN_PY, "sweep", "--dataset", "digits",
+        "--model", "resnet8", "--gamma", "0.1", "--no-base", "--seeds", "1",
+        "--epochs", "3", "--executor", "ray", "--workers", "1",
+        "--out", str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=ENV, cwd=ROOT,
+    )  # fmt: skip
+    lines = []
+    for line in proc.stdout:  # the worker's lines come through the driver
+        lines.append(line)
+        if "epoch 1/3" in line:
+            proc.send_signal(signum)
+            break
+    out = "".join(lines) + proc.communicate(timeout=300)[0]
+    assert proc.returncode == status, out[-3000:]
+    assert "SIGTERM received" not in out and "Traceback" not in out
+    ours = [x for x in out.splitlines() if x.startswith("train.py: ")]
+    assert ours[-1].startswith("train.py: terminated (SIGTERM); nothing")
+    with ResultStore(tmp_path) as store:
+        assert store.claims() == {} and len(store) == 0
+    rerun = subprocess.run(
+        argv, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "1 ran (0 failed)" in rerun.stdout
+    with ResultStore(tmp_path) as store:
+        assert store.claims() == {}
+        assert [r["status"] for r in store.records(status=None)] == ["ok"]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -29,15 +29,18 @@ its sweep folder.
 Ray is an optional dependency: `pip install "keras_bninit[ray]"`.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import math
 import numbers
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 
 from keras_bninit.harness import _io
@@ -306,13 +309,14 @@ class RayExecutor:
                 # Merged into every task's runtime environment.
                 "runtime_env": {"worker_process_setup_hook": _worker_setup},
             }
-            if self.address is None:
-                cpus = os.cpu_count() or 1
-                if self.workers is not None:
-                    cpus = math.ceil(self.workers * self.num_cpus_per_run)
-                ray.init(num_cpus=cpus, **options)
-            else:
-                ray.init(address=self.address, **options)
+            with _own_signal_handlers():
+                if self.address is None:
+                    cpus = os.cpu_count() or 1
+                    if self.workers is not None:
+                        cpus = math.ceil(self.workers * self.num_cpus_per_run)
+                    ray.init(num_cpus=cpus, **options)
+                else:
+                    ray.init(address=self.address, **options)
             self._owns_ray = True
         try:
             self.slots = self._slots(ray)
@@ -444,3 +448,25 @@ class RayExecutor:
 
     def __exit__(self, *exc_info):
         self.close()
+
+
+@contextlib.contextmanager
+def _own_signal_handlers():
+    """Gives SIGINT and SIGTERM their handlers back after `ray.init()`.
+
+    `ray.init()` installs its own: SIGTERM then becomes a C++ stack dump
+    and an abort (exit 134) or a `SystemExit(1)` inside `ray.wait`, never
+    the caller's handler (the command line's "terminated", exit 143, after
+    the tasks are cancelled and the claims released). Signal handlers are
+    the main thread's; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            if handler is not None:  # None: not installed from Python
+                signal.signal(signum, handler)
