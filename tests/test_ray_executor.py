@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -132,7 +133,9 @@ def test_same_accuracies_as_local_and_killed_worker_resumes(
     # Real learning, so equal accuracies are not equal chance levels.
     assert max(r["test_accuracy"] for r in got.values()) > 0.3
     out = capsys.readouterr().out
-    host = socket.gethostname()
+    # The node: host name, IP and short Ray node id (one local node here).
+    (host,) = set(re.findall(r"on (\S+ \([0-9a-f.:]+, node \w{8}\)) in", out))
+    assert host.startswith(socket.gethostname() + " (")
     assert out.count("[sweep] finished ") == 4
     # Each finished line gives the run's test accuracy, as stored.
     for record in got.values():
@@ -351,7 +354,13 @@ def test_cli_ray_sweep_gives_the_local_sweeps_rows(tmp_path):
     assert _accuracies(tmp_path / "ray") == expected
     out = ray.stdout
     assert "[sweep] run 2/2 (0 done before or elsewhere, 1 running)" in out
-    assert f"[sweep] ran on {socket.gethostname()}: 2 runs, " in out
+    # Nodes named by host, IP and short Ray node id (one host name for all
+    # nodes of a container cluster).
+    assert re.search(
+        rf"\[sweep\] ran on {re.escape(socket.gethostname())} "
+        r"\([0-9a-f.:]+, node [0-9a-f]{8}\): 2 runs, ",
+        out,
+    ), out
     assert "[sweep] 2 runs: 0 already done, 2 ran (0 failed)" in out
     # The same report; TensorFlow's start-up notes of the workers muted.
     assert out[out.index("[sweep] 2 runs:") :] == (

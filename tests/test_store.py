@@ -1,6 +1,7 @@
 """The SQLite results store: one row per (configuration, seed)."""
 
 import os
+import socket
 import sqlite3
 import stat
 import threading
@@ -516,3 +517,75 @@ def test_rows_of_a_0_2_store_match_their_records(tmp_path):
         with ResultStore(tmp_path) as store:
             assert store.set_aside_bad_rows() == []
             assert len(store.records()) == len(store) == 5
+
+
+# -- claims end with their run (issue 30) -------------------------------------
+
+
+class _RecordedWithFolders(_Recorded):
+    """Also writes each run's result.json, as a real run does."""
+
+    def run(self, claim_next, on_record):
+        from keras_bninit.harness import _io
+
+        def write_then_store(config, record, where):
+            run_dir = os.path.join(config.out, config.run_name())
+            os.makedirs(run_dir, exist_ok=True)
+            record = {
+                **record,
+                "val_accuracy": record["test_accuracy"],
+                "best_epoch": 1,
+            }
+            _io.atomic_write_json(os.path.join(run_dir, "result.json"), record)
+            on_record(config, record, where)
+
+        super().run(claim_next, write_then_store)
+
+
+def test_a_claim_outliving_its_run_is_cleared(tmp_path):
+    """A driver lost after a run's result.json was written but before its
+    row: the next sweep stores the row from the file (reconcile), and the
+    dead driver's claim on that run goes with it; a claim on a run stored
+    ok is also cleared when a sweep meets it."""
+    from keras_bninit.harness.sweep import run_sweep
+
+    configs = _sweep_configs(add_base=False)
+    run_sweep(configs, tmp_path, quiet=True, executor=_RecordedWithFolders())
+    key = configs[0].key()
+    dead = f"{socket.gethostname()}:{_dead_pid()}:x"
+    con = sqlite3.connect(tmp_path / "results.sqlite")
+    con.execute("DELETE FROM runs WHERE config_key = ? AND seed = 1", (key,))
+    for seed in (1, 2):  # seed 2's row stays: a claim that outlived it
+        con.execute(
+            "INSERT INTO claims (config_key, seed, owner, heartbeat, "
+            "claimed_at) VALUES (?, ?, ?, ?, '2026-01-01T00:00:00')",
+            (key, seed, dead, time.time()),
+        )
+    con.commit()
+    con.close()
+    again = _RecordedWithFolders()
+    counts = run_sweep(configs, tmp_path, quiet=True, executor=again)
+    assert again.ran == []  # seed 1 came back from its result.json
+    assert counts == {"total": 2, "skipped": 2, "ran": 0, "failed": 0}
+    with ResultStore(tmp_path) as store:
+        assert store.claims() == {}
+        assert sorted(store.runs("ok")) == [(key, 1), (key, 2)]
+
+
+def test_storing_a_run_ends_every_claim_on_it(tmp_path):
+    with ResultStore(tmp_path) as store:
+        key, _ = store.put(_record(1, status="failed"))
+        other = f"{socket.gethostname()}:{_dead_pid()}:x"
+        assert store.claim(key, 1, other, retry_before=time.time() + 1) == (
+            "claimed"
+        )
+        store.put(_record(1, status="failed"))  # a failed run: kept
+        assert list(store.claims()) == [(key, 1)]
+        store.put(_record(1))  # stored ok: nobody's to train
+        assert store.claims() == {}
+        # finish() of a failed record releases only the finisher's claim.
+        store.claim(key, 2, other)
+        store.finish(_record(2, status="failed"), "someone-else")
+        assert list(store.claims()) == [(key, 2)]
+        store.finish(_record(2, status="failed"), other)
+        assert store.claims() == {}

@@ -44,6 +44,12 @@ import threading
 import time
 
 from keras_bninit.harness import _io
+from keras_bninit.harness.ray_head import (
+    HeadLostError,
+    HeadWatch,
+    give_up_after,
+    ray_timeout_s,
+)
 
 RAY_INSTALL = 'pip install "keras_bninit[ray]"'
 
@@ -199,11 +205,23 @@ def _execute(config, build_model, ship_files, run_fn):
             except OSError:
                 break
     where = {
-        "node": socket.gethostname(),
+        "node": _node_name(ray),
         "gpu": _gpu_ids(ray),
         "seconds": time.perf_counter() - start,
     }
     return record, where, files
+
+
+def _node_name(ray):
+    """The host name with the node's IP and short Ray node id: nodes of one
+    host name (containers, a simulated cluster) are told apart."""
+    name = socket.gethostname()
+    try:
+        ip = ray.util.get_node_ip_address()
+        node = ray.get_runtime_context().get_node_id()[:8]
+    except Exception:  # noqa: BLE001 - the name alone is still right
+        return name
+    return f"{name} ({ip}, node {node})"
 
 
 class RayExecutor:
@@ -271,6 +289,9 @@ class RayExecutor:
         self._ray = None
         self._owns_ray = False
         self._task = None
+        self._watch = None  # the head node's, while Ray is up
+        # Ray's bound on the wait for a lost head, and ours, just before.
+        self._give_up_s = give_up_after(ray_timeout_s())
 
     # -- Ray ----------------------------------------------------------------
 
@@ -323,6 +344,8 @@ class RayExecutor:
         except BaseException:
             self.close()
             raise
+        self._watch = HeadWatch(ray.get_runtime_context().gcs_address)
+        self._watch.start()
         # A worker process runs task after task (Ray's default for GPU
         # tasks is one each): it keeps its compiled programs and data
         # (harness.programs), so runs after its first skip the compile.
@@ -347,6 +370,9 @@ class RayExecutor:
 
     def close(self):
         """Stops the local Ray this executor started (or disconnects)."""
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         if self._owns_ray:
             import ray
 
@@ -424,6 +450,7 @@ class RayExecutor:
                     return
                 # A timeout keeps Ctrl-C responsive while runs train.
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                self._watch.check(self._give_up_s)  # HeadLostError
                 for ref in done:
                     config = pending.pop(ref)
                     try:
@@ -435,6 +462,8 @@ class RayExecutor:
                     if files is not None:
                         record = self._write_shipped(config, record, files)
                     on_record(config, record, where)
+        except HeadLostError:
+            raise  # its tasks cannot be reached to cancel
         except BaseException:
             for ref in pending:
                 try:

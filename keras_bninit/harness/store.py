@@ -308,10 +308,31 @@ class ResultStore:
         Returns:
             The record's `(config_key, seed)`.
         """
+        return self._store(record, owner=None)
+
+    def _store(self, record, owner):
         names, row = _row(record)
         with self._lock, self._conn:  # one transaction per run
             self._upsert(names, row)
+            if owner is not None:
+                self._conn.execute(
+                    "DELETE FROM claims WHERE config_key = ? AND seed = ? "
+                    "AND owner = ?",
+                    (row[0], row[1], owner),
+                )
+            self._end_claims(row[0], row[1])
         return row[0], row[1]
+
+    def _end_claims(self, key, seed):
+        """A run stored ok is nobody's to train: every claim on it ends,
+        also one left by a dead process, which no `release` deletes. (A
+        failed run's claim may be a live `--retry-failed` sweep's.)"""
+        self._conn.execute(
+            "DELETE FROM claims WHERE config_key = ? AND seed = ? AND EXISTS "
+            "(SELECT 1 FROM runs WHERE runs.config_key = claims.config_key "
+            "AND runs.seed = claims.seed AND runs.status = 'ok')",
+            (key, seed),
+        )
 
     def _upsert(self, names, row):
         placeholders = ", ".join("?" for _ in names)
@@ -374,11 +395,13 @@ class ResultStore:
             (key, seed),
         ).fetchone()
         if run is not None:
-            if run["status"] == "ok" or retry_before is None:
+            done = run["status"] == "ok" or retry_before is None
+            if not done:  # failed again during this retry sweep?
+                written = datetime.datetime.fromisoformat(run["written_at"])
+                done = written.timestamp() >= retry_before
+            if done:
+                self._end_claims(key, seed)  # a claim that outlived its run
                 return "done"
-            written = datetime.datetime.fromisoformat(run["written_at"])
-            if written.timestamp() >= retry_before:
-                return "done"  # failed again during this retry sweep
         held = self._conn.execute(
             "SELECT owner, heartbeat FROM claims "
             "WHERE config_key = ? AND seed = ?",
@@ -408,16 +431,9 @@ class ResultStore:
         return "claimed"
 
     def finish(self, record, owner):
-        """`put(record)` and the release of its claim, in one transaction."""
-        names, row = _row(record)
-        with self._lock, self._conn:
-            self._upsert(names, row)
-            self._conn.execute(
-                "DELETE FROM claims WHERE config_key = ? AND seed = ? "
-                "AND owner = ?",
-                (row[0], row[1], owner),
-            )
-        return row[0], row[1]
+        """`put(record)` and the release of `owner`'s claim (of every claim
+        when the run is ok), in one transaction."""
+        return self._store(record, owner)
 
     def release(self, config_key, seed, owner):
         """Drops `owner`'s claim of one run (no error when it holds none)."""
@@ -452,6 +468,17 @@ class ResultStore:
             (r["config_key"], r["seed"]): (r["owner"], r["heartbeat"])
             for r in rows
         }
+
+    def clear_claims_of_stored_runs(self):
+        """Deletes every claim on a run stored ok (a claim that outlived its
+        run: a driver lost between a run's end and its row); returns how
+        many."""
+        with self._lock, self._conn:
+            return self._conn.execute(
+                "DELETE FROM claims WHERE EXISTS (SELECT 1 FROM runs WHERE "
+                "runs.config_key = claims.config_key AND runs.seed = "
+                "claims.seed AND runs.status = 'ok')"
+            ).rowcount
 
     def set_aside_bad_rows(self):
         """Moves the rows that do not match their own record out of `runs`

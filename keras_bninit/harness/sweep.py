@@ -254,8 +254,9 @@ def run_sweep(
     for runs that another live process holds, and takes over the claims of
     dead ones. At start, rows that do not match their own record are set
     aside with a warning (`ResultStore.set_aside_bad_rows`; their runs are
-    done again) and the store is reconciled with the run directories
-    (`reconcile`).
+    done again), the store is reconciled with the run directories
+    (`reconcile`), and claims on runs stored ok are cleared (a driver lost
+    between a run's end and its row leaves one).
 
     Args:
         configs: `RunConfig`s (e.g. from `expand` or `preset_runs`); their
@@ -301,6 +302,7 @@ def run_sweep(
         _write_meta(sweep_dir, row_key, reporter)
         store.set_aside_bad_rows()  # their runs are done again
         reconcile(store, configs, runs_dir)
+        store.clear_claims_of_stored_runs()
         sweep = _Sweep(store, configs, retry_failed, stale_after, reporter)
         sweep.run(executor, heartbeat_every, poll_every)
     reporter.places(sweep.places)
