@@ -79,27 +79,42 @@ class _PooledMoments:
         return self.squares / self.weight
 
 
-def _batches(data, batch_size):
-    """An iterator of input batches from an array, a dataset or an iterable."""
+def _is_array(data, batch_size):
+    """Whether `data` is an array to batch; raises `ValueError` for data
+    that no batches can come from, before any is computed."""
     if isinstance(data, np.ndarray) or (
         batch_size is not None and hasattr(data, "shape")
     ):
         if batch_size is None:
             raise ValueError(
-                "`batch_size` is needed when `data` is an array. Received: "
-                f"data of shape {tuple(data.shape)}, batch_size=None"
+                "`batch_size` is needed when `data` is an array, e.g. "
+                "batch_size=128 (the training batch size). Received: data "
+                f"of shape {tuple(data.shape)}, batch_size=None"
             )
         positive_int("batch_size", batch_size)
-        data = np.asarray(data)
-        return (
-            data[start : start + batch_size]
-            for start in range(0, len(data), batch_size)
-        )
+        return True
     if batch_size is not None:
         raise ValueError(
             "`batch_size` applies to array data only; the batches of a "
             f"{type(data).__name__} are given. Received: "
             f"batch_size={batch_size!r}"
+        )
+    if not hasattr(data, "__iter__") and not hasattr(data, "__getitem__"):
+        raise ValueError(
+            "`data` must be a NumPy array (with `batch_size`), a "
+            "tf.data.Dataset or an iterable of batches. Received: "
+            f"{type(data).__name__}"
+        )
+    return False
+
+
+def _batches(data, batch_size):
+    """An iterator of input batches from an array, a dataset or an iterable."""
+    if _is_array(data, batch_size):
+        data = np.asarray(data)
+        return (
+            data[start : start + batch_size]
+            for start in range(0, len(data), batch_size)
         )
     if hasattr(data, "as_numpy_iterator") and keras.backend.backend() != (
         "tensorflow"
@@ -240,7 +255,8 @@ class PreciseBN(keras.callbacks.Callback):
     Args:
         data: what `update_bn_stats` takes (an iterable is iterated afresh
             each epoch), or a callable `data(epoch) -> data` to use e.g. the
-            epoch's own training batches.
+            epoch's own training batches. An array needs `batch_size`:
+            checked here, not after the first epoch's training.
         num_batches: batches per recomputation, a positive int (200).
         batch_size: the batch size when `data` gives arrays.
 
@@ -263,6 +279,8 @@ class PreciseBN(keras.callbacks.Callback):
         self.num_batches = positive_int("num_batches", num_batches)
         if batch_size is not None:
             batch_size = positive_int("batch_size", batch_size)
+        if not callable(data):  # checked now, not after an epoch's training
+            _is_array(data, batch_size)
         self.batch_size = batch_size
         self.epoch = None
         self._stale = False

@@ -39,16 +39,10 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     name = filepath
     if isinstance(filepath, os.PathLike):
         name = os.fspath(filepath)
-    if (
-        isinstance(name, str)
-        and name.endswith(".keras")
-        and os.path.isfile(name)
-        and not zipfile.is_zipfile(name)
-    ):
-        raise ValueError(
-            f"Cannot load {name!r}: it is not a .keras file (not a zip "
-            "archive: damaged, truncated or another format)"
-        )
+    if isinstance(name, str):
+        problem = _file_problem(name)
+        if problem:
+            raise ValueError(f"Cannot load {name!r}: {problem}")
     try:
         return keras.saving.load_model(
             filepath,
@@ -65,6 +59,30 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
             f"Cannot load {str(filepath)!r}: it is damaged or truncated "
             f"({type(error).__name__}: {_reason(error)})"
         ) from error
+
+
+def _file_problem(name):
+    """Why the local file `name` is no `.keras` file, or None: missing, a
+    folder, another format, or not a zip archive."""
+    if "://" in name:
+        return None  # a remote path: Keras's loader reads it
+    if not os.path.lexists(name):
+        return "no such file"
+    if os.path.isdir(name):
+        return (
+            "it is a folder, not a .keras file (a SavedModel loads with "
+            "keras.layers.TFSMLayer)"
+        )
+    if name.endswith(".h5"):
+        return None  # Keras's legacy HDF5 format
+    if not name.endswith(".keras"):
+        return "not a .keras file (its name must end in .keras)"
+    if not zipfile.is_zipfile(name):
+        return (
+            "it is not a .keras file (not a zip archive: damaged, "
+            "truncated or another format)"
+        )
+    return None
 
 
 def read_hdf5_whole(path):

@@ -302,11 +302,22 @@ def test_bad_arguments_are_named(kwargs, message):
         ({"num_batches": 0}, "`num_batches` must be a positive integer"),
         ({"num_batches": True}, "num_batches=True"),
         ({"batch_size": 2.0}, "`batch_size` .* Received: batch_size=2.0"),
+        # A bare array: refused here, not after the first epoch's training.
+        ({}, r"`batch_size` is needed .* Received: data of shape \(40, 3\)"),
+        ({"data": object()}, "must be a NumPy array .* Received: object"),
+        ({"data": [np.zeros((2, 3))], "batch_size": 4}, "batch_size=4"),
     ],
 )
 def test_callback_rejects_bad_arguments_at_construction(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        kb.PreciseBN(_data(), **kwargs)
+    data = kwargs.pop("data", _data())
+    with pytest.raises(ValueError, match=message) as caught:
+        kb.PreciseBN(data, **kwargs)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_callable_is_checked_when_called():
+    precise = kb.PreciseBN(lambda epoch: _data(), batch_size=8)
+    assert precise.batch_size == 8  # the epoch's data is not made here
 
 
 def test_empty_data_and_batch_size_with_batches_are_rejected():

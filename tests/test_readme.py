@@ -29,9 +29,9 @@ IGNORED = shutil.ignore_patterns(
 
 # README shell commands that are not run, and why.
 SKIPPED = {
-    "python3 -m venv .venv && . .venv/bin/activate && pip install -e . "
-    "&& python train.py": "installs from the network; the `demo` fixture "
-    "runs its `python train.py`",
+    "python3 -m venv .venv && . .venv/bin/activate && pip install -e "
+    '".[tensorflow]" && python train.py': "installs from the network; the "
+    "`demo` fixture runs its `python train.py`",
     'pip install -e ".[test]" && python -m pytest -q': "the whole test "
     "suite, of which this test is a part",
     "KERAS_BACKEND=jax python -m pytest -q -m core && KERAS_BACKEND=torch "

@@ -1,5 +1,7 @@
 """kb.load_model: a .keras file of the method, loaded; failures in one line."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -44,12 +46,26 @@ def test_load_model_round_trip(tmp_path):
     assert inner._learning_rate.per_group_floor is True
 
 
-def test_missing_file_is_one_line(tmp_path):
-    path = str(tmp_path / "absent.keras")
+@pytest.mark.parametrize(
+    "name, reason",
+    [
+        ("absent.keras", "no such file"),
+        ("folder", "it is a folder, not a .keras file"),
+        ("weights.bin", "not a .keras file (its name must end in .keras)"),
+        ("garbage.keras", "it is not a .keras file (not a zip archive"),
+    ],
+)
+def test_not_found_not_keras_and_damaged_are_told_apart(tmp_path, name, reason):
+    path = str(tmp_path / name)
+    if name == "folder":
+        os.mkdir(path)
+    elif name != "absent.keras":
+        with open(path, "wb") as f:
+            f.write(b"not a model")
     with pytest.raises(ValueError) as info:
         kb.load_model(path)
     message = str(info.value)
-    assert message.startswith(f"Cannot load {path!r}: ")
+    assert message.startswith(f"Cannot load {path!r}: {reason}")
     assert "\n" not in message and len(message) < 400
 
 

@@ -607,3 +607,94 @@ def test_sigterm_stops_a_sweep_like_ctrl_c_and_a_rerun_finishes(tmp_path):
     assert "[sweep] 1 runs: 0 already done, 1 ran (0 failed)" in rerun.stdout
     with ResultStore(sweep) as store:
         assert [r["status"] for r in store.records(status=None)] == ["ok"]
+
+
+# The arguments' mistakes, answered before Keras and any backend load
+# (issue 29): each argv, its status-2 line, and the heavy modules loaded.
+_ARGUMENT_ERRORS = """
+import contextlib, io, json, sys
+import importlib.util
+
+real = importlib.util.find_spec
+missing = set(sys.argv[1].split(",")) - {""}
+importlib.util.find_spec = (  # a venv without these backends
+    lambda name, *a: None if name in missing else real(name, *a)
+)
+import train
+
+results = []
+for argv in json.loads(sys.argv[2]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            train.main(argv)
+            code = 0
+        except SystemExit as exit:
+            code = exit.code
+    results.append([code, err.getvalue()])
+heavy = sorted(m for m in ("tensorflow", "keras", "jax", "torch")
+               if m in sys.modules)
+print(json.dumps([results, heavy]))
+"""
+
+
+def _argument_errors(cases, missing=()):
+    out = subprocess.run(
+        [sys.executable, "-c", _ARGUMENT_ERRORS, ",".join(missing),
+         json.dumps([argv for argv, _ in cases])],
+        capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    results, heavy = json.loads(out.stdout.strip().splitlines()[-1])
+    for (argv, message), (code, err) in zip(cases, results):
+        assert code == 2, (argv, err)
+        (line,) = err.strip().splitlines()
+        assert line.startswith("train.py: error: ") and message in line, (
+            argv,
+            line,
+        )
+    return heavy
+
+
+def test_argument_errors_answer_before_keras_loads(tmp_path):
+    out = ["--out", str(tmp_path / "out")]
+    grid = ["sweep", "--dataset", "digits", "--gamma", "0.1", *out]
+    cases = [
+        (["run", "--gamma", "-1", *out], "gamma=-1.0"),
+        ([*grid, "--seeds", "5-1"], "The seed range '5-1' is reversed"),
+        ([*grid, "--seeds", "1-3,9-7"], "give 7-9"),
+        (["run", "--model", "resnet9", *out], "unknown model 'resnet9'"),
+        (["run", "--dataset", "nope", *out], "Unknown data set 'nope'"),
+        (["run", "--batch-size", str(2**31), *out], "must be <= 65,536"),
+        ([*grid, "--lr", "0"], "lr=0.0"),
+        (["report", str(tmp_path)], "holds no sweep results (results.sqlite)"),
+        (["report", str(tmp_path), "--row-key", "x"], "--row-key 'x'"),
+        (["plot", str(tmp_path / "none")], "is not a run directory"),
+    ]
+    assert _argument_errors(cases) == []  # neither Keras nor a backend
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_backend_names_its_install(tmp_path):
+    out = ["--out", str(tmp_path / "out")]
+    hint = 'is not installed: pip install "keras_bninit[{}]"'
+    cases = [
+        (["run", "--backend", "torch", *out], hint.format("torch")),
+        (["run", "--backend", "jax", *out], hint.format("jax")),
+    ]
+    # TensorFlow is here: the others are named one by one.
+    assert _argument_errors(cases, missing=("torch", "jax")) == []
+    # None is: the default backend's install, and the others'.
+    none = [
+        (["run", *out], 'no Keras backend is installed: pip install "keras'),
+        (["run", "--backend", "jax", *out], '"keras_bninit[jax]" (or [tens'),
+    ]
+    assert _argument_errors(none, ("torch", "jax", "tensorflow")) == []
+    tfdata = [
+        (
+            ["run", "--backend", "jax", "--input", "tfdata", *out],
+            "--input tfdata needs TensorFlow, which is not installed",
+        )
+    ]
+    assert _argument_errors(tfdata, missing=("tensorflow",)) == []
+    assert not (tmp_path / "out").exists()

@@ -396,7 +396,8 @@ def _parser():
         "--decision",
         choices=("raw", "holm"),
         default="raw",
-        help="bold a row when its raw or its Holm-adjusted p <= alpha",
+        help="bold a row when its raw or its Holm-adjusted p <= the "
+        "significance level, 0.05",
     )
 
     plot = command("plot", "diagnostics plots of a run")
@@ -410,12 +411,19 @@ def _parser():
 
 
 def _checked(function, *args):
-    """Runs a validation step; a bad value becomes one line and status 2."""
-    from keras_bninit.harness.datasets import DatasetUnavailableError
-
+    """Runs a validation step; a bad value becomes one line and status 2
+    (a data set that is not here too, once `datasets` is loaded: this
+    runs before Keras loads as well)."""
     try:
         return function(*args)
-    except (ValueError, DatasetUnavailableError) as error:
+    except ValueError as error:
+        _fail(str(error).replace("\n", " "))
+    except Exception as error:
+        datasets = sys.modules.get("keras_bninit.harness.datasets")
+        if datasets is None or not isinstance(
+            error, datasets.DatasetUnavailableError
+        ):
+            raise
         _fail(str(error).replace("\n", " "))
 
 
@@ -508,18 +516,50 @@ def _check_row_key(row_key):
         )
 
 
-def _run_config(args):
-    from keras_bninit.harness.config import RunConfig, apply_ablation
-    from keras_bninit.harness.experiment import validate
-
+def _args_config(args):
+    """The run's resolved `RunConfig` from the arguments (no Keras)."""
+    config = _config()
     fields = {**_config_fields(args, grid=True), **_config_fields(args, False)}
     fields.update(seed=args.seed, out=args.out)
     fields.update(export=args.export, diagnostics=args.diagnostics)
-    config = RunConfig.from_dict(fields)
+    run = config.RunConfig.from_dict(fields)
     if args.ablation is not None:
-        config = apply_ablation(config, args.ablation)
-    validate(config.resolved())  # every field, and what this machine has
-    config = config.resolved()
+        run = config.apply_ablation(run, args.ablation)
+    return run.resolved()
+
+
+def _precheck(args):
+    """The arguments' common mistakes, answered before Keras loads
+    (`harness.precheck`); the full checks follow once it has."""
+    _presets()
+    check = _light_module("keras_bninit.harness.precheck")
+    backend = os.environ["KERAS_BACKEND"]
+    check.check_backend_installed(backend)
+    if args.command == "run":
+        check.check_run(_args_config(args), backend)
+    elif args.command == "sweep":
+        _check_row_key(args.row_key)
+        check.check_runs(_sweep_runs(args)[0], backend)
+    elif args.command == "report":
+        _check_row_key(args.row_key)
+        _check_has_store(args.sweep_dir)
+    elif not os.path.isdir(args.run_dir):
+        raise ValueError(f"{args.run_dir!r} is not a run directory")
+
+
+def _check_has_store(sweep_dir):
+    _config()
+    _light_module("keras_bninit.harness.store_checks")
+    store = _light_module("keras_bninit.harness.store").STORE_FILENAME
+    if not os.path.isfile(os.path.join(sweep_dir, store)):
+        _fail(f"{sweep_dir!r} holds no sweep results ({store})")
+
+
+def _run_config(args):
+    from keras_bninit.harness.experiment import validate
+
+    config = _args_config(args)
+    validate(config)  # every field, and what this machine has
     _check_models([config])
     _check_data([config])
     return config
@@ -716,9 +756,8 @@ def _report_dir(sweep_dir, row_key, decision, quiet=False):
     from keras_bninit.harness import report, report_inputs
     from keras_bninit.harness.store import STORE_FILENAME
 
+    _check_has_store(sweep_dir)
     path = os.path.join(sweep_dir, STORE_FILENAME)
-    if not os.path.isfile(path):
-        _fail(f"{sweep_dir!r} holds no sweep results ({STORE_FILENAME})")
     row_key = row_key or report_inputs.sweep_row_key(sweep_dir)
     # Read only, bad rows and values named; a locked store: status 1.
     records = _guarded(report_inputs.load, path)
@@ -819,6 +858,7 @@ def main(argv=None, prog=None):
     if args.command is None:
         _fail("choose a command: run, sweep, report or plot")
     _set_backend(args)
+    _checked(_precheck, args)  # before Keras loads: within a second
     warnings.formatwarning = _warning_line
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_sigterm)

@@ -181,7 +181,13 @@ def parse_seeds(text):
     ranges, total = [], 0
     for part in str(text).split(","):
         match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if not match or (match[2] and int(match[2]) < int(match[1])):
+        if match and match[2] and int(match[2]) < int(match[1]):
+            raise ValueError(
+                f"The seed range {part.strip()!r} is reversed: its end is "
+                f"below its start; give {match[2]}-{match[1]}. Received: "
+                f"{text!r}"
+            )
+        if not match:
             raise ValueError(
                 "Seeds must be non-negative integers as a list or ranges, "
                 f"e.g. '1-15' or '1,2,5' or '1-3,7'. Received: {text!r}"
