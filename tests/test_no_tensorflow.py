@@ -126,7 +126,7 @@ def test_jax_sweep_and_report_without_tensorflow(no_tf_env, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     report = _train(no_tf_env, "report", "sweep", cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-2000:]
-    assert "gamma=0.1" in report.stdout
+    assert "c=0.1" in report.stdout
     assert "(no plots: matplotlib is not installed)" in report.stdout
     assert os.path.isfile(tmp_path / "sweep" / "report" / "report.md")
 

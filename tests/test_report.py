@@ -95,7 +95,7 @@ def _mean_std(values):
 
 
 def test_layout(table):
-    assert table.row_labels == ["gamma=0.1", "gamma=0.5", "BASE"]
+    assert table.row_labels == ["c=0.1", "c=0.5", "BASE"]
     assert table.column_labels == ["lr=0.1", "lr=0.01"]
     assert table.fixed == {
         "dataset": "cifar10",
@@ -103,7 +103,8 @@ def test_layout(table):
         "epochs": 2.0,
     }
     assert table.common == {"gamma_lr_divisor": 100.0}
-    assert "rows other than BASE: gamma_lr_divisor=100" in table.legend()
+    # users read c and a, the paper's names; fields keep theirs
+    assert "rows other than BASE: a=100" in table.legend()
 
 
 def test_bold_underline_and_n_exactly_where_due(table):
@@ -111,10 +112,10 @@ def test_bold_underline_and_n_exactly_where_due(table):
     bold = {k for k, c in cells.items() if c.bold}
     underline = {k for k, c in cells.items() if c.underline}
     shown_n = {k for k, c in cells.items() if c.show_n}
-    assert bold == {("gamma=0.1", "lr=0.1")}
-    assert underline == {("gamma=0.1", "lr=0.1"), ("gamma=0.5", "lr=0.01")}
-    assert shown_n == {("gamma=0.5", "lr=0.01")}
-    cell = cells["gamma=0.5", "lr=0.01"]
+    assert bold == {("c=0.1", "lr=0.1")}
+    assert underline == {("c=0.1", "lr=0.1"), ("c=0.5", "lr=0.01")}
+    assert shown_n == {("c=0.5", "lr=0.01")}
+    cell = cells["c=0.5", "lr=0.01"]
     assert cell.stats["n"] == 4 and cell.stats["n_failed"] == 1
     assert table.cell_text(cell).endswith("(n=4)")
 
@@ -125,13 +126,14 @@ def test_markdown(table):
     best = _mean_std([_accuracy(0.1, 0.1, s) for s in SEEDS])
     noisy = _mean_std([_accuracy(0.01, 0.5, s) for s in range(1, 5)])
     base = _mean_std([_accuracy(0.1, None, s) for s in SEEDS])
-    assert f"| gamma=0.1 | **<u>{best}</u>** |" in lines["| gamma=0.1"]
-    assert f"| <u>{noisy} (n=4)</u> |" in lines["| gamma=0.5"]
+    assert f"| c=0.1 | **<u>{best}</u>** |" in lines["| c=0.1"]
+    assert f"| <u>{noisy} (n=4)</u> |" in lines["| c=0.5"]
     assert f"| BASE | {base} |" in lines["| BASE"]
     # the title, one bold cell and its bold p in the statistics table
     assert text.count("**") == 2 + 2 + 2
     assert text.count("<u>") == 2
     assert text.startswith("**dataset=cifar10, model=resnet18, epochs=2**")
+    assert "| c | lr=0.1 | lr=0.01 |" in text
 
 
 def test_markdown_p_values(table):
@@ -150,6 +152,7 @@ def test_latex(table):
     assert text.count(r"\underline") == 2
     assert "($n=4$)" in text
     assert r"\begin{tabular}{lrr}" in text and r"\end{tabular}" in text
+    assert r"c & lr=0.1 & lr=0.01 \\" in text
 
 
 def test_text(table):
@@ -159,6 +162,8 @@ def test_text(table):
     assert "*: better than BASE" in text
     assert "p (t-test)" in text and "p Wilcoxon" in text
     assert f"{best}*^ (p=" in report.to_text(table, show_p=True)
+    header = text.splitlines()[1].split()
+    assert header == ["c", "lr=0.1", "lr=0.01"]
 
 
 def _comparison_rows(table):
@@ -168,10 +173,10 @@ def _comparison_rows(table):
 def test_comparisons_carry_every_statistic(table):
     rows = _comparison_rows(table)
     assert list(rows) == [
-        "gamma=0.1, lr=0.1",
-        "gamma=0.1, lr=0.01",
-        "gamma=0.5, lr=0.1",
-        "gamma=0.5, lr=0.01",
+        "c=0.1, lr=0.1",
+        "c=0.1, lr=0.01",
+        "c=0.5, lr=0.1",
+        "c=0.5, lr=0.01",
         "BASE, lr=0.1",
         "BASE, lr=0.01",
     ]
@@ -187,7 +192,7 @@ def test_comparisons_carry_every_statistic(table):
             ),
         ]
     )
-    best = rows["gamma=0.1, lr=0.1"]
+    best = rows["c=0.1, lr=0.1"]
     assert best["mean_std"] == _mean_std(list(ours.values()))
     assert best["n"] == "5" and best["significant"]
     assert best["difference"] == (
@@ -199,15 +204,13 @@ def test_comparisons_carry_every_statistic(table):
     assert best["p_holm"] == f"{holm[0]:.3g}"
     assert best["p_wilcoxon"] == f"{expected.wilcoxon_p:.3g}"
     assert best["p_outperform"] == "1.00"
-    assert rows["gamma=0.5, lr=0.01"]["n"] == "4"  # pairs: seed 5 failed
+    assert rows["c=0.5, lr=0.01"]["n"] == "4"  # pairs: seed 5 failed
     assert rows["BASE, lr=0.1"]["difference"] == "BASE"
-    assert [k for k, r in rows.items() if r["significant"]] == [
-        "gamma=0.1, lr=0.1"
-    ]
+    assert [k for k, r in rows.items() if r["significant"]] == ["c=0.1, lr=0.1"]
 
 
 def test_comparisons_in_markdown_text_and_latex(table, store):
-    p = _comparison_rows(table)["gamma=0.1, lr=0.1"]["p"]
+    p = _comparison_rows(table)["c=0.1, lr=0.1"]["p"]
     markdown = report.to_markdown(table)
     assert f"| **{p}** |" in markdown and markdown.count(f"**{p}**") == 1
     assert "| configuration | mean ± std | n | ours - BASE [95% CI] |" in (
@@ -219,7 +222,7 @@ def test_comparisons_in_markdown_text_and_latex(table, store):
     assert rf"\textbf{{{p}}}" in latex
     assert r"$P$($>$ BASE)" in latex and "(ours $>$ BASE)" in latex
     (holm,) = report.build_tables(store, decision="holm")
-    p_holm = _comparison_rows(holm)["gamma=0.1, lr=0.1"]["p_holm"]
+    p_holm = _comparison_rows(holm)["c=0.1, lr=0.1"]["p_holm"]
     assert f"| **{p_holm}** |" in report.to_markdown(holm)
 
 
@@ -244,25 +247,26 @@ def test_csv_columns_and_values(table):
     ):
         assert column in rows[0]
     by_cell = {(r["row"], r["column"]): r for r in rows}
-    best = by_cell["gamma=0.1", "lr=0.1"]
+    best = by_cell["c=0.1", "lr=0.1"]
+    assert best["gamma"] == "0.1"  # the data keeps the field's name
     ours = {s: _accuracy(0.1, 0.1, s) for s in SEEDS}
     base = {s: _accuracy(0.1, None, s) for s in SEEDS}
     assert float(best["p_value"]) == pytest.approx(
         stats.one_sided_paired_ttest(ours, base)
     )
     # Holm over the two configurations sharing the lr=0.1 BASE
-    other = by_cell["gamma=0.5", "lr=0.1"]
+    other = by_cell["c=0.5", "lr=0.1"]
     _, corrected = stats.holm([float(best["p_value"]), float(other["p_value"])])
     assert float(best["p_holm"]) == pytest.approx(corrected[0])
     assert best["significant"] == "True"
     assert best["best_in_column"] == "True"
     mean_diff = np.mean([ours[s] - base[s] for s in SEEDS]) * 100
     assert float(best["mean_difference"]) == pytest.approx(mean_diff)
-    assert by_cell["gamma=0.5", "lr=0.01"]["missing_seeds"] == "5"
+    assert by_cell["c=0.5", "lr=0.01"]["missing_seeds"] == "5"
     assert by_cell["BASE", "lr=0.1"]["is_base"] == "True"
     # Counts and integer fields are written as integers.
     assert (best["epochs"], best["n"], best["n_failed"]) == ("2", "5", "0")
-    assert by_cell["gamma=0.5", "lr=0.01"]["n_ours"] == "4"
+    assert by_cell["c=0.5", "lr=0.01"]["n_ours"] == "4"
 
 
 def test_holm_decision_can_drive_bold(store):
@@ -289,6 +293,14 @@ def test_rows_keyed_by_bn():
     assert cells["bn=rbn", "lr=0.1"].underline
     with pytest.raises(ValueError, match='row_key="gamma"'):
         report_plots.plot_accuracy_vs_gamma(table, "unused.png")
+    drawn, starred, _ = _drawn_differences(
+        report_plots.paired_difference_figure(table)
+    )
+    assert set(drawn) == {("bn=iebn", "lr=0.1"), ("bn=rbn", "lr=0.1")}
+    assert starred == {
+        k for k, c in cells.items() if c.stats["significant_holm"]
+    }
+    assert ("bn=rbn", "lr=0.1") in starred
 
 
 def test_separate_tables_per_dataset():
@@ -308,13 +320,17 @@ def test_separate_tables_per_dataset():
 
 def test_plot_and_write_report(store, tmp_path):
     text, paths = report.write_report(store, tmp_path / "out")
-    assert "gamma=0.1" in text and "BASE" in text
-    (plot,) = paths["plots"]
-    with open(plot, "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "c=0.1" in text and "BASE" in text and "gamma" not in text
+    assert [os.path.basename(p) for p in paths["plots"]] == [
+        "accuracy_vs_gamma-cifar10-resnet18.png",
+        "paired_difference-cifar10-resnet18.png",
+    ]
+    for plot in paths["plots"]:
+        with open(plot, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     for name in ("markdown", "latex", "csv"):
         with open(paths[name], encoding="utf-8") as f:
-            assert "gamma=0.1" in f.read()
+            assert "c=0.1" in f.read()
     with open(paths["latex"], encoding="utf-8") as f:
         assert f.readline().startswith(
             r"% keras_bninit report. Needs \usepackage{booktabs}"
@@ -349,7 +365,7 @@ def test_accuracy_plot_title_intervals_and_stars(table):
     assert 55 < low < 70 and 80 < high < 95
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "BASE, lr=0.1 (band: 95 % CI)" in labels
-    assert "better than BASE (p <= 0.05)" in labels
+    assert "better than BASE: one-sided paired t-test, p <= 0.05" in labels
     # The star sits on the significant configuration (gamma 0.1, lr 0.1).
     stars = [line for line in ax.get_lines() if line.get_marker() == "*"]
     (star,) = stars
@@ -357,32 +373,167 @@ def test_accuracy_plot_title_intervals_and_stars(table):
     np.testing.assert_allclose(star.get_ydata(), [mean])
 
 
-def test_one_gamma_is_drawn_beside_base(tmp_path):
+def _one_lr_records(gains):
+    """BASE and each c of `gains` (c -> gain per seed) at lr 0.1."""
     records = []
     for seed in SEEDS:
-        for gamma, gain in ((1.0, 0.0), (0.1, 0.02 + 0.002 * seed)):
+        for gamma, gain in {1.0: [0.0] * len(SEEDS), **gains}.items():
             records.append(
                 {
                     "config": _config(
                         seed, 0.1, gamma, 1.0 if gamma == 1 else 100
                     ),
                     "status": "ok",
-                    "test_accuracy": 0.8 + NOISE[seed] + gain,
+                    "test_accuracy": 0.8 + NOISE[seed] + gain[seed - 1],
                 }
             )
-    (table,) = report.build_tables(records)
+    return records
+
+
+@pytest.mark.parametrize(
+    "gains, decision, verdict",
+    [
+        ([0.022, 0.024, 0.026, 0.028, 0.03], "raw", " <= 0.05"),
+        ([0.01, -0.01, 0.0, 0.005, -0.004], "raw", ", n.s."),
+        ([0.01, -0.01, 0.0, 0.005, -0.004], "holm", ", n.s."),
+    ],
+)
+def test_one_gamma_is_drawn_on_a_base_band(tmp_path, gains, decision, verdict):
+    records = _one_lr_records({0.1: gains})
+    (table,) = report.build_tables(records, decision=decision)
     (ax,) = report_plots.accuracy_vs_gamma_figure(table).axes
     ticks = [t.get_text() for t in ax.get_xticklabels()]
-    assert ticks == ["c=0.1\nlr=0.1", "BASE\nlr=0.1"]
+    assert ticks == ["c=0.1\nlr=0.1"]
     assert ax.get_xscale() == "linear"
+    # BASE is a band (its mean's 95 % t interval, the legend says so)
+    # around a dashed line at its mean, behind the configuration.
+    base = np.array([0.8 + NOISE[s] for s in SEEDS]) * 100
+    (band,) = ax.patches
+    np.testing.assert_allclose(
+        [band.get_y(), band.get_y() + band.get_height()],
+        [base.mean() - _t_half(base), base.mean() + _t_half(base)],
+    )
+    (line,) = [x for x in ax.get_lines() if x.get_linestyle() == "--"]
+    np.testing.assert_allclose(line.get_ydata(), [base.mean()] * 2)
+    assert band.get_x() < 0 < band.get_x() + band.get_width()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[0] == "BASE, lr=0.1 (band: 95 % CI)"
+    # The p-value of the decision, naming its test; n.s. above 0.05.
+    cell = table.cells[0, 0]
+    p = cell.stats["p_holm" if decision == "holm" else "p_value"]
+    assert (p <= 0.05) == (verdict == " <= 0.05")
+    test = "Holm-adjusted " * (decision == "holm") + "one-sided paired t-test"
+    (text,) = ax.texts
+    assert text.get_text() == f"{test}\np = {p:.3g}{verdict}"
+    # The y axis fits the intervals, not 0-100.
+    low, high = ax.get_ylim()
+    ours = np.array([0.8 + NOISE[s] + g for s, g in zip(SEEDS, gains)]) * 100
+    assert min(base.min(), ours.min()) - 2 < low < base.mean() - _t_half(base)
+    assert ours.mean() < high < max(base.max(), ours.max()) + 2
     text, paths = report.write_report(records, tmp_path)
     assert [os.path.basename(p) for p in paths["plots"]] == [
-        "accuracy_vs_gamma-cifar10-resnet18.png"
+        "accuracy_vs_gamma-cifar10-resnet18.png",
+        "paired_difference-cifar10-resnet18.png",
     ]
 
 
+def _drawn_differences(figure):
+    """What the paired-difference figure draws, read back from its axes:
+    (row label, panel title) -> (mean, interval low, high), the starred
+    rows, and the right-hand labels."""
+    drawn, starred, notes = {}, set(), {}
+    for ax in figure.axes:
+        column = ax.get_title(loc="left")
+        rows = [t.get_text() for t in ax.get_yticklabels()]
+        (right,) = ax.child_axes
+        for row, t in zip(rows, right.get_yticklabels()):
+            notes[row, column] = t.get_text()
+        for container in ax.containers:
+            point, _, (bars,) = container.lines
+            (mean,), (y,) = point.get_xdata(), point.get_ydata()
+            (low, y_low), (high, y_high) = bars.get_segments()[0]
+            assert y_low == y_high == y
+            drawn[rows[round(y)], column] = (mean, low, high)
+        for line in ax.get_lines():
+            if line.get_marker() == "*":
+                (y,) = line.get_ydata()
+                starred.add((rows[round(y)], column))
+        zero = [x for x in ax.get_lines() if list(x.get_xdata()) == [0, 0]]
+        assert zero, "no zero line"
+    return drawn, starred, notes
+
+
+def test_paired_difference_plot_draws_the_reports_comparisons(table):
+    figure = report_plots.paired_difference_figure(table)
+    drawn, starred, notes = _drawn_differences(figure)
+    cells = {k: c for k, c in _cells(table).items() if k[0] != "BASE"}
+    assert drawn.keys() == cells.keys()  # every configuration, no BASE
+    for key, cell in cells.items():
+        s = cell.stats
+        expected = [
+            s[k] * 100 for k in ("mean_difference", "ci_low", "ci_high")
+        ]
+        np.testing.assert_allclose(drawn[key], expected, rtol=1e-12)
+        # ... which is what the report's statistics table prints
+        shown = _comparison_rows(table)[", ".join(key)]["difference"]
+        mean, low, high = drawn[key]
+        assert shown == f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]"
+        assert notes[key] == f"{shown}, p Holm = {s['p_holm']:.3g}"
+    assert starred == {
+        k for k, c in cells.items() if c.stats["significant_holm"]
+    }
+    assert starred == {("c=0.1", "lr=0.1")}
+    # one panel per learning rate, each with its own x range
+    assert [ax.get_title(loc="left") for ax in figure.axes] == [
+        "lr=0.1",
+        "lr=0.01",
+    ]
+    (legend,) = figure.legends
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "better than BASE: Holm-adjusted one-sided paired t-test, p <= 0.05"
+    ]
+
+
+def test_paired_stars_are_holm_significant_not_raw():
+    # c=0.1 raw p = 0.041, doubled by Holm beside c=0.5: starred on the
+    # accuracy plot (the raw decision), not on the paired one.
+    records = _one_lr_records(
+        {
+            0.1: [0.01, 0.02, -0.002, 0.015, 0.003],
+            0.5: [0.01, -0.01, 0.0, 0.005, -0.004],
+        }
+    )
+    (table,) = report.build_tables(records)
+    cell = _cells(table)["c=0.1", "lr=0.1"]
+    assert cell.bold and not cell.stats["significant_holm"]
+    (ax,) = report_plots.accuracy_vs_gamma_figure(table).axes
+    assert [x for x in ax.get_lines() if x.get_marker() == "*"]
+    figure = report_plots.paired_difference_figure(table)
+    drawn, starred, _ = _drawn_differences(figure)
+    assert set(drawn) == {("c=0.1", "lr=0.1"), ("c=0.5", "lr=0.1")}
+    assert starred == set() and not figure.legends
+    # the x axis holds zero and every interval
+    (ax,) = figure.axes
+    low, high = ax.get_xlim()
+    assert low < min(v[1] for v in drawn.values())
+    assert high > max(v[2] for v in drawn.values()) and low < 0 < high
+
+
+def test_paired_difference_needs_a_base(tmp_path):
+    records = _one_lr_records({0.1: [0.01] * 5})
+    ours = [r for r in records if r["config"]["gamma"] < 1]
+    _, paths = report.write_report(ours, tmp_path / "ours")
+    assert [os.path.basename(p) for p in paths["plots"]] == [
+        "accuracy_vs_gamma-cifar10-resnet18.png"
+    ]
+    # BASE alone: nothing to plot against c, nothing compared
+    base = [r for r in records if r["config"]["gamma"] == 1]
+    _, paths = report.write_report(base, tmp_path / "base")
+    assert paths["plots"] == []
+
+
 def _identical_and_normal(other_gains):
-    """BASE, gamma=0.1 clearly better, gamma=0.5 with `other_gains`."""
+    """BASE, c=0.1 clearly better, c=0.5 with `other_gains`."""
     gains = {0.1: [0.02, 0.03, 0.01, 0.02, 0.025], 0.5: other_gains}
     records = []
     for seed in SEEDS:
@@ -409,39 +560,39 @@ def _line(text, label):
 
 def test_identical_runs_are_named_where_the_p_value_would_be():
     table = _identical_and_normal([0.0] * 5)
-    # The same table with a gamma=0.5 that merely fails to beat BASE.
+    # The same table with a c=0.5 that merely fails to beat BASE.
     other = _identical_and_normal([0.01, -0.01, 0.0, 0.005, -0.01])
     rows = _comparison_rows(table)
-    same, normal = rows["gamma=0.5, lr=0.1"], rows["gamma=0.1, lr=0.1"]
+    same, normal = rows["c=0.5, lr=0.1"], rows["c=0.1, lr=0.1"]
     assert (same["p"], same["p_holm"]) == ("identical runs",) * 2
     assert same["p_wilcoxon"] == "1" and same["dz"] == "–"
     assert same["difference"] == "+0.00 [+0.00, +0.00]"
     assert not same["significant"]
     # The normal row next to it is what it would be next to any other
     # comparison that is not significant: Holm counts both.
-    assert normal == _comparison_rows(other)["gamma=0.1, lr=0.1"]
+    assert normal == _comparison_rows(other)["c=0.1, lr=0.1"]
     assert normal["significant"] and normal["p"] != "identical runs"
 
     markdown = report.to_markdown(table, show_p=True)
-    assert "| gamma=0.5, lr=0.1 |" in markdown
+    assert "| c=0.5, lr=0.1 |" in markdown
     assert "| identical runs | identical runs | 1 |" in _line(
-        markdown, "| gamma=0.5, lr=0.1 |"
+        markdown, "| c=0.5, lr=0.1 |"
     )
-    assert _line(markdown, "| gamma=0.1, lr=0.1 |") == _line(
-        report.to_markdown(other), "| gamma=0.1, lr=0.1 |"
+    assert _line(markdown, "| c=0.1, lr=0.1 |") == _line(
+        report.to_markdown(other), "| c=0.1, lr=0.1 |"
     )
-    assert "(identical runs)" in _line(markdown, "| gamma=0.5 |")
+    assert "(identical runs)" in _line(markdown, "| c=0.5 |")
     assert "identical runs: every paired difference is zero" in markdown
     assert "identical runs" not in report.to_markdown(other)
 
     latex = report.to_latex(table)
     assert "& identical runs & identical runs & 1 &" in _line(
-        latex, "gamma=0.5, lr=0.1 &"
+        latex, "c=0.5, lr=0.1 &"
     )
-    assert _line(latex, "gamma=0.1, lr=0.1 &") == _line(
-        report.to_latex(other), "gamma=0.1, lr=0.1 &"
+    assert _line(latex, "c=0.1, lr=0.1 &") == _line(
+        report.to_latex(other), "c=0.1, lr=0.1 &"
     )
-    assert "identical runs" in _line(report.to_text(table), "gamma=0.5, lr")
+    assert "identical runs" in _line(report.to_text(table), "c=0.5, lr")
 
     by_row = {
         r["row"]: r for r in csv.DictReader(io.StringIO(report.to_csv(table)))
@@ -449,13 +600,13 @@ def test_identical_runs_are_named_where_the_p_value_would_be():
     other_rows = {
         r["row"]: r for r in csv.DictReader(io.StringIO(report.to_csv(other)))
     }
-    assert by_row["gamma=0.5"]["p_value"] == "identical runs"
-    assert by_row["gamma=0.5"]["p_holm"] == "identical runs"
-    assert by_row["gamma=0.5"]["note"] == "identical runs"
-    assert by_row["gamma=0.5"]["significant"] == "False"
-    assert by_row["gamma=0.5"]["wilcoxon_p"] == "1.0"
-    assert by_row["gamma=0.1"] == other_rows["gamma=0.1"]
-    assert float(by_row["gamma=0.1"]["p_value"]) < 0.05
+    assert by_row["c=0.5"]["p_value"] == "identical runs"
+    assert by_row["c=0.5"]["p_holm"] == "identical runs"
+    assert by_row["c=0.5"]["note"] == "identical runs"
+    assert by_row["c=0.5"]["significant"] == "False"
+    assert by_row["c=0.5"]["wilcoxon_p"] == "1.0"
+    assert by_row["c=0.1"] == other_rows["c=0.1"]
+    assert float(by_row["c=0.1"]["p_value"]) < 0.05
 
 
 def test_few_seeds_are_named_in_the_legend(table):

@@ -154,7 +154,7 @@ def test_demo_sweep_short_mode_then_report_and_plot(tmp_path):
                    "1", "--out", str(sweep), "--quiet")  # fmt: skip
     assert again.stdout == ""
     report = _train("report", str(sweep))
-    assert "gamma=0.1" in report.stdout
+    assert "c=0.1" in report.stdout
 
     run = tmp_path / "diag"
     _train("run", "--model", "resnet8", "--epochs", "1", "--diagnostics",

@@ -1,6 +1,6 @@
 """Paper-style tables and plots from result records (Sections 4.3, 4.4).
 
-The table layout of the paper: one row per gamma value (+ a BASE row), one
+The table layout of the paper: one row per value of c (+ a BASE row), one
 column per learning rate, cells "mean ± std" of test accuracy in percent
 over the seeds. A cell is bold when the configuration is significantly
 better than its BASE (one-sided paired t-test, p <= 0.05) and underlined
@@ -14,7 +14,8 @@ a method field (gamma, divisor, bn, input_norm) nor the column key splits
 the records into separate tables (one per data set, model, epochs, ...).
 
 Renderings: Markdown, LaTeX, CSV (every statistic of `harness.stats`) and
-plain text; `report_plots.plot_accuracy_vs_gamma` draws a PNG.
+plain text; `report_plots.write_plots` draws accuracy vs c and the paired
+differences to BASE (PNG). Labels say c and a (`display_names`).
 
 Identical runs (every paired difference zero) have no t-test p-value (NaN,
 as scipy gives): every rendering prints "identical runs" where that p and
@@ -33,7 +34,7 @@ import os
 import textwrap
 
 from keras_bninit.harness import _io, report_inputs, report_plots
-from keras_bninit.harness.config import format_value
+from keras_bninit.harness.display_names import display_name, named
 from keras_bninit.harness.stats import (
     ALPHA,
     IDENTICAL_RUNS,
@@ -109,7 +110,7 @@ class Table:
         row_key: the field that labels the rows.
         col_key: the field that labels the columns.
         rows: one dict of method-field values per row, BASE rows last.
-        row_labels: e.g. "gamma=0.1", "BASE".
+        row_labels: e.g. "c=0.1", "BASE" (`display_names`).
         is_base_row: whether each row is a BASE configuration.
         columns: the column values (learning rates, largest first).
         cells: `(row_index, column_index) -> Cell`; absent when not run.
@@ -137,11 +138,11 @@ class Table:
     @property
     def title(self):
         """The fields shared by the table, e.g. "dataset=cifar10, ..."."""
-        return ", ".join(f"{k}={_fmt(v)}" for k, v in self.fixed.items())
+        return ", ".join(named(k, v) for k, v in self.fixed.items())
 
     @property
     def column_labels(self):
-        return [f"{self.col_key}={_fmt(v)}" for v in self.columns]
+        return [named(self.col_key, v) for v in self.columns]
 
     def cell_text(self, cell, latex=False):
         """The cell as "mean ± std", plus "(n=k)" when due."""
@@ -222,7 +223,7 @@ class Table:
             "same BASE",
         ]
         if self.common:
-            common = ", ".join(f"{k}={_fmt(v)}" for k, v in self.common.items())
+            common = ", ".join(named(k, v) for k, v in self.common.items())
             parts.insert(0, f"rows other than BASE: {common}")
         return "; ".join(parts) + "."
 
@@ -360,9 +361,6 @@ def comparisons_text(table):
 # ---------------------------------------------------------------------------
 # Building tables
 # ---------------------------------------------------------------------------
-
-
-_fmt = format_value
 
 
 def _sort_key(value):
@@ -556,11 +554,11 @@ def _row_labels(rows, is_base, row_key):
     labels = []
     for row, base in zip(rows, is_base):
         if base:
-            extra = ", ".join(f"{f}={_fmt(row[f])}" for f in base_varying)
+            extra = ", ".join(named(f, row[f]) for f in base_varying)
             labels.append(f"BASE ({extra})" if extra else "BASE")
         else:
-            label = f"{row_key}={_fmt(row[row_key])}"
-            extra = ", ".join(f"{f}={_fmt(row[f])}" for f in varying)
+            label = named(row_key, row[row_key])
+            extra = ", ".join(named(f, row[f]) for f in varying)
             labels.append(f"{label} ({extra})" if extra else label)
     return labels, common
 
@@ -590,7 +588,7 @@ def to_markdown(table, show_p=False, comparisons=True):
         A string: a title line, the table, a legend line, and the
         statistics table with its legend.
     """
-    header = [table.row_key, *table.column_labels]
+    header = [display_name(table.row_key), *table.column_labels]
     lines = [
         f"**{table.title}**" if table.title else "",
         "",
@@ -662,7 +660,8 @@ def to_latex(table, comparisons=True):
         r"\begin{tabular}{l" + "r" * len(table.columns) + "}",
         r"\toprule",
         " & ".join(
-            _latex_escape(x) for x in [table.row_key, *table.column_labels]
+            _latex_escape(x)
+            for x in [display_name(table.row_key), *table.column_labels]
         )
         + r" \\",
         r"\midrule",
@@ -705,7 +704,7 @@ def to_text(table, show_p=False, comparisons=True):
     Returns:
         A string with aligned columns, a title line and a legend.
     """
-    header = [table.row_key, *table.column_labels]
+    header = [display_name(table.row_key), *table.column_labels]
     body = []
     for i, label in enumerate(table.row_labels):
         texts = [label]
@@ -877,17 +876,11 @@ def write_report(records, out_dir, row_key="gamma", col_key="lr", **kwargs):
             + "\n".join(to_latex(t) for t in tables)
         )
     to_csv(tables, paths["csv"], scale=scale)
-    plots = row_key == "gamma" and importlib.util.find_spec("matplotlib")
-    if row_key == "gamma" and not plots:
+    if not importlib.util.find_spec("matplotlib"):
         header += "(no plots: matplotlib is not installed)\n"
-    if plots:
+    else:  # accuracy vs c (tables by c), then the paired differences
         taken = set()
         for table in tables:
-            name = report_plots.plot_name(table, taken)
-            taken.add(name)
-            plot = os.path.join(out_dir, name)
-            paths["plots"].append(
-                report_plots.plot_accuracy_vs_gamma(table, plot)
-            )
+            paths["plots"] += report_plots.write_plots(table, out_dir, taken)
     text = header + "\n".join(to_text(t) for t in tables)
     return text, paths
