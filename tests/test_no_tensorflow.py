@@ -134,7 +134,7 @@ def test_jax_sweep_and_report_without_tensorflow(no_tf_env, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--input", "tfdata"], "input='tfdata' needs TensorFlow"),
+        (["--input", "tfdata"], "--input tfdata needs TensorFlow"),
         (["--dataset", "cifar10"], "TensorFlow, which reads"),
     ],
 )

@@ -21,7 +21,6 @@ Until Keras loads, this module imports only the standard library and the
 backend-free modules `keras_bninit.harness.config` / `presets`.
 """
 
-import argparse
 import contextlib
 import os
 import signal
@@ -37,35 +36,9 @@ DEMO_DIR = os.path.join("runs", "demo")
 # installed (`main(prog=...)`).
 PROG = "train.py"
 
-BACKENDS = ("tensorflow", "jax", "torch")
-EXECUTORS = ("local", "ray")
-
-
-class _Formatter(
-    argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter
-):
-    """Shows "(default: ...)" where argparse holds a real default.
-
-    Options whose default depends on others (the data set's model, epochs,
-    ...) default to None so that a sweep can tell them apart; their help
-    text states the default in words.
-    """
-
-    def _get_help_string(self, action):
-        if action.default in (None, False) or action.const is not None:
-            return action.help
-        return super()._get_help_string(action)
-
 
 def _warning_line(message, category, filename, lineno, line=None):
     return f"{PROG}: warning: {message}\n"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        # One line, status 2, no usage dump and no traceback.
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
-        sys.exit(2)
 
 
 def _fail(message):
@@ -110,71 +83,6 @@ def _presets():
     return _light_module("keras_bninit.harness.presets")
 
 
-def _field_argument(field, many):
-    """The flags and argparse settings of one RunConfig field, from its
-    metadata (`harness.config`): help, choices, type."""
-    meta = field.metadata
-    settings = dict(meta["cli"] or {})
-    flags = settings.pop("flags", ("--" + field.name.replace("_", "-"),))
-    settings.update(dest=field.name, help=meta["help"])
-    if "action" not in settings:
-        if field.default is False:
-            settings.update(action="store_true", default=None)
-        else:
-            kinds = getattr(field.type, "__args__", (field.type,))
-            settings["type"] = next(t for t in kinds if t is not type(None))
-            if many and meta["grid"]:
-                settings["nargs"] = "+"
-    if meta["choices"] is not None:
-        settings["choices"] = meta["choices"]
-        if not all(str(c) in meta["help"] for c in meta["choices"]):
-            settings["help"] += f" ({', '.join(map(str, meta['choices']))})"
-    if (
-        field.default not in (None, False)
-        and "action" not in settings
-        and "(default:" not in settings["help"]
-    ):
-        settings["help"] += f" (default: {field.default})"
-    return flags, settings
-
-
-def _add_run_config_args(parser, many):
-    """The RunConfig fields; `many` lets grid fields take several values."""
-    config = _config()
-    grid = parser.add_argument_group(
-        "configuration" + (" (each takes one or more values)" if many else "")
-    )
-    other = parser.add_argument_group("training")
-    for field in config.fields():
-        if field.metadata["cli"] is not False:
-            flags, settings = _field_argument(field, many)
-            group = grid if field.metadata["grid"] else other
-            group.add_argument(*flags, **settings)
-    keras_forms = " ".join(
-        f"--{k.replace('_', '-')} {v}"
-        for k, v in config.KERAS_SEMANTICS.items()
-    )
-    other.add_argument(
-        "--keras-semantics",
-        action="store_true",
-        help="Keras's forms instead of the reference's PyTorch ones "
-        f"({keras_forms}; docs/method.md)",
-    )
-    other.add_argument(
-        "--quiet",
-        action="store_true",
-        help="print nothing (Keras's verbose 0 and no summary lines)",
-    )
-    # 0.2's option: PyTorch's SGD form, now the default.
-    other.add_argument(
-        "--torch-parity",
-        dest="sgd",
-        action="store_const",
-        const="torch",
-        help=argparse.SUPPRESS,
-    )
-
-
 def _config_fields(args, grid):
     """The RunConfig fields given on the command line: the grid's (`grid`
     True) or the others (with --keras-semantics's)."""
@@ -194,77 +102,6 @@ def _config_fields(args, grid):
         elif "verbose" not in fields:  # plain lines into a log file
             fields["verbose"] = 1 if sys.stdout.isatty() else 2
     return fields
-
-
-def _add_executor_args(sweep):
-    """Where a sweep's runs train: this process, or Ray tasks."""
-    where = sweep.add_argument_group("executor (where the runs train)")
-    where.add_argument(
-        "--executor",
-        choices=EXECUTORS,
-        default="local",
-        help="local: one run after another in this process; ray: every run "
-        'a Ray task (pip install "keras_bninit[ray]")',
-    )
-    where.add_argument(
-        "--ray-address",
-        metavar="ADDRESS",
-        help="auto or HOST:PORT of a running Ray cluster (default: start a "
-        "local Ray)",
-    )
-    where.add_argument(
-        "--cpus-per-run",
-        type=float,
-        metavar="N",
-        help="CPUs Ray reserves for each run (default: 1)",
-    )
-    where.add_argument(
-        "--gpus-per-run",
-        type=float,
-        metavar="N",
-        help="GPUs Ray reserves for each run; a fraction such as 0.5 shares "
-        "a GPU (memory only, no speed-up) (default: 0, the run sees no GPU)",
-    )
-    where.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="runs training at once (default: as many as the Ray cluster "
-        "holds; a local Ray gets N x cpus-per-run CPUs); with --dry-run: "
-        "the estimate for N workers",
-    )
-    where.add_argument(
-        "--ship-files",
-        action="store_true",
-        help="for Ray nodes without a shared filesystem: runs write on "
-        "their node and their files come back into the sweep directory",
-    )
-    where.add_argument(
-        "--images-per-second",
-        type=float,
-        metavar="X",
-        help="with --dry-run: one GPU's measured training throughput, for "
-        "estimated hours: the harness's end-to-end figure (img/s of "
-        "benchmarks/harness.py, or a run's images_per_s)",
-    )
-
-
-def _add_backend_arg(parser):
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        metavar="NAME",
-        help="Keras backend: tensorflow, jax or torch (default: "
-        "KERAS_BACKEND, else tensorflow where installed, else jax, else "
-        "torch)",
-    )
-    parser.add_argument(
-        "--no-compile-cache",
-        action="store_true",
-        help="on JAX, do not use JAX's persistent compilation cache (on by "
-        "default, in JAX_COMPILATION_CACHE_DIR, else "
-        "~/.cache/keras_bninit/jax)",
-    )
 
 
 def _set_backend(args):
@@ -295,114 +132,23 @@ def _set_backend(args):
 
 def _installed_backend():
     """Keras's default, TensorFlow, where installed; else JAX or PyTorch."""
-    import importlib.util
+    _config()
+    check = _light_module("keras_bninit.harness.precheck")
+    for backend, module in check.BACKEND_MODULES.items():
+        if check.installed(module):
+            return backend
+    return "tensorflow"  # the precheck then names its install
 
-    for backend, module in zip(BACKENDS, ("tensorflow", "jax", "torch")):
-        try:
-            if importlib.util.find_spec(module) is not None:
-                return backend
-        except (ImportError, ValueError):
-            continue
-    return "tensorflow"  # Keras then says what is missing
+
+def _cli_parser():
+    """`harness.cli_parser` (the options), before Keras loads."""
+    _presets()
+    _light_module("keras_bninit.harness.precheck")
+    return _light_module("keras_bninit.harness.cli_parser")
 
 
 def _parser():
-    parser = _Parser(
-        prog=PROG,
-        description=__doc__.split("\n\n")[0],
-        epilog=f"With no arguments, {PROG} runs the offline demo:\n"
-        f"  {PROG} sweep --preset demo --out {DEMO_DIR}\n"
-        "(digits, resnet8, BASE vs c = 0.1, a = 100, 8 seeds) and its "
-        f"report.\n`{PROG} COMMAND --help` lists a command's options.",
-        formatter_class=_Formatter,
-    )
-    commands = parser.add_subparsers(
-        dest="command", parser_class=_Parser, metavar="COMMAND"
-    )
-
-    def command(name, help):
-        return commands.add_parser(
-            name, help=help, description=help, formatter_class=_Formatter
-        )
-
-    run = command("run", "train one configuration (c = 0.1, a = 100 default)")
-    _add_run_config_args(run, many=False)
-    _add_backend_arg(run)
-    run.add_argument("--seed", type=int, default=1, help="the run seed n")
-    run.add_argument(
-        "--ablation",
-        choices=_config().ABLATIONS,
-        metavar="KIND",
-        help="init-only (c kept, a = 1) or lr-only (c = 1, a kept)",
-    )
-    run.add_argument(
-        "--out", default="runs", metavar="DIR", help="output directory"
-    )
-    run.add_argument(
-        "--export", action="store_true", help="also export a SavedModel"
-    )
-    run.add_argument(
-        "--diagnostics", action="store_true", help="record BN diagnostics"
-    )
-
-    sweep = command("sweep", "a multi-seed grid (with BASE) or a preset")
-    _add_run_config_args(sweep, many=True)
-    _add_backend_arg(sweep)
-    sweep.add_argument(
-        "--preset",
-        choices=tuple(_presets().PRESETS),
-        metavar="NAME",
-        help=f"a paper experiment: {', '.join(_presets().PRESETS)}",
-    )
-    sweep.add_argument(
-        "--ablation",
-        choices=_config().ABLATIONS,
-        metavar="KIND",
-        help="init-only or lr-only, for every run",
-    )
-    sweep.add_argument(
-        "--seeds",
-        help="seeds, e.g. 1-15 or 1,2,5 (default: 1-15, or the preset's)",
-    )
-    sweep.add_argument(
-        "--out",
-        metavar="DIR",
-        help="sweep directory (default: runs/sweep-PRESET or runs/sweep-grid)",
-    )
-    sweep.add_argument(
-        "--no-base", action="store_true", help="no BASE runs (c = 1, a = 1)"
-    )
-    sweep.add_argument(
-        "--retry-failed", action="store_true", help="run failed runs again"
-    )
-    sweep.add_argument(
-        "--dry-run", action="store_true", help="list the runs, train nothing"
-    )
-    sweep.add_argument(
-        "--row-key",
-        metavar="FIELD",
-        help="report rows by this field (default: the preset's, or gamma)",
-    )
-    _add_executor_args(sweep)
-
-    report = command("report", "tables and plots of a sweep")
-    report.add_argument("sweep_dir", help="a sweep's output directory")
-    report.add_argument(
-        "--row-key",
-        metavar="FIELD",
-        help="rows by gamma, bn, input_norm, ... (default: the sweep's)",
-    )
-    report.add_argument(
-        "--decision",
-        choices=("raw", "holm"),
-        default="raw",
-        help="bold a row when its raw or its Holm-adjusted p <= the "
-        "significance level, 0.05",
-    )
-
-    plot = command("plot", "diagnostics plots of a run")
-    plot.add_argument("run_dir", help="a run directory (with --diagnostics)")
-    return parser
+    return _cli_parser().build_parser(PROG, __doc__.split("\n\n")[0], DEMO_DIR)
 
 
 # ============================================================================
@@ -540,6 +286,8 @@ def _precheck(args):
     elif args.command == "sweep":
         _check_row_key(args.row_key)
         check.check_runs(_sweep_runs(args)[0], backend)
+        executors = _light_module("keras_bninit.harness.cli_executor")
+        executors.check_executor_args(args, ray=False)
     elif args.command == "report":
         _check_row_key(args.row_key)
         _check_has_store(args.sweep_dir)
@@ -614,6 +362,7 @@ def _sweep_runs(args):
 
 
 def _sweep(args):
+    from keras_bninit.harness import cli_executor
     from keras_bninit.harness.experiment import check_output_dir
     from keras_bninit.harness.sweep import run_sweep
 
@@ -621,11 +370,11 @@ def _sweep(args):
     runs, row_key, name = _checked(_sweep_runs, args)
     row_key = args.row_key or row_key
     _check_models(runs)
-    _check_executor_args(args)
+    _checked(cli_executor.check_executor_args, args)
     if args.dry_run:
         for config in runs:
             print(config.run_name())
-        _print_estimate(runs, args.images_per_second, args.workers)
+        cli_executor.print_estimate(runs, args.images_per_second, args.workers)
         return 0
     sweep_dir = args.out or os.path.join("runs", f"sweep-{name}")
     if os.path.exists(sweep_dir) and not os.path.isdir(sweep_dir):
@@ -634,7 +383,8 @@ def _sweep(args):
     _checked(_check_store, sweep_dir)
     _checked(_check_sweep_folder, sweep_dir, runs)
     _checked(_check_data, runs)
-    executor = _executor(args)  # Ray started and checked, nothing written
+    # Ray started and checked, nothing written.
+    executor = _checked(cli_executor.executor, args)
     with executor or contextlib.nullcontext():
         counts = _guarded(
             run_sweep,
@@ -652,104 +402,6 @@ def _sweep(args):
             f"done, {counts['ran']} ran ({counts['failed']} failed)"
         )
     return _checked(_report_dir, sweep_dir, row_key, "raw", args.quiet)
-
-
-_RAY_ONLY = ("ray_address", "cpus_per_run", "gpus_per_run", "ship_files")
-# RayExecutor's argument names in its messages -> this command's options.
-_RAY_OPTIONS = {
-    "`address`": "--ray-address",
-    "`num_cpus_per_run`": "--cpus-per-run",
-    "`num_gpus_per_run`": "--gpus-per-run",
-    "`workers`": "--workers",
-}
-
-
-def _check_executor_args(args):
-    """Options of the other executor, and dry-run-only options, rejected."""
-    if args.executor != "ray":
-        for name in _RAY_ONLY:
-            if getattr(args, name) not in (None, False):
-                option = "--" + name.replace("_", "-")
-                _fail(f"{option} needs --executor ray")
-        if args.workers is not None and not args.dry_run:
-            _fail(
-                "--workers needs --executor ray (the local executor trains "
-                "one run at a time)"
-            )
-    if args.images_per_second is not None:
-        if not args.dry_run:
-            _fail("--images-per-second needs --dry-run")
-        if not args.images_per_second > 0:
-            _fail(
-                "--images-per-second must be > 0. Received: "
-                f"{args.images_per_second:g}"
-            )
-    if args.workers is not None and args.workers < 1:
-        _fail(f"--workers must be an integer >= 1. Received: {args.workers}")
-    if args.executor == "ray":
-        _ray_executor(args)  # validates the values; starts nothing
-
-
-def _ray_executor(args):
-    from keras_bninit.harness.ray_executor import RayExecutor
-
-    try:
-        return RayExecutor(
-            address=args.ray_address,
-            num_cpus_per_run=1
-            if args.cpus_per_run is None
-            else args.cpus_per_run,
-            num_gpus_per_run=args.gpus_per_run or 0,
-            workers=args.workers,
-            ship_files=args.ship_files,
-        )
-    except ValueError as error:
-        message = str(error)
-        for name, option in _RAY_OPTIONS.items():
-            message = message.replace(name, option)
-        _fail(message)
-
-
-def _executor(args):
-    """None (the local executor) or a started RayExecutor."""
-    if args.executor != "ray":
-        return None
-    from keras_bninit.harness.ray_executor import RayUnavailableError
-
-    executor = _ray_executor(args)
-    try:
-        executor.start()
-    except (RayUnavailableError, ValueError) as error:
-        _fail(str(error))
-    except ConnectionError as error:
-        _fail(
-            f"cannot reach a Ray cluster at --ray-address "
-            f"{args.ray_address}: {error}".replace("\n", " ")
-        )
-    return executor
-
-
-def _print_estimate(runs, images_per_second, workers):
-    """The work of a sweep, and its hours at a measured throughput."""
-    from keras_bninit.harness.presets import estimate
-
-    plan = estimate(runs, images_per_second, workers or 1)
-    images = (
-        f"{plan['images']:,} training images"
-        if plan["images"] is not None
-        else "training images unknown (a directory data set)"
-    )
-    print(f"{plan['runs']} runs, {plan['epochs']:,} epochs, {images}")
-    if plan["hours"] is not None:
-        print(
-            f"estimated {plan['hours']:.1f} hours on one GPU at "
-            f"{images_per_second:,.0f} images/s"
-        )
-        if workers and workers > 1:
-            print(
-                f"estimated {plan['hours_workers']:.1f} hours for {workers} "
-                f"workers, one GPU each"
-            )
 
 
 def _report_dir(sweep_dir, row_key, decision, quiet=False):
