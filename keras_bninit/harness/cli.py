@@ -285,7 +285,9 @@ def _precheck(args):
         check.check_run(_args_config(args), backend)
     elif args.command == "sweep":
         _check_row_key(args.row_key)
-        check.check_runs(_sweep_runs(args)[0], backend)
+        runs = _sweep_runs(args)[0]
+        check.check_runs(runs, backend)
+        _sequential_looks(args, runs)
         executors = _light_module("keras_bninit.harness.cli_executor")
         executors.check_executor_args(args, ray=False)
     elif args.command == "report":
@@ -361,8 +363,37 @@ def _sweep_runs(args):
     return runs, "gamma", "grid"
 
 
+def _sequential_looks(args, runs):
+    """--sequential's looks, checked against the seeds (no Keras); None
+    without --sequential."""
+    if not args.sequential:
+        if args.looks is not None:
+            raise ValueError("--looks needs --sequential")
+        return None
+    if args.no_base:
+        raise ValueError(
+            "--sequential tests every configuration against its BASE; drop "
+            "--no-base"
+        )
+    sequential = _light_module("keras_bninit.harness.sequential")
+    looks = args.looks or ",".join(map(str, sequential.LOOKS))
+    return sequential.parse_looks(looks, len({r.seed for r in runs}))
+
+
+def _sequential_plan(args, runs):
+    """The sweep's `sequential_sweep.Plan`, or None (the fixed design)."""
+    looks = _checked(_sequential_looks, args, runs)
+    if looks is None:
+        return None
+    from keras_bninit.harness import sequential, sequential_sweep
+
+    return sequential_sweep.Plan(
+        sequential.Design(looks), [r.seed for r in runs]
+    )
+
+
 def _sweep(args):
-    from keras_bninit.harness import cli_executor
+    from keras_bninit.harness import cli_executor, sequential_sweep
     from keras_bninit.harness.experiment import check_output_dir
     from keras_bninit.harness.sweep import run_sweep
 
@@ -371,10 +402,13 @@ def _sweep(args):
     row_key = args.row_key or row_key
     _check_models(runs)
     _checked(cli_executor.check_executor_args, args)
+    plan = _sequential_plan(args, runs)
     if args.dry_run:
         for config in runs:
             print(config.run_name())
         cli_executor.print_estimate(runs, args.images_per_second, args.workers)
+        if plan is not None:
+            print("\n".join(sequential_sweep.dry_run_lines(runs, plan)))
         return 0
     sweep_dir = args.out or os.path.join("runs", f"sweep-{name}")
     if os.path.exists(sweep_dir) and not os.path.isdir(sweep_dir):
@@ -382,6 +416,7 @@ def _sweep(args):
     _checked(check_output_dir, sweep_dir)
     _checked(_check_store, sweep_dir)
     _checked(_check_sweep_folder, sweep_dir, runs)
+    _checked(sequential_sweep.check_design, sweep_dir, plan)
     _checked(_check_data, runs)
     # Ray started and checked, nothing written.
     executor = _checked(cli_executor.executor, args)
@@ -395,17 +430,22 @@ def _sweep(args):
             build_model=_build_model(),
             row_key=row_key,
             executor=executor,
+            sequential=plan,
         )
     if not args.quiet:
+        stopped = ""
+        if plan is not None:
+            saved = counts["planned"] - counts["total"]
+            stopped = f"; {saved} of {counts['planned']} not needed (stopped)"
         print(
             f"[sweep] {counts['total']} runs: {counts['skipped']} already "
-            f"done, {counts['ran']} ran ({counts['failed']} failed)"
+            f"done, {counts['ran']} ran ({counts['failed']} failed){stopped}"
         )
     return _checked(_report_dir, sweep_dir, row_key, "raw", args.quiet)
 
 
 def _report_dir(sweep_dir, row_key, decision, quiet=False):
-    from keras_bninit.harness import report, report_inputs
+    from keras_bninit.harness import report, report_inputs, sequential_sweep
     from keras_bninit.harness.store import STORE_FILENAME
 
     _check_has_store(sweep_dir)
@@ -420,10 +460,13 @@ def _report_dir(sweep_dir, row_key, decision, quiet=False):
         os.path.join(sweep_dir, "report"),
         row_key=row_key,
         decision=decision,
+        sequential=sequential_sweep.read_plan(sweep_dir),
     )
     if not quiet:
         print(text)
-        print(f"report: {paths['markdown']}, {paths['latex']}, {paths['csv']}")
+        files = [paths[k] for k in ("markdown", "latex", "csv")]
+        files += [paths["sequential_csv"]] if "sequential_csv" in paths else []
+        print(f"report: {', '.join(files)}")
         for plot in paths["plots"]:
             print(f"plot: {plot}")
     return 0

@@ -156,6 +156,26 @@ def add_executor_args(sweep):
     )
 
 
+def add_sequential_args(sweep):
+    """A group-sequential design instead of the paper's fixed one."""
+    design = sweep.add_argument_group(
+        "sequential design (beyond the paper; docs/sequential.md)"
+    )
+    design.add_argument(
+        "--sequential",
+        action="store_true",
+        help="train the seeds in stages and stop each configuration at the "
+        "first look that decides it against its BASE (efficacy or futility; "
+        "one-sided alpha 0.05 held); without it, every seed (the paper)",
+    )
+    design.add_argument(
+        "--looks",
+        metavar="N,N,...",
+        help="with --sequential: the seed counts after which it tests, the "
+        "last equal to the number of seeds (default: 5,10,15)",
+    )
+
+
 def add_backend_arg(parser):
     parser.add_argument(
         "--backend",
@@ -252,6 +272,7 @@ def build_parser(prog, description, demo_dir):
         metavar="FIELD",
         help="report rows by this field (default: the preset's, or gamma)",
     )
+    add_sequential_args(sweep)
     add_executor_args(sweep)
 
     report = command("report", "tables and plots of a sweep")

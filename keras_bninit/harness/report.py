@@ -33,6 +33,7 @@ import numbers
 import os
 import textwrap
 
+import keras_bninit.harness.sequential_report as sequential_report
 from keras_bninit.harness import _io, report_inputs, report_plots
 from keras_bninit.harness.display_names import display_name, named
 from keras_bninit.harness.stats import (
@@ -118,6 +119,7 @@ class Table:
         decimals, alpha, decision: how cells were formatted and marked.
         scale: the factor applied to accuracies (100: percent).
         holm_family: the family of Holm's correction ("base", "dataset").
+        test: the test behind p and bold (a sequential sweep's differs).
     """
 
     fixed: dict
@@ -134,6 +136,7 @@ class Table:
     decision: str
     scale: float = 100.0
     holm_family: str = "base"
+    test: str = "one-sided paired t-test"
 
     @property
     def title(self):
@@ -216,8 +219,7 @@ class Table:
         """What bold, underline and n mean in this table."""
         test = "Holm-corrected " if self.decision == "holm" else ""
         parts = [
-            f"bold: better than BASE, {test}one-sided paired t-test "
-            f"p <= {self.alpha:g}",
+            f"bold: better than BASE, {test}{self.test} p <= {self.alpha:g}",
             "underlined: best mean of the column",
             "n: seeds, shown when fewer than the cells compared with the "
             "same BASE",
@@ -263,8 +265,8 @@ def _comparison_legend(table):
     legend = (
         "Each configuration against its BASE, paired by seed: n pairs; "
         "ours - BASE: mean difference and its 95% t interval; d_z: mean "
-        "difference / std of the differences; p (t-test): one-sided paired "
-        f"t-test (ours > BASE); p Holm: adjusted over {family}; p Wilcoxon: "
+        f"difference / std of the differences; p (t-test): {table.test} "
+        f"(ours > BASE); p Holm: adjusted over {family}; p Wilcoxon: "
         "one-sided signed-rank test; P(> BASE): share of seeds where ours "
         f"is higher (ties half). Marked: {test} <= {table.alpha:g}."
     )
@@ -850,6 +852,8 @@ def write_report(records, out_dir, row_key="gamma", col_key="lr", **kwargs):
         records: result records or a `ResultStore`.
         out_dir: the directory (created if missing).
         row_key, col_key, **kwargs: passed to `build_tables`.
+            `sequential`: a sequential sweep's `Plan`, whose decisions mark
+            the tables (`sequential_report`, which adds its own section).
 
     Returns:
         `(text, paths)`: the terminal rendering of every table and a dict
@@ -857,7 +861,9 @@ def write_report(records, out_dir, row_key="gamma", col_key="lr", **kwargs):
     """
     _io.refuse_links(out_dir, "a report's files")  # never written through
     records = _as_records(records, kwargs.get("metric", "test_accuracy"))
+    plan = kwargs.pop("sequential", None)
     tables = build_tables(records, row_key=row_key, col_key=col_key, **kwargs)
+    section = sequential_report.mark(tables, records, plan)  # None: fixed
     os.makedirs(out_dir, exist_ok=True)  # only once the inputs are good
     header = f"Keras backend: {', '.join(record_backends(records))}\n"
     scale = kwargs.get("scale", 100.0)
@@ -883,4 +889,5 @@ def write_report(records, out_dir, row_key="gamma", col_key="lr", **kwargs):
         for table in tables:
             paths["plots"] += report_plots.write_plots(table, out_dir, taken)
     text = header + "\n".join(to_text(t) for t in tables)
+    text += section.write(out_dir, paths) if section else ""
     return text, paths

@@ -17,7 +17,6 @@ from keras_bninit.harness.display_names import named
 from keras_bninit.harness.stats import IDENTICAL_RUNS
 
 CONFIDENCE = 0.95
-_T_TEST = "one-sided paired t-test"
 
 
 def write_plots(table, out_dir, taken):
@@ -83,7 +82,7 @@ def accuracy_vs_gamma_figure(table, ylabel="test accuracy (%)"):
             f'The plot needs a table with row_key="gamma". '
             f"Received: row_key={table.row_key!r}"
         )
-    fig = _figure((7, 4.8))
+    fig = agg_figure((7, 4.8))
     ax = fig.add_subplot()
     gammas = sorted(
         {
@@ -105,7 +104,9 @@ def accuracy_vs_gamma_figure(table, ylabel="test accuracy (%)"):
     return fig
 
 
-def _figure(size):
+def agg_figure(size):
+    """A matplotlib `Figure` of `size` inches on the Agg canvas (no
+    display, no pyplot state), constrained layout."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -218,7 +219,7 @@ def _base_band(ax, mean, half, color, label, span=None):
 
 def _test_name(table):
     holm = "Holm-adjusted " if table.decision == "holm" else ""
-    return f"{holm}{_T_TEST}"
+    return f"{holm}{table.test}"
 
 
 def _p_label(table, cell):
@@ -334,7 +335,7 @@ def paired_difference_figure(
     for i, j, cell in _paired_cells(table):
         panels.setdefault(j, []).append((table.row_labels[i], cell))
     sizes = [len(rows) for rows in panels.values()] or [1]
-    fig = _figure((8, 0.9 + sum(0.45 + 0.4 * n for n in sizes)))
+    fig = agg_figure((8, 0.9 + sum(0.45 + 0.4 * n for n in sizes)))
     axes = fig.subplots(len(sizes), 1, squeeze=False, height_ratios=sizes)
     pairs, any_star = [], False
     for ax, (j, rows) in zip(axes[:, 0], sorted(panels.items())):
@@ -351,7 +352,7 @@ def paired_difference_figure(
     if any_star:
         from matplotlib.lines import Line2D
 
-        holm = _star_label(f"Holm-adjusted {_T_TEST}", table.alpha)
+        holm = _star_label(f"Holm-adjusted {table.test}", table.alpha)
         fig.legend(
             [Line2D([], [], color="gray", **_STAR)], [holm], fontsize=8,
             loc="outside lower center",

@@ -7,7 +7,9 @@ the interrupted run from its last checkpointed epoch (`RunState`) and runs the
 rest, so however often it is killed and restarted, every (configuration,
 seed) ends up in the store exactly once. Runs go seed by seed (all
 configurations of seed 1, then seed 2, ...), so a partial sweep already
-gives paired comparisons.
+gives paired comparisons. A sequential sweep (`sequential_sweep`, beyond
+the paper) trains the seeds in stages and stops each configuration at the
+first look that decides it.
 """
 
 import collections
@@ -31,6 +33,7 @@ from keras_bninit.harness.experiment import (
     read_trusted_result,
     run_experiment,
 )
+from keras_bninit.harness.sequential_sweep import check_design, stages
 from keras_bninit.harness.store import (
     HEARTBEAT_EVERY_S,
     STALE_AFTER_S,
@@ -245,6 +248,7 @@ def run_sweep(
     stale_after=None,
     heartbeat_every=None,
     poll_every=2.0,
+    sequential=None,
 ):
     """Runs every configuration not yet in the sweep's store, exactly once.
 
@@ -276,12 +280,18 @@ def run_sweep(
         heartbeat_every: seconds between heartbeats of this process's
             claims (`store.HEARTBEAT_EVERY_S` by default).
         poll_every: seconds between looks at runs other processes hold.
+        sequential: a `sequential_sweep.Plan`: the seeds in stages, each
+            configuration stopped at the first look that decides it (beyond
+            the paper; recorded in sweep.json, never mixed with another
+            design). None: every seed (the paper's fixed design).
 
     Returns:
         A dict of counts: total, skipped (done before, or by another
-        process), ran, failed.
+        process), ran, failed; with `sequential`, also planned (the runs
+        of every seed) and total the runs its stages needed.
 
     Raises:
+        ValueError: the folder holds runs of another design or backend.
         EnvironmentFailure, KeyboardInterrupt: the sweep stopped; every
             claim of this process is released first.
     """
@@ -296,17 +306,27 @@ def run_sweep(
     elif getattr(executor, "build_model", False) is None:
         executor.build_model = build_model  # e.g. a RayExecutor's tasks
     check_sweep_folder(sweep_dir, configs)
+    check_design(sweep_dir, sequential)
     reporter = SweepReporter(len(configs), quiet=quiet)
     with ResultStore(sweep_dir) as store:
         check_backend(store, sweep_dir)
-        _write_meta(sweep_dir, row_key, reporter)
+        _write_meta(sweep_dir, row_key, reporter, sequential)
         store.set_aside_bad_rows()  # their runs are done again
         reconcile(store, configs, runs_dir)
         store.clear_claims_of_stored_runs()
-        sweep = _Sweep(store, configs, retry_failed, stale_after, reporter)
-        sweep.run(executor, heartbeat_every, poll_every)
-    reporter.places(sweep.places)
-    return sweep.counts
+        counts = collections.Counter(total=0, skipped=0, ran=0, failed=0)
+        places = collections.defaultdict(list)  # node -> seconds
+        for runs in stages(store, configs, sequential, reporter.say):
+            reporter.total, reporter.start = len(runs), time.perf_counter()
+            sweep = _Sweep(store, runs, retry_failed, stale_after, reporter)
+            sweep.run(executor, heartbeat_every, poll_every)
+            counts.update(sweep.counts)
+            for place, seconds in sweep.places.items():
+                places[place] += seconds
+    reporter.places(places)
+    if sequential is not None:
+        counts["planned"] = len(configs)
+    return dict(counts)
 
 
 def check_sweep_folder(sweep_dir, configs):
@@ -341,6 +361,10 @@ class SweepReporter:
     def _print(self, text):
         if not self.quiet:
             print(f"[sweep] {text}", flush=True)
+
+    def say(self, text):
+        """A line of the sweep's own (a sequential sweep's decisions)."""
+        self._print(text)
 
     def unreadable(self, path):
         self._print(f"{path} is unreadable; rewriting it")
@@ -383,8 +407,9 @@ class SweepReporter:
             )
 
 
-def _write_meta(sweep_dir, row_key, reporter):
-    """Remembers the report's row field in `sweep.json`."""
+def _write_meta(sweep_dir, row_key, reporter, sequential=None):
+    """Remembers the report's row field in `sweep.json`, and a
+    sequential sweep's design."""
     meta_path = os.path.join(sweep_dir, "sweep.json")
     try:
         meta = _io.read_json(meta_path, {})
@@ -392,6 +417,8 @@ def _write_meta(sweep_dir, row_key, reporter):
         reporter.unreadable(meta_path)
         meta = {}
     meta["row_key"] = row_key
+    if sequential is not None:
+        meta["design"] = sequential.to_meta()
     _io.atomic_write_json(meta_path, meta)
 
 
