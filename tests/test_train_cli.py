@@ -667,6 +667,11 @@ def test_argument_errors_answer_before_keras_loads(tmp_path):
         (["run", "--dataset", "nope", *out], "Unknown data set 'nope'"),
         (["run", "--batch-size", str(2**31), *out], "must be <= 65,536"),
         ([*grid, "--lr", "0"], "lr=0.0"),
+        (
+            [*grid, "--sequential", "--looks", "5,10,20"],
+            "--looks '5,10,20': the last look must equal the number of seeds",
+        ),
+        ([*grid, "--looks", "5,10,15"], "--looks needs --sequential"),
         (["report", str(tmp_path)], "holds no sweep results (results.sqlite)"),
         (["report", str(tmp_path), "--row-key", "x"], "--row-key 'x'"),
         (["plot", str(tmp_path / "none")], "is not a run directory"),

@@ -258,7 +258,8 @@ _STAR = {
 }
 
 
-def _what(table):
+def subject(table):
+    """What a table's plots show, for their titles: "digits, resnet8"."""
     return ", ".join(
         _fmt(table.fixed[f]) for f in ("dataset", "model") if f in table.fixed
     )
@@ -271,7 +272,7 @@ def _range(counts):
 
 def _title(table):
     """One line: data set, model, seeds per point."""
-    what, seeds = _what(table), _range(table.seed_counts())
+    what, seeds = subject(table), _range(table.seed_counts())
     return f"{what + ': ' if what else ''}{seeds} seeds per point, 95 % CI"
 
 
@@ -342,7 +343,7 @@ def paired_difference_figure(
         pairs += [c.stats["n"] for _, c in rows if c.stats["n"] >= 2]
         any_star |= _paired_panel(ax, table, j, rows)
     axes[-1, 0].set_xlabel(xlabel)
-    what = _what(table)
+    what = subject(table)
     seeds = _range(pairs) if pairs else "no"
     fig.suptitle(
         f"{what + ': ' if what else ''}mean paired difference to BASE over "

@@ -287,10 +287,10 @@ class Section:
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7, loc="upper left")
         axes[-1].set_xlabel("seed pairs at the look")
-        title = f"{table.title}: " if table.title else ""
+        what = report_plots.subject(table)
         fig.suptitle(
-            f"{title}sequential looks; stopped early marked (triangle up: "
-            "efficacy, down: futility)",
+            f"{what + ': ' if what else ''}the z of each look against the "
+            "bounds; stopped early: triangle (up: efficacy, down: futility)",
             fontsize=9,
         )
         return fig
