@@ -10,9 +10,10 @@ Multiplicity: Holm's correction runs over the report's family (the
 configurations sharing a BASE, by default), on those stage-wise adjusted
 p-values. Holm holds the family-wise error under any dependence between
 the tests (they share BASE's runs) given valid p-values, P(p <= u) <= u
-under the null; a stage-wise adjusted p-value is one for every u <= alpha:
-below alpha only efficacy crossings count, and they are those of the
-design without futility, whose stage-wise p-value is uniform. The sweep
+under the null; a stage-wise adjusted p-value is one for every u <= alpha
+(up to the design's normal approximation, `harness.sequential`): below
+alpha only efficacy crossings count, and they are those of the design
+without futility, whose stage-wise p-value is uniform. The sweep
 itself stops configurations at the per-comparison bounds, as the paper
 judges each at p <= 0.05; Holm's is the family-wise reading of the same
 runs (`train.py report --decision holm` bolds by it).
