@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from keras_bninit.harness import datasets
+from keras_bninit.harness import cifar_pickles, datasets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -117,7 +117,7 @@ def _expected_images(batches):
 )
 def test_real_formats_load_to_the_same_arrays(tmp_path, dump):
     folder, batches = _write_cifar10(tmp_path, dump)
-    raw = datasets.load_cifar_pickles("cifar10", str(folder))
+    raw = cifar_pickles.load("cifar10", str(folder))
     train, test = _expected_images(batches[:5]), _expected_images(batches[5:])
     np.testing.assert_array_equal(raw.train_images, train)
     np.testing.assert_array_equal(raw.test_images, test)
@@ -172,7 +172,7 @@ def test_a_hostile_pickle_runs_nothing_and_names_the_file(tmp_path, kind):
     marker = str(tmp_path / "pwned")
     folder = _hostile_folder(tmp_path, HOSTILE[kind](marker))
     with pytest.raises(datasets.BadDataError) as info:
-        datasets.load_cifar_pickles("cifar10", str(folder))
+        cifar_pickles.load("cifar10", str(folder))
     assert not os.path.exists(marker)
     assert str(folder / "data_batch_1") in str(info.value)
     assert "refused" in str(info.value)
@@ -185,7 +185,7 @@ def test_a_truncated_pickle_is_bad_data_naming_the_file(tmp_path):
     folder, _ = _write_cifar10(tmp_path, _py2_pickle)
     (folder / "test_batch").write_bytes(_py2_pickle(_batches(1))[:500])
     with pytest.raises(datasets.BadDataError, match="test_batch"):
-        datasets.load_cifar_pickles("cifar10", str(folder))
+        cifar_pickles.load("cifar10", str(folder))
 
 
 @pytest.mark.parametrize("command", ["run", "sweep"])
