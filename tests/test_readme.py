@@ -56,6 +56,13 @@ STAND_INS = {
         "0.1 --lr 0.1 0.01 --seeds 1-15 --epochs 10 --out runs/my-sweep "
         "--dry-run"
     ),
+    # 10 runs of 3 epochs: check the arguments, the design and the plan.
+    "python train.py sweep --dataset digits --model resnet8 --epochs 3 --lr "
+    "0.01 --gamma 0.05 --seeds 1-15 --sequential --out runs/sequential": (
+        "python train.py sweep --dataset digits --model resnet8 --epochs 3 "
+        "--lr 0.01 --gamma 0.05 --seeds 1-15 --sequential --out "
+        "runs/sequential --dry-run"
+    ),
     # runs/my-sweep is not trained (above): the same report of the demo.
     "python train.py report runs/my-sweep --decision holm": (
         "python train.py report runs/demo --decision holm"
@@ -77,6 +84,11 @@ EXPECTED = {
         "python train.py sweep --dataset digits --model resnet8 --gamma 0.05 "
         "0.1 --lr 0.1 0.01 --seeds 1-15 --epochs 10 --out runs/my-sweep"
     ]: ("90 runs, 900 epochs", None),
+    STAND_INS[
+        "python train.py sweep --dataset digits --model resnet8 --epochs 3 "
+        "--lr 0.01 --gamma 0.05 --seeds 1-15 --sequential --out "
+        "runs/sequential"
+    ]: ("sequential: looks at 5, 10, 15 of seeds 1-15; at most 30 runs", None),
     "python train.py report runs/demo --decision holm": (
         "configuration    mean ± std  n  ours - BASE [95% CI]",
         None,
