@@ -119,10 +119,8 @@ def _known_spread(design, sims, seed, fixed_total):
     total = 0.0
     for k, (configs, base) in enumerate(sequential.TABLE_1A.values()):
         rng = np.random.default_rng([seed, k])
-        b = rng.normal(base[0], base[1], size=(sims, 1, looks[-1]))
-        mean, std = np.array(configs).T.reshape(2, 1, -1, 1)
-        d = rng.normal(mean, std, size=(sims, len(configs), looks[-1])) - b
-        spread = np.sqrt(std[..., 0] ** 2 + base[1] ** 2)
+        d = sequential.paired_differences(base, configs, sims, looks[-1], rng)
+        spread = np.hypot(np.array(configs)[:, 1], base[1])
         stop = np.full(d.shape[:2], len(looks) - 1)
         open_ = np.ones(d.shape[:2], dtype=bool)
         for i, n in enumerate(looks):
@@ -148,9 +146,7 @@ def _combination(design, sims, seed, fixed_total):
     sizes = np.diff(looks, prepend=0)
 
     def run(configs, base, rng):
-        b = rng.normal(base[0], base[1], size=(sims, 1, looks[-1]))
-        mean, std = np.array(configs).T.reshape(2, 1, -1, 1)
-        d = rng.normal(mean, std, size=(sims, len(configs), looks[-1])) - b
+        d = sequential.paired_differences(base, configs, sims, looks[-1], rng)
         stop = np.full(d.shape[:2], len(looks) - 1)
         decision = np.full(d.shape[:2], sequential.NONE, dtype=object)
         open_, z_sum = np.ones(d.shape[:2], dtype=bool), 0.0

@@ -355,10 +355,7 @@ def simulate_cell(design, base, configs, sims, rng):
         A `CellSimulation`.
     """
     n_max = design.looks[-1]
-    base_acc = rng.normal(base[0], base[1], size=(sims, 1, n_max))
-    means, stds = np.array(configs, dtype=np.float64).T.reshape(2, 1, -1, 1)
-    ours = rng.normal(means, stds, size=(sims, len(configs), n_max))
-    d = ours - base_acc
+    d = paired_differences(base, configs, sims, n_max, rng)
     stop = np.full(d.shape[:2], len(design.looks) - 1)
     decision = np.full(d.shape[:2], NONE, dtype=object)
     open_ = np.ones(d.shape[:2], dtype=bool)
@@ -374,6 +371,16 @@ def simulate_cell(design, base, configs, sims, rng):
     runs = seeds.sum(axis=1) + seeds.max(axis=1)
     p_fixed = scipy.stats.t.sf(_t_statistic(d), n_max - 1)
     return CellSimulation(stop, decision, runs, p_fixed <= design.alpha)
+
+
+def paired_differences(base, configs, sims, n, rng):
+    """ours - BASE of `sims` simulated sweeps of one cell, n seeds each:
+    an array (sims, configurations, n). BASE's accuracies are drawn first
+    (normal, `base` = (mean, std)) and shared by the configurations, each
+    drawn normal with its own (mean, std) of `configs`."""
+    base_acc = rng.normal(base[0], base[1], size=(sims, 1, n))
+    means, stds = np.array(configs, dtype=np.float64).T.reshape(2, 1, -1, 1)
+    return rng.normal(means, stds, size=(sims, len(configs), n)) - base_acc
 
 
 def simulate_table(design, table=None, sims=20_000, seed=0):
