@@ -312,6 +312,13 @@ def test_designs_never_mix_in_one_folder(tmp_path):
             _configs(), sequential_dir, quiet=True, executor=_Chosen(),
             sequential=_plan(looks=(3, 15)),
         )  # fmt: skip
+    no_base = [c for c in _configs() if c.gamma != 1.0]
+    with pytest.raises(ValueError, match="has none in this sweep: drop --no"):
+        run_sweep(
+            no_base, tmp_path / "no-base", quiet=True, executor=_Chosen(),
+            sequential=_plan(),
+        )  # fmt: skip
+    assert list((tmp_path / "no-base").iterdir()) == []
     few = [c for c in _configs() if c.seed <= 2]
     run_sweep(few, fixed_dir, quiet=True, executor=_Chosen())
     with pytest.raises(ValueError, match="holds a fixed sweep"):

@@ -416,7 +416,7 @@ def _sweep(args):
     _checked(check_output_dir, sweep_dir)
     _checked(_check_store, sweep_dir)
     _checked(_check_sweep_folder, sweep_dir, runs)
-    _checked(sequential_sweep.check_design, sweep_dir, plan)
+    _checked(sequential_sweep.check_design, sweep_dir, plan, runs)
     _checked(_check_data, runs)
     # Ray started and checked, nothing written.
     executor = _checked(cli_executor.executor, args)

@@ -126,14 +126,17 @@ def read_plan(sweep_dir):
         ) from None
 
 
-def check_design(sweep_dir, plan):
+def check_design(sweep_dir, plan, configs=()):
     """Raises `ValueError` when `plan` (None: the fixed design) is not the
-    design of the runs `sweep_dir` holds.
+    design of the runs `sweep_dir` holds, or when one of `configs` lacks
+    its BASE under a plan (`check_configs`).
 
     A folder's design is the one sweep.json records; a folder with runs
     and no recorded design holds a fixed sweep. A torn sweep.json is left
     to the sweep, which says so and rewrites it.
     """
+    if plan is not None:
+        check_configs(configs)
     try:
         stored = read_plan(sweep_dir)
     except ValueError:
@@ -348,7 +351,6 @@ def stages(store, configs, plan, say):
     if plan is None:
         yield configs
         return
-    check_configs(configs)
     labels = config_labels(configs)
     say(f"sequential: {plan.describe()}; {len(configs)} runs at most")
     outcomes = {}

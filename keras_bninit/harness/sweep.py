@@ -306,7 +306,7 @@ def run_sweep(
     elif getattr(executor, "build_model", False) is None:
         executor.build_model = build_model  # e.g. a RayExecutor's tasks
     check_sweep_folder(sweep_dir, configs)
-    check_design(sweep_dir, sequential)
+    check_design(sweep_dir, sequential, configs)
     reporter = SweepReporter(len(configs), quiet=quiet)
     with ResultStore(sweep_dir) as store:
         check_backend(store, sweep_dir)
