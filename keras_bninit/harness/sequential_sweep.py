@@ -364,11 +364,11 @@ def stages(store, configs, plan, say):
         )
         yield runs
         outcomes = analyze(store.records(status=None), plan, through=k)
-        for line in decision_lines(outcomes, k, labels, plan.design):
+        for line in decision_lines(outcomes, k, labels):
             say(line)
 
 
-def decision_lines(outcomes, k, labels, design):
+def decision_lines(outcomes, k, labels):
     """One line per configuration decided at look k (0-based)."""
     lines = []
     for key, outcome in sorted(
