@@ -851,9 +851,8 @@ def write_report(records, out_dir, row_key="gamma", col_key="lr", **kwargs):
     Args:
         records: result records or a `ResultStore`.
         out_dir: the directory (created if missing).
-        row_key, col_key, **kwargs: passed to `build_tables`.
-            `sequential`: a sequential sweep's `Plan`, whose decisions mark
-            the tables (`sequential_report`, which adds its own section).
+        row_key, col_key, **kwargs: passed to `build_tables`, but for
+            `sequential`: a sequential sweep's `Plan` (`sequential_report`).
 
     Returns:
         `(text, paths)`: the terminal rendering of every table and a dict
