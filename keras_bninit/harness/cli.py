@@ -132,18 +132,23 @@ def _set_backend(args):
 
 def _installed_backend():
     """Keras's default, TensorFlow, where installed; else JAX or PyTorch."""
-    _config()
-    check = _light_module("keras_bninit.harness.precheck")
+    check = _precheck_module()
     for backend, module in check.BACKEND_MODULES.items():
         if check.installed(module):
             return backend
     return "tensorflow"  # the precheck then names its install
 
 
+def _precheck_module():
+    """`harness.precheck`, before Keras loads."""
+    _presets()
+    _light_module("keras_bninit.harness._tf")
+    return _light_module("keras_bninit.harness.precheck")
+
+
 def _cli_parser():
     """`harness.cli_parser` (the options), before Keras loads."""
-    _presets()
-    _light_module("keras_bninit.harness.precheck")
+    _precheck_module()
     return _light_module("keras_bninit.harness.cli_parser")
 
 
@@ -277,8 +282,7 @@ def _args_config(args):
 def _precheck(args):
     """The arguments' common mistakes, answered before Keras loads
     (`harness.precheck`); the full checks follow once it has."""
-    _presets()
-    check = _light_module("keras_bninit.harness.precheck")
+    check = _precheck_module()
     backend = os.environ["KERAS_BACKEND"]
     check.check_backend_installed(backend)
     if args.command == "run":

@@ -28,11 +28,11 @@ from keras_bninit.harness import config as _config
 from keras_bninit.harness.bounds import check_data
 from keras_bninit.harness.checkpoints import RunState, assign_state
 from keras_bninit.harness.config import (
-    DATASET_NAMES,
     RunConfig,
     apply_ablation,
 )
-from keras_bninit.harness.datasets import DATASETS, EpochTracker
+from keras_bninit.harness.datasets import EpochTracker
+from keras_bninit.harness.precheck import check_machine
 from keras_bninit.harness.programs import (
     ProgramCache,
     copy_variables,
@@ -65,36 +65,16 @@ def check_environment(config):
     needs (a SavedModel, tf.data, steps per execution on torch), the
     output folder cannot be written, or the run's folder holds a symbolic
     link (nothing is ever written through one). Called once per run."""
-    if config.dataset not in DATASETS and not os.path.isdir(
-        str(config.dataset)
-    ):
-        raise ValueError(
-            f"Unknown data set {config.dataset!r}. Valid: "
-            f"{', '.join(sorted(DATASET_NAMES))}, or the path of a "
-            "directory of class subfolders."
-        )
-    activation_std(config.activation_std)  # a name must be a known one
     backend = keras.backend.backend()
+    # The data set's name, tf.data, steps per execution on torch, an
+    # output path that is a file: the command line's checks before Keras.
+    check_machine(config, backend)
+    activation_std(config.activation_std)  # a name must be a known one
     if config.export and backend != "tensorflow":
         raise ValueError(
             "export=True (a SavedModel) needs the TensorFlow backend; Keras "
             f"runs on {backend!r}. The run's model.keras loads on every "
             "backend."
-        )
-    if config.input == "tfdata" and not _tf.available():
-        raise ValueError(
-            "input='tfdata' needs TensorFlow, which is not installed; use "
-            "input='memory' (--input memory)."
-        )
-    if config.steps_per_execution > 1 and backend == "torch":
-        raise ValueError(
-            "steps_per_execution > 1 is not supported by Keras on the torch "
-            f"backend. Received: steps_per_execution="
-            f"{config.steps_per_execution}; use 1 or --backend jax/tensorflow."
-        )
-    if os.path.exists(config.out) and not os.path.isdir(config.out):
-        raise ValueError(
-            f"The output path {config.out!r} is a file; give a directory."
         )
     check_output_dir(config.out)
     _io.refuse_links(os.path.join(config.out, config.run_name()))

@@ -2,16 +2,17 @@
 
 Loading Keras (and TensorFlow with it) takes seconds; a reversed seed
 range or a negative c should not. These checks use only the Keras-free
-modules `harness.config` and `harness.presets`: every field's value, the
-model's and data set's names, and what the chosen backend cannot do. The
-checks that need Keras, the data or the output folder still run later,
-before anything is written; these only answer the common mistakes at
-once (`ValueError`, one line, exit status 2).
+modules `harness.config`, `harness.presets` and `harness._tf`: every
+field's value, the model's and data set's names, and what the chosen
+backend cannot do (`check_machine`, which `experiment.check_environment`
+runs too). The checks that need Keras, the data or the output folder
+still run later, before anything is written; these only answer the
+common mistakes at once (`ValueError`, one line, exit status 2).
 """
 
-import importlib.util
 import os
 
+from keras_bninit.harness._tf import available as installed
 from keras_bninit.harness.config import (
     DATASET_DEFAULTS,
     DATASET_NAMES,
@@ -25,13 +26,6 @@ BACKEND_MODULES = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 
 def install_hint(backend):
     return f'pip install "keras_bninit[{backend}]"'
-
-
-def installed(module):
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def check_backend_installed(backend):
@@ -58,16 +52,24 @@ def check_run(config, backend):
     """Raises `ValueError` for the first value of a resolved `RunConfig`
     that is bad or that `backend` cannot serve."""
     validate(config)
+    if config.model not in MODELS:
+        raise ValueError(
+            f"unknown model {config.model!r}; valid: {', '.join(MODELS)}"
+        )
+    check_machine(config, backend)
+
+
+def check_machine(config, backend):
+    """Raises `ValueError` for what this machine and `backend` cannot
+    serve: a data set that is neither a name nor a folder, tf.data without
+    TensorFlow, steps per execution on torch, an output path that is a
+    file. `experiment.check_environment` runs these too."""
     dataset = str(config.dataset)
     if dataset not in DATASET_DEFAULTS and not os.path.isdir(dataset):
         raise ValueError(
             f"Unknown data set {dataset!r}. Valid: "
             f"{', '.join(sorted(DATASET_NAMES))}, or the path of a "
             "directory of class subfolders."
-        )
-    if config.model not in MODELS:
-        raise ValueError(
-            f"unknown model {config.model!r}; valid: {', '.join(MODELS)}"
         )
     if config.input == "tfdata" and not installed("tensorflow"):
         raise ValueError(
