@@ -35,4 +35,4 @@ def __getattr__(name):
 
 
 if __name__ == "__main__":
-    sys.exit(_cli().main(prog="train.py"))
+    sys.exit(_cli().main(prog="train.py", own_process=True))

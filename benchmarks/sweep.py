@@ -94,6 +94,7 @@ def main():
 
     from keras_bninit.harness import checkpoints, experiment, programs, sweep
     from keras_bninit.harness.presets import expand
+    from keras_bninit.harness.store import ResultStore
 
     imports = time.perf_counter() - start_imports
     fixed = {
@@ -123,6 +124,11 @@ def main():
     phases.wrap(checkpoints.RunState, "on_epoch_end", "checkpoints")
     phases.wrap(experiment, "_evaluate", "test evaluation and saving")
     phases.wrap(keras.Model, "fit", "fit (training and validation)")
+    phases.wrap(keras.Model, "save", "  of which model.keras")
+    phases.wrap(experiment._io, "atomic_write_json", "JSON files")
+    phases.wrap(checkpoints.RunState, "delete", "deleting the checkpoints")
+    phases.wrap(ResultStore, "claim", "store: claims")
+    phases.wrap(ResultStore, "finish", "store: records")
     built_by = set()  # the runs that built (traced and compiled) a program
     acquire = programs.ProgramCache.acquire
 
@@ -140,8 +146,6 @@ def main():
         with profile or contextlib.nullcontext():
             counts = sweep.run_sweep(runs, out, quiet=True)
         wall = time.perf_counter() - start
-        from keras_bninit.harness.store import ResultStore
-
         with ResultStore(out) as store:
             records = store.records()
     times = [r["history"]["epoch_time_s"] for r in records]

@@ -82,8 +82,18 @@ def test_program_key_ignores_state_and_keeps_structure(tmp_path):
 
 
 def test_a_run_in_a_shared_program_is_bit_identical_to_the_run_alone(
-    tmp_path,
+    tmp_path, monkeypatch
 ):
+    import keras
+
+    traces = []  # the train step's Python runs only while it is traced
+    train_step = keras.Model.train_step
+
+    def counted(self, data):
+        traces.append(keras.backend.backend())
+        return train_step(self, data)
+
+    monkeypatch.setattr(keras.Model, "train_step", counted)
     cache = programs.ProgramCache()
     run_experiment(_config(tmp_path / "shared", **FIRST), programs=cache)
     shared = run_experiment(
@@ -91,6 +101,9 @@ def test_a_run_in_a_shared_program_is_bit_identical_to_the_run_alone(
     )
     assert (cache.built, cache.hits) == (1, 1)
     alone = run_experiment(_config(tmp_path / "alone", **SECOND))
+    # One trace per program: on TensorFlow, metric variables created in the
+    # first trace made tf.function trace the step twice (4 here).
+    assert traces == ["tensorflow"] * 2
     timing = "epoch_time_s"
     assert shared["history"].pop(timing) != alone["history"].pop(timing)
     assert shared["history"] == alone["history"]  # every epoch, exactly

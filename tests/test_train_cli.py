@@ -524,6 +524,25 @@ def test_environment_error_stops_the_sweep_with_status_1(
         assert len(store) == 0 and store.claims() == {}
 
 
+def test_a_process_of_its_own_imports_without_collections_then_freezes():
+    import gc
+
+    from keras_bninit.harness import cli
+
+    frozen = gc.get_freeze_count()
+    with cli._collector_paused(False):  # main() called by a caller
+        assert gc.isenabled()
+    assert gc.get_freeze_count() == frozen
+    try:
+        with cli._collector_paused(True):  # train.py, keras-bninit
+            assert not gc.isenabled()
+            made = [[] for _ in range(1000)]
+        assert gc.isenabled()
+        assert gc.get_freeze_count() >= frozen + len(made)
+    finally:
+        gc.unfreeze()
+
+
 def test_a_logged_run_has_plain_lines_and_help_defaults_are_the_runs(tmp_path):
     import re
 
@@ -540,7 +559,7 @@ def test_a_logged_run_has_plain_lines_and_help_defaults_are_the_runs(tmp_path):
     assert len(epochs) == 2
     assert re.match(
         r"epoch 1/2, loss \d\.\d{4}, accuracy \d\.\d{4}, val_loss \d+\.\d{4}, "
-        r"val_accuracy \d\.\d{4}, lr 0\.1, \d+\.\d s$",
+        r"val_accuracy \d\.\d{4}, lr 0\.1, \d+\.\d\d s$",
         epochs[0],
     ), epochs[0]
     assert re.search(r"test accuracy \d\.\d{4}", out.splitlines()[-2])

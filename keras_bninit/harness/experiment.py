@@ -412,7 +412,9 @@ class EpochLine(keras.callbacks.Callback):
                 parts.append(f"{key} {float(logs[key]):.4f}")
         if self._lr is not None:
             parts.append(f"lr {self._lr:.4g}")
-        parts.append(f"{time.perf_counter() - self._start:.1f} s")
+        # 0.01 s: a short epoch (0.4 s of digits) rounded to 0.1 s would
+        # be off by up to 12 %, and sweep shares are read from these lines.
+        parts.append(f"{time.perf_counter() - self._start:.2f} s")
         print(", ".join(parts), file=self.stream or sys.stdout, flush=True)
 
 

@@ -162,7 +162,25 @@ def compile_program(config, splits, model):
         jit_compile=False if config.deterministic else config.jit_compile,
         steps_per_execution=config.steps_per_execution,
     )
+    build_metrics(fit_model, splits.num_classes)
     return fit_model
+
+
+def build_metrics(fit_model, num_classes):
+    """Creates the compiled metrics' variables now, outside any trace.
+
+    Keras creates them in the train step's first call. On TensorFlow, a
+    variable created while `tf.function` traces makes it trace the step
+    again without creating any: the first epoch traced the train step
+    twice. One eager update on a one-row batch of what the loss takes
+    (integer labels, logits) builds them; the metrics are then reset.
+    """
+    fit_model.compute_metrics(
+        None,
+        np.zeros((1,), "int64"),
+        np.zeros((1, num_classes), "float32"),
+    )
+    fit_model.reset_metrics()
 
 
 def _param_groups(optimizer):
