@@ -24,6 +24,7 @@ compiled programs were built and shared is printed too.
 import argparse
 import contextlib
 import cProfile
+import gc
 import io
 import os
 import pstats
@@ -90,12 +91,15 @@ def main():
         os.environ["KERAS_BACKEND"] = args.backend
     _jax_cache().configure(enabled=not args.no_compile_cache)  # before JAX
     start_imports = time.perf_counter()
-    import keras
+    gc.disable()  # as train.py: no collections during the imports, then
+    import keras  # every object they made frozen out of later ones
 
     from keras_bninit.harness import checkpoints, experiment, programs, sweep
     from keras_bninit.harness.presets import expand
     from keras_bninit.harness.store import ResultStore
 
+    gc.freeze()
+    gc.enable()
     imports = time.perf_counter() - start_imports
     fixed = {
         "epochs": args.epochs,
