@@ -233,6 +233,27 @@ runpy.run_path("train.py", run_name="__main__")
 """
 
 
+# A JAX worker where TensorFlow is not installed runs the setup hook.
+_HOOK_WITHOUT_TENSORFLOW = """
+import gc, sys
+class NoTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if name == "tensorflow" or name.startswith("tensorflow."):
+            raise ImportError("No module named 'tensorflow'")
+sys.meta_path.insert(0, NoTensorFlow())
+from keras_bninit.harness import ray_executor
+ray_executor._worker_setup()
+print(gc.isenabled(), gc.get_freeze_count() > 10000,
+      "tensorflow" in sys.modules, sys.modules["keras"].backend.backend())
+"""
+
+
+def test_worker_hook_without_tensorflow_imports_and_freezes():
+    result = run_python("-c", _HOOK_WITHOUT_TENSORFLOW, backend="jax")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["True", "True", "False", "jax"]
+
+
 def test_executor_ray_without_ray_says_how_to_install(tmp_path):
     out = subprocess.run(
         [sys.executable, "-c", _NO_RAY, "sweep", "--gamma", "0.1",

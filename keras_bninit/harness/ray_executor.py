@@ -154,26 +154,41 @@ def _worker_setup():
     TensorFlow writes its C++ start-up notes (oneDNN, no CUDA driver)
     straight to file descriptor 2; with TF_CPP_MIN_LOG_LEVEL >= 2 (as
     train.py sets it) they would fill the driver's console once per worker.
-    Warnings take one line, as in train.py (Ray prefixes the worker).
+    Warnings take one line, as in train.py (Ray prefixes the worker). As
+    train.py does, the garbage collector is off during the imports and
+    what they made is then frozen out of later collections (a worker
+    lives as long as the sweep). TensorFlow is imported only where it is
+    installed: a JAX or PyTorch worker may have none.
     """
+    import gc
+    import importlib.util
     import warnings
 
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
-    if os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") < "2":
-        return
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    mute = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") >= "2"
+    saved = os.dup(2) if mute else None
+    devnull = os.open(os.devnull, os.O_WRONLY) if mute else None
+    gc.disable()
     try:
-        os.dup2(devnull, 2)
-        import tensorflow as tf
+        if mute:
+            os.dup2(devnull, 2)
+        import keras_bninit.harness.sweep  # noqa: F401  (imports Keras)
 
-        import keras_bninit.harness.sweep  # noqa: F401
+        try:
+            has_tf = importlib.util.find_spec("tensorflow") is not None
+        except (ImportError, ValueError):
+            has_tf = False
+        if has_tf:
+            import tensorflow as tf
 
-        tf.config.list_physical_devices()
+            tf.config.list_physical_devices()  # its notes, muted
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        if mute:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+        gc.freeze()
+        gc.enable()
 
 
 # Ray would import a hook named by its module before calling it, and
