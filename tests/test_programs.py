@@ -121,7 +121,18 @@ def test_a_run_in_a_shared_program_is_bit_identical_to_the_run_alone(
     assert model.optimizer.inner_optimizer.learning_rate is not None
 
 
-def test_table_1a_grid_compiles_twice_and_evicts_the_oldest(tmp_path):
+def test_table_1a_grid_compiles_twice_and_evicts_the_oldest(
+    tmp_path, monkeypatch
+):
+    import keras
+
+    cleared = []  # the session is cleared only to free a dropped program
+    clear_session = keras.backend.clear_session
+    monkeypatch.setattr(
+        keras.backend,
+        "clear_session",
+        lambda *a, **k: cleared.append(1) or clear_session(*a, **k),
+    )
     cache = programs.ProgramCache(size=2)
     seen = []
     for lr in (0.05, 0.1):
@@ -135,10 +146,12 @@ def test_table_1a_grid_compiles_twice_and_evicts_the_oldest(tmp_path):
         run_experiment(base, programs=cache)
         seen.append(cache.built)
     assert seen == [1, 1, 2, 2, 2, 2] and cache.hits == 4
+    assert cleared == []
     # A third program drops the least recently used (the method's).
     other = _config(tmp_path, epochs=1, seed=3, batch_size=32)
     run_experiment(other, programs=cache)
     assert cache.built == 3 and len(cache._programs) == 2
+    assert cleared == [1]
     assert programs.program_key(base, models.build) in cache._programs
 
 
