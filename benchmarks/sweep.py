@@ -24,7 +24,6 @@ compiled programs were built and shared is printed too.
 import argparse
 import contextlib
 import cProfile
-import gc
 import io
 import os
 import pstats
@@ -90,16 +89,20 @@ def main():
     if args.backend:
         os.environ["KERAS_BACKEND"] = args.backend
     _jax_cache().configure(enabled=not args.no_compile_cache)  # before JAX
+    import train  # the command line, loaded before Keras
+
     start_imports = time.perf_counter()
-    gc.disable()  # as train.py: no collections during the imports, then
-    import keras  # every object they made frozen out of later ones
+    with train._collector_paused(True):  # imported as train.py imports
+        import keras
 
-    from keras_bninit.harness import checkpoints, experiment, programs, sweep
-    from keras_bninit.harness.presets import expand
-    from keras_bninit.harness.store import ResultStore
-
-    gc.freeze()
-    gc.enable()
+        from keras_bninit.harness import (
+            checkpoints,
+            experiment,
+            programs,
+            sweep,
+        )
+        from keras_bninit.harness.presets import expand
+        from keras_bninit.harness.store import ResultStore
     imports = time.perf_counter() - start_imports
     fixed = {
         "epochs": args.epochs,
@@ -128,7 +131,7 @@ def main():
     phases.wrap(checkpoints.RunState, "on_epoch_end", "checkpoints")
     phases.wrap(experiment, "_evaluate", "test evaluation and saving")
     phases.wrap(keras.Model, "fit", "fit (training and validation)")
-    phases.wrap(keras.Model, "save", "  of which model.keras")
+    phases.wrap(keras.Model, "save", "model.keras (in test evaluation)")
     phases.wrap(experiment._io, "atomic_write_json", "JSON files")
     phases.wrap(checkpoints.RunState, "delete", "deleting the checkpoints")
     phases.wrap(ResultStore, "claim", "store: claims")

@@ -220,32 +220,38 @@ def test_no_run_fits_the_cluster(local_ray):
         RayExecutor(num_cpus_per_run=3).start()
 
 
-_NO_RAY = """
+def _blocking(module):
+    """Child-process code that makes `module` (and its submodules) fail to
+    import, as where it is not installed."""
+    return f"""
 import sys
-class NoRay:
+class Block:
     def find_spec(self, name, path=None, target=None):
-        if name == "ray" or name.startswith("ray."):
-            raise ImportError("No module named 'ray'")
-sys.meta_path.insert(0, NoRay())
-sys.argv = ["train.py", *sys.argv[1:]]
-import runpy
-runpy.run_path("train.py", run_name="__main__")
+        if name == "{module}" or name.startswith("{module}."):
+            raise ImportError("No module named '{module}'")
+sys.meta_path.insert(0, Block())
 """
 
 
+_NO_RAY = (
+    _blocking("ray")
+    + """sys.argv = ["train.py", *sys.argv[1:]]
+import runpy
+runpy.run_path("train.py", run_name="__main__")
+"""
+)
+
+
 # A JAX worker where TensorFlow is not installed runs the setup hook.
-_HOOK_WITHOUT_TENSORFLOW = """
-import gc, sys
-class NoTensorFlow:
-    def find_spec(self, name, path=None, target=None):
-        if name == "tensorflow" or name.startswith("tensorflow."):
-            raise ImportError("No module named 'tensorflow'")
-sys.meta_path.insert(0, NoTensorFlow())
+_HOOK_WITHOUT_TENSORFLOW = (
+    _blocking("tensorflow")
+    + """import gc
 from keras_bninit.harness import ray_executor
 ray_executor._worker_setup()
 print(gc.isenabled(), gc.get_freeze_count() > 10000,
       "tensorflow" in sys.modules, sys.modules["keras"].backend.backend())
 """
+)
 
 
 def test_worker_hook_without_tensorflow_imports_and_freezes():

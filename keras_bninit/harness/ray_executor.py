@@ -161,7 +161,6 @@ def _worker_setup():
     installed: a JAX or PyTorch worker may have none.
     """
     import gc
-    import importlib.util
     import warnings
 
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
@@ -173,12 +172,9 @@ def _worker_setup():
         if mute:
             os.dup2(devnull, 2)
         import keras_bninit.harness.sweep  # noqa: F401  (imports Keras)
+        from keras_bninit.harness import _tf
 
-        try:
-            has_tf = importlib.util.find_spec("tensorflow") is not None
-        except (ImportError, ValueError):
-            has_tf = False
-        if has_tf:
+        if _tf.available():
             import tensorflow as tf
 
             tf.config.list_physical_devices()  # its notes, muted

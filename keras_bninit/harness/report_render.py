@@ -6,6 +6,7 @@ BASE under each table). `report` re-exports them.
 """
 
 import csv
+import dataclasses
 import io
 import math
 import numbers
@@ -365,7 +366,7 @@ def to_csv(tables, path=None, scale=100.0):
     Returns:
         The CSV text (also when written to `path`).
     """
-    if not isinstance(tables, (list, tuple)):  # one `Table`
+    if dataclasses.is_dataclass(tables):  # one `Table`
         tables = [tables]
     # the config fields of each cell: fixed ones, the column's, the row's
     fields = list(
