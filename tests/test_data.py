@@ -357,6 +357,48 @@ def test_fit_on_an_epoch_stream_from_initial_epoch(digits):
 def test_fit_train_dataset_needs_a_tracker(digits):
     with pytest.raises(ValueError, match="EpochTracker"):
         digits.fit_train_dataset(1, tracker=None)
+    with pytest.raises(ValueError, match="EpochTracker"):
+        digits.fit_train_data(1, tracker=None)
+    with pytest.raises(ValueError, match="seed"):
+        digits.fit_train_data(-1, tracker=data.EpochTracker())
+
+
+def test_fit_train_data_is_one_stream_that_each_run_points_at_its_seed():
+    splits = data.load_dataset("digits", batch_size=256)  # 6 batches
+    streams = []
+    for seed, epochs in ((1, (0, 2)), (2, (1,)), (1, (3,))):
+        tracker = data.EpochTracker()
+        stream = splits.fit_train_data(seed, tracker)
+        streams.append(stream)
+        for epoch in epochs:
+            tracker.on_epoch_begin(epoch)
+            assert _same_batches(
+                _batches(stream), _batches(splits.train_dataset(seed, epoch))
+            ), (seed, epoch)
+    assert all(s is streams[0] for s in streams)  # built once
+    # Its batches are those of a stream of one's own, and a stream given
+    # out before follows the latest call.
+    tracker = data.EpochTracker(initial_epoch=4)
+    splits.fit_train_data(5, tracker)
+    expected = _batches(splits.train_dataset(5, 4))
+    assert not _same_batches(expected, _batches(splits.train_dataset(1, 4)))
+    assert _same_batches(_batches(streams[0]), expected)
+    assert _same_batches(
+        _batches(splits.fit_train_dataset(5, tracker)), expected
+    )
+
+
+def test_eval_data_is_one_pipeline_per_split(digits):
+    for split, own in (
+        ("val", digits.val_dataset),
+        ("test", digits.test_dataset),
+        ("train", digits.train_eval_dataset),
+    ):
+        pipeline = digits.eval_data(split)
+        assert digits.eval_data(split) is pipeline
+        assert _same_batches(_batches(pipeline), _batches(own()))
+    with pytest.raises(ValueError, match="split"):
+        digits.eval_data("dev")
 
 
 # -- tensorflow-datasets paths, mocked ---------------------------------------

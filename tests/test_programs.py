@@ -317,6 +317,50 @@ def test_checkpoint_bytes_template_writes_what_load_weights_reads(tmp_path):
     assert learned == [1, 1]
 
 
+def test_state_is_read_and_assigned_in_one_call_on_tensorflow(tmp_path):
+    import keras
+
+    from keras_bninit.harness import _tf
+    from keras_bninit.harness import weights_layout as wl
+
+    keras.utils.set_random_seed(3)
+    model = models.build("resnet8", num_classes=10, input_shape=(8, 8, 1))
+    model.compile(programs.make_optimizer(_config(tmp_path), 5), "mse")
+    model.optimizer.build(model.trainable_variables)
+    state = wl._state_variables(model)
+    eager = [np.array(keras.ops.convert_to_numpy(v)) for v in state]
+    batch = wl._batch(model, state)
+    if keras.backend.backend() != "tensorflow":
+        assert batch is None
+        return
+    assert wl._batch(model, state) is batch  # compiled once per model
+    values = wl._snapshot(model)
+    assert [v.dtype for v in values] == [v.dtype for v in eager]
+    for a, b in zip(values, eager):
+        np.testing.assert_array_equal(a, b)
+    # Copies: assigning the model leaves them as they were.
+    marked = [np.full(v.shape, k + 1, v.dtype) for k, v in enumerate(state)]
+    wl.assign_state(model, marked)
+    for variable, a, b, mark in zip(state, values, eager, marked):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(variable), mark
+        )
+    # A value of another dtype or shape: nothing assigned in one call, and
+    # assign_state assigns variable by variable as before.
+    wide = [
+        np.asarray(v, "float64") if v.dtype == "float32" else v for v in eager
+    ]
+    assert not _tf.VariableBatch(state).assign(wide)
+    assert not _tf.VariableBatch(state).assign(eager[:-1])
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(state[0]), marked[0]
+    )
+    wl.assign_state(model, wide)
+    for variable, b in zip(state, eager):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), b)
+
+
 def _builder_of_width(width):
     import keras
 

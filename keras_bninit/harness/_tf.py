@@ -13,6 +13,8 @@ import os
 import random
 import sys
 
+import numpy as np
+
 _HIDDEN = []
 
 
@@ -43,6 +45,55 @@ def tensorflow():
             pass
         _HIDDEN.append(True)
     return tf
+
+
+class VariableBatch:
+    """Reads and assigns a fixed list of variables in one compiled call each
+    (TensorFlow backend).
+
+    Eagerly, every variable read or assignment is its own op dispatch,
+    about 70 us on a CPU: 6 ms for the 88 state variables of a ResNet-8,
+    each epoch's checkpoint. The values are those of the eager reads and
+    assignments, bit for bit.
+
+    Args:
+        variables: Keras variables (model and optimizer state).
+    """
+
+    def __init__(self, variables):
+        tf = tensorflow()
+        self._variables = list(variables)
+        self._dtypes = [np.dtype(v.dtype) for v in self._variables]
+        self._shapes = [tuple(v.shape) for v in self._variables]
+        self._read = tf.function(
+            lambda: [tf.identity(v.value) for v in self._variables],
+            autograph=False,
+        )
+        specs = [tf.TensorSpec(v.shape, v.dtype) for v in self._variables]
+        self._assign = tf.function(
+            self._assign_all, input_signature=[specs], autograph=False
+        )
+
+    def _assign_all(self, values):
+        for variable, value in zip(self._variables, values):
+            variable.assign(value)
+
+    def read(self):
+        """The variables' values: NumPy arrays (they may share buffers
+        with TensorFlow's tensors; copy them to keep them)."""
+        return [t.numpy() for t in self._read()]
+
+    def assign(self, values):
+        """Assigns `values[k]` to variable k; False (nothing assigned) if a
+        value's shape or dtype is not its variable's."""
+        values = [np.asarray(v) for v in values]
+        if len(values) != len(self._variables) or any(
+            v.dtype != dtype or v.shape != shape
+            for v, dtype, shape in zip(values, self._dtypes, self._shapes)
+        ):
+            return False
+        self._assign(values)
+        return True
 
 
 @contextlib.contextmanager

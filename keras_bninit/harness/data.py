@@ -27,6 +27,8 @@ randomness. Pixels reach the network in [0, 1], then the selected input
 normalization is applied (`bn` leaves it to the network's `InputBatchNorm`).
 """
 
+import numpy as np
+
 from keras_bninit._validation import non_negative_int
 from keras_bninit.harness._tf import tensorflow
 from keras_bninit.harness.datasets import (  # noqa: F401  (public here too)
@@ -60,6 +62,34 @@ def _seed_pair(seed):
     return tf.constant([make_complex(seed), 0], dtype=tf.int64)
 
 
+def _checked_feed(seed, tracker):
+    seed = non_negative_int("seed", seed)
+    if not isinstance(tracker, EpochTracker):
+        raise ValueError(
+            "`tracker` must be a keras_bninit.harness.data.EpochTracker. "
+            f"Received: tracker={tracker!r}"
+        )
+    return seed, tracker
+
+
+def _fed_points(feed):
+    """One `(seed pair, epoch)` per iterator, read from `feed[0]` (a
+    `(seed, EpochTracker)`) when the iterator starts."""
+
+    def point():
+        seed, tracker = feed[0]
+        pair = np.array([make_complex(seed), 0], np.int64)
+        yield pair, np.int64(tracker.current_epoch())
+
+    return tf.data.Dataset.from_generator(
+        point,
+        output_signature=(
+            tf.TensorSpec((2,), tf.int64),
+            tf.TensorSpec((), tf.int64),
+        ),
+    )
+
+
 class DatasetSplits(SplitArrays):
     """A loaded data set: train/val/test arrays, metadata and pipelines.
 
@@ -74,6 +104,8 @@ class DatasetSplits(SplitArrays):
 
     input_path = "tfdata"
     _train_tensors = None  # made eagerly, once, then captured
+    _fit_feed = None  # [(seed, tracker)] the shared fit stream reads
+    _fit_stream = None
 
     # -- per-example transforms ---------------------------------------------
 
@@ -140,13 +172,17 @@ class DatasetSplits(SplitArrays):
 
     def _stream(self, seed, epochs, num_epochs):
         seed_pair = _seed_pair(seed)
+        return self._stream_of(epochs.map(lambda e: (seed_pair, e)), num_epochs)
+
+    def _stream_of(self, points, num_epochs):
+        """The batches of each `(seed pair, epoch)` element of `points`."""
         if self._train_tensors is None:  # made eagerly, once, then captured
             self._train_tensors = (
                 tf.constant(self._train[0]),
                 tf.constant(self._train[1]),
                 tf.constant(self.train_indices),
             )
-        dataset = epochs.flat_map(lambda e: self._epoch_batches(seed_pair, e))
+        dataset = points.flat_map(self._epoch_batches)
         dataset = dataset.apply(
             tf.data.experimental.assert_cardinality(
                 num_epochs * self.steps_per_epoch
@@ -214,20 +250,8 @@ class DatasetSplits(SplitArrays):
         Returns:
             A `tf.data.Dataset` of `steps_per_epoch` batches per iterator.
         """
-        seed = non_negative_int("seed", seed)
-        if not isinstance(tracker, EpochTracker):
-            raise ValueError(
-                "`tracker` must be a keras_bninit.harness.data.EpochTracker. "
-                f"Received: tracker={tracker!r}"
-            )
-
-        def current_epoch():
-            yield tracker.current_epoch()
-
-        epochs = tf.data.Dataset.from_generator(
-            current_epoch, output_signature=tf.TensorSpec((), tf.int64)
-        )
-        return self._stream(seed, epochs, 1)
+        feed = [_checked_feed(seed, tracker)]
+        return self._stream_of(_fed_points(feed), 1)
 
     def _eval_dataset(self, images, labels):
         def example(image, label):
@@ -257,16 +281,29 @@ class DatasetSplits(SplitArrays):
         return model
 
     def fit_train_data(self, seed, tracker):
-        """Training data for `model.fit` (`fit_train_dataset`)."""
-        return self.fit_train_dataset(seed, tracker)
+        """Training data for `model.fit`: the batches `fit_train_dataset`
+        gives, from one stream of these splits that each call points at
+        its `seed` and `tracker` (built and traced once, not once per run:
+        a sweep worker trains its runs one after another). A stream
+        returned before follows the latest call."""
+        feed = _checked_feed(seed, tracker)
+        if self._fit_feed is None:
+            self._fit_feed = [feed]
+            self._fit_stream = self._stream_of(_fed_points(self._fit_feed), 1)
+        self._fit_feed[0] = feed
+        return self._fit_stream
 
     def train_data(self, seed, epoch):
         """One epoch's augmented training batches (`train_dataset`)."""
         return self.train_dataset(seed, epoch)
 
     def eval_data(self, split):
-        """The batches of "train", "val" or "test" for evaluation."""
-        return self._eval_dataset(*self.arrays(split))
+        """The batches of "train", "val" or "test" for evaluation; the same
+        pipeline for every call (it has no state)."""
+        pipelines = self.__dict__.setdefault("_eval_pipelines", {})
+        if split not in pipelines:
+            pipelines[split] = self._eval_dataset(*self.arrays(split))
+        return pipelines[split]
 
     def probe(self):
         """The diagnostics' probe data: the validation batches."""

@@ -28,6 +28,7 @@ import h5py
 import keras
 import numpy as np
 
+from keras_bninit.harness import _tf
 from keras_bninit.harness._io import ensure_space
 
 # A variable with this attribute set is data, not training state (the
@@ -51,15 +52,36 @@ def _snapshot(model):
     its buffer, which the next training steps would overwrite while the
     copy is being written.
     """
-    return [
-        np.array(keras.ops.convert_to_numpy(v)) for v in _state_variables(model)
-    ]
+    variables = _state_variables(model)
+    batch = _batch(model, variables)
+    if batch is not None:
+        return [np.array(v) for v in batch.read()]
+    return [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
 
 
 def assign_state(model, values):
     """Assigns `values` (from `_snapshot`) to the state variables."""
-    for variable, value in zip(_state_variables(model), values):
+    variables = _state_variables(model)
+    batch = _batch(model, variables)
+    if batch is not None and batch.assign(values):
+        return
+    for variable, value in zip(variables, values):
         variable.assign(value)
+
+
+# One compiled read and assignment of each model's state variables on
+# TensorFlow (`_tf.VariableBatch`), by model: a program's runs share them.
+_BATCHES = weakref.WeakKeyDictionary()
+
+
+def _batch(model, variables):
+    """The `VariableBatch` of `model`'s state `variables` on TensorFlow, or
+    None (other backends read and assign arrays at host speed)."""
+    if keras.backend.backend() != "tensorflow":
+        return None
+    return _cached(
+        _BATCHES, model, variables, lambda: _tf.VariableBatch(variables)
+    )
 
 
 class _Layout:
@@ -246,13 +268,19 @@ _LAYOUTS = weakref.WeakKeyDictionary()
 def cached_layout(model, variables, learn):
     """The `_Layout` of `model` for its state `variables`, learned by
     `learn()` the first time (None results are kept too)."""
+    return _cached(_LAYOUTS, model, variables, learn)
+
+
+def _cached(cache, model, variables, make):
+    """`make()`, kept in `cache` for `model` while its `variables` stay
+    the same objects, shapes and dtypes."""
     signature = tuple((id(v), tuple(v.shape), str(v.dtype)) for v in variables)
     try:
-        cached = _LAYOUTS.get(model)
+        cached = cache.get(model)
     except TypeError:  # not weakly referable
-        return learn()
+        return make()
     if cached is not None and cached[0] == signature:
         return cached[1]
-    layout = learn()
-    _LAYOUTS[model] = (signature, layout)
-    return layout
+    value = make()
+    cache[model] = (signature, value)
+    return value
