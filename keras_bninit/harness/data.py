@@ -59,7 +59,8 @@ _AUTOTUNE = tf.data.AUTOTUNE
 
 
 def _seed_pair(seed):
-    return tf.constant([make_complex(seed), 0], dtype=tf.int64)
+    """The stateless seed of a run's data: `[make_complex(seed), 0]`."""
+    return np.array([make_complex(seed), 0], np.int64)
 
 
 def _checked_feed(seed, tracker):
@@ -78,8 +79,7 @@ def _fed_points(feed):
 
     def point():
         seed, tracker = feed[0]
-        pair = np.array([make_complex(seed), 0], np.int64)
-        yield pair, np.int64(tracker.current_epoch())
+        yield _seed_pair(seed), np.int64(tracker.current_epoch())
 
     return tf.data.Dataset.from_generator(
         point,
@@ -171,7 +171,7 @@ class DatasetSplits(SplitArrays):
         return dataset.batch(self.batch_size)
 
     def _stream(self, seed, epochs, num_epochs):
-        seed_pair = _seed_pair(seed)
+        seed_pair = tf.constant(_seed_pair(seed))
         return self._stream_of(epochs.map(lambda e: (seed_pair, e)), num_epochs)
 
     def _stream_of(self, points, num_epochs):
