@@ -317,7 +317,7 @@ def test_checkpoint_bytes_template_writes_what_load_weights_reads(tmp_path):
     assert learned == [1, 1]
 
 
-def test_state_is_read_and_assigned_in_one_call_on_tensorflow(tmp_path):
+def test_state_is_read_and_assigned_with_tensorflows_own_ops(tmp_path):
     import keras
 
     from keras_bninit.harness import _tf
@@ -329,11 +329,9 @@ def test_state_is_read_and_assigned_in_one_call_on_tensorflow(tmp_path):
     model.optimizer.build(model.trainable_variables)
     state = wl._state_variables(model)
     eager = [np.array(keras.ops.convert_to_numpy(v)) for v in state]
-    batch = wl._batch(model, state)
     if keras.backend.backend() != "tensorflow":
-        assert batch is None
+        assert wl._batch(state) is None
         return
-    assert wl._batch(model, state) is batch  # compiled once per model
     values = wl._snapshot(model)
     assert [v.dtype for v in values] == [v.dtype for v in eager]
     for a, b in zip(values, eager):
@@ -346,7 +344,7 @@ def test_state_is_read_and_assigned_in_one_call_on_tensorflow(tmp_path):
         np.testing.assert_array_equal(
             keras.ops.convert_to_numpy(variable), mark
         )
-    # A value of another dtype or shape: nothing assigned in one call, and
+    # A value of another dtype or shape: the batch assigns nothing, and
     # assign_state assigns variable by variable as before.
     wide = [
         np.asarray(v, "float64") if v.dtype == "float32" else v for v in eager
@@ -424,3 +422,50 @@ def test_train_py_on_jax_fills_the_persistent_cache_unless_off(tmp_path, off):
     folder = tmp_path / "cache" / "keras_bninit" / "jax"
     entries = list(folder.iterdir()) if folder.exists() else []
     assert (len(entries) == 0) if off else (len(entries) >= 2)
+
+
+def test_keras_saving_caches_filled_and_the_saved_file_unchanged(tmp_path):
+    import zipfile
+
+    import h5py
+    import keras
+    from keras.src.saving import saving_lib
+
+    from keras_bninit.harness._keras_saving import _TYPES, fill_saving_caches
+
+    keras.backend.clear_session()  # Keras's global state, sets included
+    keras.utils.set_random_seed(5)
+    model = models.build("resnet8", num_classes=10, input_shape=(8, 8, 1))
+    model.compile(programs.make_optimizer(_config(tmp_path), 5), "mse")
+    model.optimizer.build(model.trainable_variables)
+
+    def saved(name):
+        model.save(tmp_path / f"{name}.keras")
+        with zipfile.ZipFile(tmp_path / f"{name}.keras") as archive:
+            config = archive.read("config.json")
+            archive.extract("model.weights.h5", tmp_path / name)
+        arrays = {}
+        with h5py.File(tmp_path / name / "model.weights.h5") as f:
+            f.visititems(
+                lambda key, obj: (
+                    arrays.__setitem__(key, obj[()])
+                    if isinstance(obj, h5py.Dataset)
+                    else None
+                )
+            )
+        return config, arrays
+
+    plain = saved("plain")
+    assert fill_saving_caches() == len(_TYPES)
+    assert fill_saving_caches() == 0  # full: nothing computed again
+    for obj_type in _TYPES:  # Keras's lookup now finds the set it built
+        first = saving_lib.get_attr_skipset(obj_type)
+        assert saving_lib.get_attr_skipset(obj_type) is first
+        assert "_self_unconditional_dependency_names" in first
+    filled = saved("filled")
+    assert plain[0] == filled[0]  # config.json, byte for byte
+    assert plain[1].keys() == filled[1].keys() and len(plain[1]) > 70
+    for key, array in plain[1].items():
+        np.testing.assert_array_equal(filled[1][key], array)
+    keras.backend.clear_session()  # and cleared with it
+    assert fill_saving_caches() == len(_TYPES)

@@ -20,6 +20,7 @@ import warnings
 import keras
 
 from keras_bninit.harness import _io
+from keras_bninit.harness._keras_saving import fill_saving_caches
 from keras_bninit.harness.weights_layout import (  # noqa: F401  (public)
     DATA_ATTRIBUTE,
     _Layout,
@@ -170,6 +171,7 @@ class RunState(keras.callbacks.Callback):
                     if not model.optimizer.built:
                         model.optimizer.build(model.trainable_variables)
                     variables = _snapshot(model)
+                fill_saving_caches()
                 model.load_weights(os.path.join(path, "weights.weights.h5"))
                 best = max(entries, key=_best_key, default=None)
                 if best is not None:
@@ -280,6 +282,7 @@ class RunState(keras.callbacks.Callback):
             def write_weights(path):
                 layout.write(path, values)
         else:  # the model's own writer, which reads the live variables
+            fill_saving_caches()
             write_weights, background = self.model.save_weights, False
 
         def commit():

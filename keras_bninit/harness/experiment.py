@@ -25,6 +25,7 @@ import numpy as np
 from keras_bninit.activations import activation_std
 from keras_bninit.harness import _io, _tf
 from keras_bninit.harness import config as _config
+from keras_bninit.harness._keras_saving import fill_saving_caches
 from keras_bninit.harness.bounds import check_data
 from keras_bninit.harness.checkpoints import RunState, assign_state
 from keras_bninit.harness.config import (
@@ -314,6 +315,7 @@ def _evaluate(config, splits, model, trained, fit_model, state):
         record["reason"] = state.failure or "training stopped early"
         return record
     best_epoch, val_accuracy = state.best()
+    fill_saving_caches()  # for load_weights and model.save below
     best_values = state.best_values()
     if best_values is not None:  # the same arrays as the file, in memory
         assign_state(fit_model, best_values)

@@ -42,6 +42,7 @@ import keras
 import numpy as np
 
 from keras_bninit.harness.config import ETA_MIN
+from keras_bninit.harness.weights_layout import assign_values, read_values
 from keras_bninit.norms import norm_layer
 from keras_bninit.optimizers import ParamGroupOptimizer, TorchSGD
 from keras_bninit.schedules import EpochCosineDecay
@@ -213,8 +214,7 @@ def copy_variables(source, target):
                 f"{tuple(dst.shape)} {dst.dtype}, the run's build "
                 f"{tuple(src.shape)} {src.dtype}"
             )
-    for src, dst in pairs:
-        dst.assign(src.value)
+    assign_values(target.variables, read_values(source.variables))
 
 
 class _Program:
@@ -234,8 +234,7 @@ class _Program:
         """The program's state as a fresh build of `config` starts."""
         copy_variables(fresh, self.model)
         optimizer = self.fit_model.optimizer
-        for variable, value in zip(optimizer.variables, self.initial):
-            variable.assign(value)
+        assign_values(optimizer.variables, self.initial)
         groups = _param_groups(optimizer)
         groups.inner_optimizer._learning_rate.set_values(
             config.lr, splits.steps_per_epoch, config.epochs, ETA_MIN

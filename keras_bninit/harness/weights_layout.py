@@ -30,6 +30,7 @@ import numpy as np
 
 from keras_bninit.harness import _tf
 from keras_bninit.harness._io import ensure_space
+from keras_bninit.harness._keras_saving import fill_saving_caches
 
 # A variable with this attribute set is data, not training state (the
 # memory input path's image store): checkpoints neither copy nor write it.
@@ -46,42 +47,44 @@ def _state_variables(model):
 
 
 def _snapshot(model):
-    """Copies of the state variables in host memory.
+    """Copies of the state variables in host memory (`read_values`)."""
+    return read_values(_state_variables(model))
+
+
+def assign_state(model, values):
+    """Assigns `values` (from `_snapshot`) to the state variables."""
+    assign_values(_state_variables(model), values)
+
+
+def read_values(variables):
+    """Copies of `variables`' values in host memory.
 
     Copies, not views: on some backends a CPU variable's NumPy value shares
     its buffer, which the next training steps would overwrite while the
     copy is being written.
     """
-    variables = _state_variables(model)
-    batch = _batch(model, variables)
+    batch = _batch(variables)
     if batch is not None:
         return [np.array(v) for v in batch.read()]
     return [np.array(keras.ops.convert_to_numpy(v)) for v in variables]
 
 
-def assign_state(model, values):
-    """Assigns `values` (from `_snapshot`) to the state variables."""
-    variables = _state_variables(model)
-    batch = _batch(model, variables)
+def assign_values(variables, values):
+    """Assigns `values[k]` to `variables[k]`."""
+    batch = _batch(variables)
     if batch is not None and batch.assign(values):
         return
     for variable, value in zip(variables, values):
         variable.assign(value)
 
 
-# One compiled read and assignment of each model's state variables on
-# TensorFlow (`_tf.VariableBatch`), by model: a program's runs share them.
-_BATCHES = weakref.WeakKeyDictionary()
-
-
-def _batch(model, variables):
-    """The `VariableBatch` of `model`'s state `variables` on TensorFlow, or
-    None (other backends read and assign arrays at host speed)."""
+def _batch(variables):
+    """`_tf.VariableBatch(variables)` on TensorFlow (TensorFlow's own ops,
+    without Keras's wrapping of each variable), or None: other backends
+    read and assign arrays at host speed through Keras."""
     if keras.backend.backend() != "tensorflow":
         return None
-    return _cached(
-        _BATCHES, model, variables, lambda: _tf.VariableBatch(variables)
-    )
+    return _tf.VariableBatch(variables)
 
 
 class _Layout:
@@ -231,6 +234,7 @@ def _learn_layout(model, values, directory):
     ensure_space(directory, 2 * sum(v.nbytes for v in values))
     probe = os.path.join(directory, f".tmp-{uuid.uuid4().hex}.weights.h5")
     try:
+        fill_saving_caches()
         try:
             assign_state(model, markers)
             model.save_weights(probe)
@@ -267,20 +271,15 @@ _LAYOUTS = weakref.WeakKeyDictionary()
 
 def cached_layout(model, variables, learn):
     """The `_Layout` of `model` for its state `variables`, learned by
-    `learn()` the first time (None results are kept too)."""
-    return _cached(_LAYOUTS, model, variables, learn)
-
-
-def _cached(cache, model, variables, make):
-    """`make()`, kept in `cache` for `model` while its `variables` stay
-    the same objects, shapes and dtypes."""
+    `learn()` the first time (None results are kept too), while the
+    variables stay the same objects, shapes and dtypes."""
     signature = tuple((id(v), tuple(v.shape), str(v.dtype)) for v in variables)
     try:
-        cached = cache.get(model)
+        cached = _LAYOUTS.get(model)
     except TypeError:  # not weakly referable
-        return make()
+        return learn()
     if cached is not None and cached[0] == signature:
         return cached[1]
-    value = make()
-    cache[model] = (signature, value)
-    return value
+    layout = learn()
+    _LAYOUTS[model] = (signature, layout)
+    return layout
