@@ -311,8 +311,9 @@ def _expected_sums(splits, seed, epoch):
     return sums
 
 
-def _fit(splits, epochs, backup_dir=None, stream_from=None):
-    """Fits `_Probe`; with `stream_from`, on `train_epochs` from there."""
+def _fit(splits, epochs, backup_dir=None, stream_from=None, whole_run=False):
+    """Fits `_Probe`; with `stream_from`, on `train_epochs` from there; with
+    `whole_run`, on `fit_train_data`'s one iterator for all epochs."""
     model = _Probe()
     model.compile(optimizer="sgd", loss="mse", jit_compile=False)
     model(np.zeros((1, 8, 8, 1), np.float32))
@@ -324,7 +325,11 @@ def _fit(splits, epochs, backup_dir=None, stream_from=None):
                 str(backup_dir), delete_checkpoint=False
             )
         )
-    if stream_from is None:
+    if whole_run:
+        x, steps = splits.fit_train_data(3, tracker, epochs)
+        assert steps == splits.steps_per_epoch
+        kwargs = {"steps_per_epoch": steps}
+    elif stream_from is None:
         x, kwargs = splits.fit_train_dataset(seed=3, tracker=tracker), {}
     else:
         x = splits.train_epochs(3, stream_from, epochs)
@@ -344,6 +349,19 @@ def test_fit_sees_each_epochs_data_also_after_a_resume(digits, tmp_path):
     resumed = _fit(digits, 4, tmp_path)  # BackupAndRestore resumes at 2
     assert sorted(resumed) == [2, 3]
     for epoch, sums in resumed.items():
+        assert sums == _expected_sums(digits, 3, epoch)
+
+
+@pytest.mark.parametrize("backup", [False, True])
+def test_fit_on_one_iterator_for_the_whole_run(digits, tmp_path, backup):
+    # Keras keeps the iterator from epoch to epoch; each epoch's batches
+    # are still its own, also when BackupAndRestore resumes at epoch 2.
+    backup_dir = tmp_path if backup else None
+    seen = _fit(digits, 2, backup_dir, whole_run=True)
+    if backup:
+        seen = _fit(digits, 4, backup_dir, whole_run=True)
+    assert sorted(seen) == ([2, 3] if backup else [0, 1])
+    for epoch, sums in seen.items():
         assert sums == _expected_sums(digits, 3, epoch)
 
 
@@ -368,7 +386,8 @@ def test_fit_train_data_is_one_stream_that_each_run_points_at_its_seed():
     streams = []
     for seed, epochs in ((1, (0, 2)), (2, (1,)), (1, (3,))):
         tracker = data.EpochTracker()
-        stream = splits.fit_train_data(seed, tracker)
+        stream, steps = splits.fit_train_data(seed, tracker)
+        assert steps is None  # one epoch per iterator
         streams.append(stream)
         for epoch in epochs:
             tracker.on_epoch_begin(epoch)
@@ -386,6 +405,27 @@ def test_fit_train_data_is_one_stream_that_each_run_points_at_its_seed():
     assert _same_batches(
         _batches(splits.fit_train_dataset(5, tracker)), expected
     )
+    # With fit's epochs: one iterator from the tracked epoch to the end,
+    # built once too, pointed at each run in turn.
+    whole = []
+    for seed, start, end in ((1, 0, 2), (2, 1, 4)):
+        tracker = data.EpochTracker(initial_epoch=start)
+        stream, steps = splits.fit_train_data(seed, tracker, end)
+        assert steps == splits.steps_per_epoch == 6
+        whole.append(stream)
+        assert _same_batches(
+            _batches(stream), _batches(splits.train_epochs(seed, start, end))
+        ), (seed, start, end)
+    assert whole[0] is whole[1] and whole[0] is not streams[0]
+    # A dispatch of 4 steps would reach into the next epoch's batches:
+    # one epoch per iterator then, and Keras told no steps.
+    tracker = data.EpochTracker(initial_epoch=2)
+    stream, steps = splits.fit_train_data(1, tracker, 4, steps_per_execution=4)
+    assert steps is None and stream is streams[0]
+    assert _same_batches(_batches(stream), _batches(splits.train_dataset(1, 2)))
+    assert splits.fit_train_data(1, tracker, 4, steps_per_execution=3)[1] == 6
+    with pytest.raises(ValueError, match="epochs"):
+        splits.fit_train_data(1, tracker, -1)
 
 
 def test_eval_data_is_one_pipeline_per_split(digits):

@@ -343,7 +343,8 @@ def test_output_dir_must_be_writable_and_not_inside_a_file(
 
 
 def test_steps_per_execution_gives_the_same_run(tmp_path):
-    # 21 steps per epoch: 4 per execution leaves a partial last group.
+    # 21 steps per epoch: 3 per execution divide them (one data iterator
+    # for the run), 4 leave a partial last group (one per epoch).
     runs = [
         run_experiment(
             _config(
@@ -354,14 +355,15 @@ def test_steps_per_execution_gives_the_same_run(tmp_path):
             ),
             build_model=tiny_builder,
         )
-        for n in (1, 4)
+        for n in (1, 3, 4)
     ]
-    one, four = runs
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
-        np.testing.assert_allclose(
-            four["history"][key], one["history"][key], rtol=1e-6
-        )
-    assert four["test_accuracy"] == one["test_accuracy"]
+    one, three, four = runs
+    for other in (three, four):
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+            np.testing.assert_allclose(
+                other["history"][key], one["history"][key], rtol=1e-6
+            )
+        assert other["test_accuracy"] == one["test_accuracy"]
     assert four["config"]["steps_per_execution"] == 4
 
 

@@ -267,9 +267,13 @@ def _train(config, splits, model, trained, fit_model, callbacks):
     state = RunState(run_dir)
     initial_epoch = state.restore(fit_model)
     callbacks = _callbacks(config, splits, run_dir, callbacks)
+    train_data, steps_per_epoch = splits.fit_train_data(
+        config.seed, tracker, config.epochs, config.steps_per_execution
+    )
     try:
         fit_model.fit(
-            splits.fit_train_data(config.seed, tracker),
+            train_data,
+            steps_per_epoch=steps_per_epoch,
             validation_data=splits.eval_data("val"),
             epochs=config.epochs,
             initial_epoch=initial_epoch,
