@@ -313,7 +313,7 @@ def _expected_sums(splits, seed, epoch):
 
 def _fit(splits, epochs, backup_dir=None, stream_from=None, whole_run=False):
     """Fits `_Probe`; with `stream_from`, on `train_epochs` from there; with
-    `whole_run`, on `fit_train_data`'s one iterator for all epochs."""
+    `whole_run`, on `fit_inputs`'s one iterator for all epochs."""
     model = _Probe()
     model.compile(optimizer="sgd", loss="mse", jit_compile=False)
     model(np.zeros((1, 8, 8, 1), np.float32))
@@ -326,7 +326,7 @@ def _fit(splits, epochs, backup_dir=None, stream_from=None, whole_run=False):
             )
         )
     if whole_run:
-        x, steps = splits.fit_train_data(3, tracker, epochs)
+        x, steps = splits.fit_inputs(3, tracker, epochs)
         assert steps == splits.steps_per_epoch
         kwargs = {"steps_per_epoch": steps}
     elif stream_from is None:
@@ -386,8 +386,9 @@ def test_fit_train_data_is_one_stream_that_each_run_points_at_its_seed():
     streams = []
     for seed, epochs in ((1, (0, 2)), (2, (1,)), (1, (3,))):
         tracker = data.EpochTracker()
-        stream, steps = splits.fit_train_data(seed, tracker)
+        stream, steps = splits.fit_inputs(seed, tracker)
         assert steps is None  # one epoch per iterator
+        assert splits.fit_train_data(seed, tracker) is stream
         streams.append(stream)
         for epoch in epochs:
             tracker.on_epoch_begin(epoch)
@@ -410,7 +411,7 @@ def test_fit_train_data_is_one_stream_that_each_run_points_at_its_seed():
     whole = []
     for seed, start, end in ((1, 0, 2), (2, 1, 4)):
         tracker = data.EpochTracker(initial_epoch=start)
-        stream, steps = splits.fit_train_data(seed, tracker, end)
+        stream, steps = splits.fit_inputs(seed, tracker, end)
         assert steps == splits.steps_per_epoch == 6
         whole.append(stream)
         assert _same_batches(
@@ -420,12 +421,12 @@ def test_fit_train_data_is_one_stream_that_each_run_points_at_its_seed():
     # A dispatch of 4 steps would reach into the next epoch's batches:
     # one epoch per iterator then, and Keras told no steps.
     tracker = data.EpochTracker(initial_epoch=2)
-    stream, steps = splits.fit_train_data(1, tracker, 4, steps_per_execution=4)
+    stream, steps = splits.fit_inputs(1, tracker, 4, steps_per_execution=4)
     assert steps is None and stream is streams[0]
     assert _same_batches(_batches(stream), _batches(splits.train_dataset(1, 2)))
-    assert splits.fit_train_data(1, tracker, 4, steps_per_execution=3)[1] == 6
+    assert splits.fit_inputs(1, tracker, 4, steps_per_execution=3)[1] == 6
     with pytest.raises(ValueError, match="epochs"):
-        splits.fit_train_data(1, tracker, -1)
+        splits.fit_inputs(1, tracker, -1)
 
 
 def test_eval_data_is_one_pipeline_per_split(digits):

@@ -132,9 +132,10 @@ def test_eval_rows_give_each_split_center_cropped():
 def test_fit_data_follow_the_tracked_epoch():
     splits = _synthetic_crop_splits(batch_size=16)
     tracker = EpochTracker()
-    data, steps = splits.fit_train_data(5, tracker, epochs=3)
-    assert steps is None  # one PyDataset epoch per Keras epoch
+    data = splits.fit_train_data(5, tracker)
     assert len(data) == splits.steps_per_epoch == 4  # 54 examples
+    fit_data, steps = splits.fit_inputs(5, tracker, epochs=3)
+    assert steps is None and len(fit_data) == 4  # one epoch per iterator
     tracker.on_epoch_begin(2)
     rows, labels = splits.epoch_rows(5, 2)
     x, y = data[3]

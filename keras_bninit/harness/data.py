@@ -20,8 +20,8 @@ on JAX or PyTorch. The in-memory path is `harness.memory`.
    iterator is created. `train_epochs(seed, start, end)` is the explicit
    alternative: one finite stream of exactly
    `steps_per_epoch * (end - start)` batches. The harness's runs train
-   on `fit_train_data`, one iterator from the tracked epoch to the run's
-   last, which Keras keeps across epochs (no pipeline started per epoch).
+   on one iterator from the tracked epoch to the run's
+   last (`fit_inputs`), which Keras keeps across epochs.
 
 Every epoch ends with its own (possibly partial) last batch, as PyTorch's
 `DataLoader(drop_last=False)` in the reference. Evaluation pipelines have no
@@ -290,7 +290,13 @@ class DatasetSplits(SplitArrays):
         """The model `fit` trains on this path: `model` itself."""
         return model
 
-    def fit_train_data(self, seed, tracker, epochs=None, steps_per_execution=1):
+    def fit_train_data(self, seed, tracker):
+        """Training data for `model.fit`: the batches `fit_train_dataset`
+        gives, one epoch per iterator, from the stream of these splits
+        that `fit_inputs` points at `seed` and `tracker`."""
+        return self.fit_inputs(seed, tracker)[0]
+
+    def fit_inputs(self, seed, tracker, epochs=None, steps_per_execution=1):
         """Training data for `model.fit` and the `steps_per_epoch` to pass
         with it: `(data, steps_per_epoch)`.
 

@@ -267,7 +267,7 @@ def _train(config, splits, model, trained, fit_model, callbacks):
     state = RunState(run_dir)
     initial_epoch = state.restore(fit_model)
     callbacks = _callbacks(config, splits, run_dir, callbacks)
-    train_data, steps_per_epoch = splits.fit_train_data(
+    train_data, steps_per_epoch = splits.fit_inputs(
         config.seed, tracker, config.epochs, config.steps_per_execution
     )
     try:

@@ -267,15 +267,12 @@ class MemorySplits(SplitArrays):
             end = start + self.batch_size
             yield rows[start:end], labels[start:end]
 
-    def fit_train_data(self, seed, tracker, epochs=None, steps_per_execution=1):
-        """Training data for `model.fit` following Keras's epoch counter,
-        and the `steps_per_epoch` to pass with it (None).
+    def fit_train_data(self, seed, tracker):
+        """Training data for `model.fit` following Keras's epoch counter.
 
         A `keras.utils.PyDataset` of `steps_per_epoch` batches of rows;
         each epoch's come from `epoch_rows(seed, tracker.current_epoch())`.
         Pass `tracker` (an `EpochTracker`) among `fit`'s callbacks.
-        `epochs` and `steps_per_execution` are the tf.data path's (see
-        `DatasetSplits.fit_train_data`); rows need no pipeline started.
         """
         seed = non_negative_int("seed", seed)
         if not isinstance(tracker, EpochTracker):
@@ -283,7 +280,12 @@ class MemorySplits(SplitArrays):
                 "`tracker` must be a keras_bninit.harness.datasets."
                 f"EpochTracker. Received: tracker={tracker!r}"
             )
-        return _EpochRows(self, seed, tracker), None
+        return _EpochRows(self, seed, tracker)
+
+    def fit_inputs(self, seed, tracker, epochs=None, steps_per_execution=1):
+        """`(fit_train_data(seed, tracker), None)`: rows start no pipeline,
+        so every epoch has its own (see `DatasetSplits.fit_inputs`)."""
+        return self.fit_train_data(seed, tracker), None
 
     def eval_rows(self, split):
         """`(rows, labels)` of "train", "val" or "test" for evaluation:
