@@ -10,6 +10,7 @@ import pytest
 import scipy.stats
 
 from keras_bninit.harness import report, report_plots, stats
+from keras_bninit.harness.config import config_key
 from keras_bninit.harness.store import ResultStore
 
 SEEDS = range(1, 6)
@@ -640,7 +641,7 @@ def _odd_store(path, **changes):
 
 
 def _key(gamma, seed):
-    return stats.config_key(_config(seed, 0.1, gamma, 1.0 + 99 * (gamma != 1)))
+    return config_key(_config(seed, 0.1, gamma, 1.0 + 99 * (gamma != 1)))
 
 
 def test_dropped_values_are_warned_naming_their_rows(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from keras_bninit.harness import stats
+from keras_bninit.harness import stats, stats_records
 
 # d = ours - base = [0.01, 0.02, 0.00, 0.03]: mean 0.015, one zero.
 OURS = {1: 0.90, 2: 0.92, 3: 0.91, 4: 0.93}
@@ -246,7 +246,7 @@ def test_compare_records_pairs_with_base_and_reports_n():
         for s in range(1, 5)
     ]
     good.append(_record(5, None, status="failed", gamma=0.1))
-    rows = stats.compare_records(base + good)
+    rows = stats_records.compare_records(base + good)
     by_gamma = {r["config"]["gamma"]: r for r in rows}
     row, base_row = by_gamma[0.1], by_gamma[1.0]
     assert base_row["is_base"] and base_row["note"] == "BASE"
@@ -275,7 +275,7 @@ def test_compare_records_holm_families():
                 for s, g in zip(range(1, 4), gain)
             ]
     for family, size in (("base", 2), ("dataset", 4)):
-        rows = stats.compare_records(records, holm_family=family)
+        rows = stats_records.compare_records(records, holm_family=family)
         tested = [r for r in rows if not r["is_base"]]
         raw = sorted(r["p_value"] for r in tested)
         assert min(r["p_holm"] for r in tested) == pytest.approx(
@@ -292,7 +292,7 @@ def test_compare_records_identical_runs_count_in_holm_and_are_never_marked():
         for s, g in zip(range(1, 5), gains)
     ]
 
-    rows = stats.compare_records(base + same + good)
+    rows = stats_records.compare_records(base + same + good)
 
     rows = {r["config"]["gamma"]: r for r in rows}
     identical, normal = rows[0.5], rows[0.1]
@@ -313,11 +313,11 @@ def test_compare_records_identical_runs_count_in_holm_and_are_never_marked():
 
 def test_compare_records_rejects_duplicates():
     with pytest.raises(ValueError, match="Two records for the same run"):
-        stats.compare_records([_record(1, 0.8), _record(1, 0.81)])
+        stats_records.compare_records([_record(1, 0.8), _record(1, 0.81)])
 
 
 def test_compare_records_without_base():
-    rows = stats.compare_records(
+    rows = stats_records.compare_records(
         [_record(s, 0.8, gamma=0.1) for s in range(1, 4)]
     )
     assert rows[0]["note"] == "no BASE runs"
@@ -348,11 +348,14 @@ def test_fewer_than_five_pairs_are_too_few_to_judge():
     good = [
         _record(s, 0.83 + 0.01 * s + 0.001 * s, gamma=0.1) for s in range(1, 6)
     ]
-    rows = {r["config"]["gamma"]: r for r in stats.compare_records(base + good)}
+    rows = {
+        r["config"]["gamma"]: r
+        for r in stats_records.compare_records(base + good)
+    }
     assert rows[0.1]["n"] == 5 and rows[0.1]["note"] == ""
     rows = {
         r["config"]["gamma"]: r
-        for r in stats.compare_records(base[:3] + good[:3])
+        for r in stats_records.compare_records(base[:3] + good[:3])
     }
     assert rows[0.1]["note"] == "too few seeds to judge (n = 3 < 5)"
     assert not math.isnan(rows[0.1]["p_value"])  # still computed

@@ -47,7 +47,8 @@ from keras_bninit.harness.report_render import (  # the renderings: report.to_*
     to_markdown,
     to_text,
 )
-from keras_bninit.harness.stats import ALPHA, compare_records
+from keras_bninit.harness.stats import ALPHA
+from keras_bninit.harness.stats_records import compare_records
 from keras_bninit.harness.store import canonical_config, record_backends
 
 # Fields that tell the compared methods apart: they always go into the row.
@@ -59,7 +60,7 @@ class Cell:
     """One table cell.
 
     Attributes:
-        stats: the configuration's row from `stats.compare_records`.
+        stats: the configuration's row from `stats_records.compare_records`.
         mean, std: in the table's unit (percent by default).
         show_n: whether the cell shows its number of seeds.
         bold: significantly better than BASE.
@@ -248,7 +249,7 @@ def build_tables(
         alpha: significance level.
         decision: bold cells by the "raw" p-value (the paper) or by the
             "holm"-corrected one.
-        baseline, holm_family, seed: passed to `stats.compare_records`.
+        baseline, holm_family, seed: passed to `stats_records.compare_records`.
 
     Returns:
         A list of `Table`, sorted by their fixed fields.

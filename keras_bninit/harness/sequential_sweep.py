@@ -6,7 +6,7 @@ The paper runs every configuration on seeds 1-15 (Section 4.3). With
 sweep trains the seeds in stages, up to each look of the design
 (`harness.sequential`). After each stage it tests every configuration
 against its BASE (the same configuration with c = 1, a = 1, standard BN:
-`stats.baseline_config`) on the pairs it has. A configuration that
+`stats_records.baseline_config`) on the pairs it has. A configuration that
 crosses a bound gets no more seeds; its BASE keeps running while any
 configuration of its cell is open.
 
@@ -28,11 +28,8 @@ import scipy.stats
 from keras_bninit.harness import sequential
 from keras_bninit.harness.config import canonical_config, config_key
 from keras_bninit.harness.display_names import named
-from keras_bninit.harness.stats import (
-    baseline_config,
-    pair_on_common_seeds,
-    paired_ttest,
-)
+from keras_bninit.harness.stats import pair_on_common_seeds, paired_ttest
+from keras_bninit.harness.stats_records import baseline_config
 from keras_bninit.harness.store import STORE_FILENAME, ResultStore
 
 # sweep.json's "design" of a sequential sweep; a sweep without one is fixed.
