@@ -432,6 +432,10 @@ def test_fit_train_data_is_one_stream_that_each_run_points_at_its_seed():
     assert splits.fit_inputs(1, tracker, 4, steps_per_execution=3)[1] == 6
     with pytest.raises(ValueError, match="epochs"):
         splits.fit_inputs(1, tracker, -1)
+    with pytest.raises(ValueError, match="epochs"):
+        splits.fit_inputs(1, tracker, -1, steps_per_execution=4)
+    with pytest.raises(ValueError, match="steps_per_execution"):
+        splits.fit_inputs(1, tracker, 4, steps_per_execution=0)
 
 
 def test_eval_data_is_one_pipeline_per_split(digits):

@@ -31,7 +31,7 @@ normalization is applied (`bn` leaves it to the network's `InputBatchNorm`).
 
 import numpy as np
 
-from keras_bninit._validation import non_negative_int
+from keras_bninit._validation import non_negative_int, positive_int
 from keras_bninit.harness._tf import tensorflow
 from keras_bninit.harness.datasets import (  # noqa: F401  (public here too)
     DATASETS,
@@ -320,9 +320,12 @@ class DatasetSplits(SplitArrays):
         points it at its `seed`, `tracker` and `epochs`, and a stream
         returned before follows the latest call.
         """
+        feed = _checked_feed(seed, tracker, epochs)
         steps = self.steps_per_epoch
-        whole_run = epochs is not None and steps % steps_per_execution == 0
-        feed = _checked_feed(seed, tracker, epochs if whole_run else None)
+        per_execution = positive_int("steps_per_execution", steps_per_execution)
+        whole_run = epochs is not None and steps % per_execution == 0
+        if not whole_run:
+            feed = feed[:2] + (None,)
         if self._fit_feed is None:
             self._fit_feed, self._fit_streams = [feed], {}
         self._fit_feed[0] = feed
