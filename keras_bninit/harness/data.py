@@ -320,12 +320,11 @@ class DatasetSplits(SplitArrays):
         points it at its `seed`, `tracker` and `epochs`, and a stream
         returned before follows the latest call.
         """
-        feed = _checked_feed(seed, tracker, epochs)
+        seed, tracker, epochs = _checked_feed(seed, tracker, epochs)
         steps = self.steps_per_epoch
         per_execution = positive_int("steps_per_execution", steps_per_execution)
         whole_run = epochs is not None and steps % per_execution == 0
-        if not whole_run:
-            feed = feed[:2] + (None,)
+        feed = (seed, tracker, epochs if whole_run else None)
         if self._fit_feed is None:
             self._fit_feed, self._fit_streams = [feed], {}
         self._fit_feed[0] = feed
