@@ -451,6 +451,53 @@ def test_eval_data_is_one_pipeline_per_split(digits):
         digits.eval_data("dev")
 
 
+def test_eval_inputs_give_one_pass_per_evaluate_on_one_iterator(
+    digits, monkeypatch
+):
+    model = keras.Sequential(
+        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)]
+    )
+    model.compile(
+        "sgd",
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=False,
+    )
+    started, iterate = [], tf.data.Dataset.__iter__
+
+    def counted(dataset):
+        started.append(dataset)
+        return iterate(dataset)
+
+    monkeypatch.setattr(tf.data.Dataset, "__iter__", counted)
+    assert digits.batch_size == 64
+    for split, steps_ in (("val", 3), ("test", 6), ("train", 21)):
+        data_, steps = digits.eval_inputs(split)
+        assert steps == steps_  # 144, 360 and 1293 examples
+        assert digits.eval_inputs(split)[0] is data_  # built once
+        one_pass = _batches(digits.eval_data(split))
+        # Pass after pass, the split's batches in its fixed order.
+        assert _same_batches(_batches(data_.take(2 * steps)), one_pass * 2)
+        expected = model.evaluate(
+            digits.eval_data(split), verbose=0, return_dict=True
+        )
+        started.clear()
+        got = [
+            model.evaluate(data_, steps=steps, verbose=0, return_dict=True)
+            for _ in range(2)
+        ]
+        assert len(started) == 2  # one iterator per evaluate
+        assert got == [expected, expected]  # bit for bit
+    assert data_.options().autotune.enabled is False
+    # A dispatch of 2 or 4 steps would reach into the next pass: the
+    # finite pipeline then, and no steps.
+    assert digits.eval_inputs("val", 2) == (digits.eval_data("val"), None)
+    assert digits.eval_inputs("test", 4) == (digits.eval_data("test"), None)
+    assert digits.eval_inputs("test", 3)[1] == 6
+    with pytest.raises(ValueError, match="steps_per_execution"):
+        digits.eval_inputs("val", 0)
+
+
 # -- tensorflow-datasets paths, mocked ---------------------------------------
 
 

@@ -127,6 +127,10 @@ def test_eval_rows_give_each_split_center_cropped():
         np.testing.assert_allclose(
             got, images[:, 2:10, 2:10] / 255.0, rtol=1e-6
         )
+        # Rows start no pipeline: evaluate gets them as they are, no steps.
+        data, steps = splits.eval_inputs(split, steps_per_execution=3)
+        assert steps is None and len(data) == len(splits.eval_data(split))
+        np.testing.assert_array_equal(data[0][0], rows[: splits.batch_size])
 
 
 def test_fit_data_follow_the_tracked_epoch():

@@ -524,21 +524,28 @@ def test_environment_error_stops_the_sweep_with_status_1(
         assert len(store) == 0 and store.claims() == {}
 
 
-def test_a_process_of_its_own_imports_without_collections_then_freezes():
+def test_a_process_of_its_own_imports_without_collections_then_freezes(
+    monkeypatch,
+):
     import gc
 
     from keras_bninit.harness import cli
 
+    at_exit = []
+    monkeypatch.setattr(cli.atexit, "register", at_exit.append)
     frozen = gc.get_freeze_count()
     with cli._collector_paused(False):  # main() called by a caller
         assert gc.isenabled()
-    assert gc.get_freeze_count() == frozen
+    assert gc.get_freeze_count() == frozen and at_exit == []
     try:
         with cli._collector_paused(True):  # train.py, keras-bninit
             assert not gc.isenabled()
             made = [[] for _ in range(1000)]
         assert gc.isenabled()
         assert gc.get_freeze_count() >= frozen + len(made)
+        # What the command makes is frozen at exit, before the last
+        # collection would walk it.
+        assert at_exit == [gc.freeze]
     finally:
         gc.unfreeze()
 

@@ -21,6 +21,7 @@ Until Keras loads, this module imports only the standard library and the
 backend-free modules `keras_bninit.harness.config` / `presets`.
 """
 
+import atexit
 import contextlib
 import gc
 import os
@@ -549,7 +550,9 @@ def _import_quietly():
 def _collector_paused(own_process):
     """For a process of its own: no garbage collections during the imports
     (TensorFlow's import made about 1 s of them, each walking its
-    objects), then every object they made frozen out of later ones."""
+    objects), then every object they made frozen out of later ones; and at
+    exit, what the command made frozen too, before the interpreter's last
+    collection walks it (0.1-0.2 s after a demo: two programs' graphs)."""
     if not own_process:
         yield
         return
@@ -559,6 +562,7 @@ def _collector_paused(own_process):
     finally:
         gc.freeze()
         gc.enable()
+        atexit.register(gc.freeze)  # run before the final collection
 
 
 def main(argv=None, prog=None, own_process=False):

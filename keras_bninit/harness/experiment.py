@@ -270,11 +270,13 @@ def _train(config, splits, model, trained, fit_model, callbacks):
     train_data, steps_per_epoch = splits.fit_inputs(
         config.seed, tracker, config.epochs, config.steps_per_execution
     )
+    val_data, val_steps = splits.eval_inputs("val", config.steps_per_execution)
     try:
         fit_model.fit(
             train_data,
             steps_per_epoch=steps_per_epoch,
-            validation_data=splits.eval_data("val"),
+            validation_data=val_data,
+            validation_steps=val_steps,
             epochs=config.epochs,
             initial_epoch=initial_epoch,
             shuffle=False,
@@ -325,8 +327,11 @@ def _evaluate(config, splits, model, trained, fit_model, state):
         assign_state(fit_model, best_values)
     else:
         fit_model.load_weights(state.best_weights_path())
+    test_data, test_steps = splits.eval_inputs(
+        "test", config.steps_per_execution
+    )
     test = fit_model.evaluate(
-        splits.eval_data("test"), verbose=0, return_dict=True
+        test_data, steps=test_steps, verbose=0, return_dict=True
     )
     record.update(
         val_accuracy=val_accuracy,

@@ -220,6 +220,11 @@ class MemorySplits(SplitArrays):
         """The batches of "train", "val" or "test" for evaluation (rows)."""
         return _Rows(*self.eval_rows(split), self.batch_size)
 
+    def eval_inputs(self, split, steps_per_execution=1):
+        """`(eval_data(split), None)`: rows start no pipeline (see
+        `DatasetSplits.eval_inputs`)."""
+        return self.eval_data(split), None
+
     def probe(self):
         """The diagnostics' probe data: validation rows and labels."""
         return self.eval_rows("val")
