@@ -12,18 +12,14 @@ import keras
 import numpy as np
 import pytest
 
-from keras_bninit.harness.datasets import (
-    DATASETS,
-    EpochTracker,
-    RawData,
-    load_raw,
-)
+from keras_bninit.harness.datasets import DATASETS, RawData, load_raw
 from keras_bninit.harness.experiment import RunConfig, run_experiment
 from keras_bninit.harness.memory import (
     ImagePipeline,
     MemorySplits,
     load_memory_dataset,
 )
+from keras_bninit.harness.splits import EpochTracker
 from keras_bninit.seeding import make_complex
 from tests._tiny import Crash, CrashAt, tiny_builder
 

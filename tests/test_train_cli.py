@@ -529,10 +529,10 @@ def test_a_process_of_its_own_imports_without_collections_then_freezes(
 ):
     import gc
 
-    from keras_bninit.harness import cli
+    from keras_bninit.harness import cli, cli_process
 
     at_exit = []
-    monkeypatch.setattr(cli.atexit, "register", at_exit.append)
+    monkeypatch.setattr(cli_process.atexit, "register", at_exit.append)
     frozen = gc.get_freeze_count()
     with cli._collector_paused(False):  # main() called by a caller
         assert gc.isenabled()

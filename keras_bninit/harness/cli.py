@@ -21,9 +21,7 @@ Until Keras loads, this module imports only the standard library and the
 backend-free modules `keras_bninit.harness.config` / `presets`.
 """
 
-import atexit
 import contextlib
-import gc
 import os
 import signal
 import sys
@@ -70,6 +68,11 @@ def _light_module(name):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+_process = _light_module("keras_bninit.harness.cli_process")
+_import_quietly = _process.import_quietly
+_collector_paused = _process.collector_paused
 
 
 def _config():
@@ -520,49 +523,6 @@ def _check_data(configs):
         {(c.dataset, c.data_dir or "") for c in configs}
     ):
         ensure_available(dataset, data_dir or None)
-
-
-def _import_quietly():
-    """Imports Keras (TensorFlow where installed) and the library, fd 2 muted.
-
-    TensorFlow's C++ start-up notes (oneDNN, "no CUDA drivers", cuInit) are
-    written straight to file descriptor 2 whatever TF_CPP_MIN_LOG_LEVEL
-    says; they would bury the one-line errors of this command. A failing
-    import is re-raised with stderr restored.
-    """
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import keras_bninit  # noqa: F401  (imports Keras)
-        import keras_bninit.models  # noqa: F401
-        from keras_bninit.harness import _tf
-
-        if _tf.available():  # GPUs hidden from it off the TF backend
-            _tf.tensorflow().config.list_physical_devices()  # notes, muted
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-@contextlib.contextmanager
-def _collector_paused(own_process):
-    """For a process of its own: no garbage collections during the imports
-    (TensorFlow's import made about 1 s of them, each walking its
-    objects), then every object they made frozen out of later ones; and at
-    exit, what the command made frozen too, before the interpreter's last
-    collection walks it (0.1-0.2 s after a demo: two programs' graphs)."""
-    if not own_process:
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        gc.enable()
-        atexit.register(gc.freeze)  # run before the final collection
 
 
 def main(argv=None, prog=None, own_process=False):

@@ -41,13 +41,15 @@ from keras_bninit.harness.datasets import (  # noqa: F401  (public here too)
     TEST_FRACTION,
     DatasetSpec,
     DatasetUnavailableError,
-    EpochTracker,
-    SplitArrays,
     available_datasets,
     ensure_available,
     load_raw,
-    prepare,
     validation_split,
+)
+from keras_bninit.harness.splits import (  # noqa: F401  (public here too)
+    EpochTracker,
+    SplitArrays,
+    prepare,
 )
 from keras_bninit.seeding import make_complex
 
@@ -112,7 +114,7 @@ class DatasetSplits(SplitArrays):
 
     Its attributes (name, classes, shapes, counts, steps per epoch, the
     split's example ids, the input normalization's statistics) are those of
-    `harness.datasets.SplitArrays`, which both input paths share.
+    `harness.splits.SplitArrays`, which both input paths share.
     """
 
     input_path = "tfdata"

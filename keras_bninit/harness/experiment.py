@@ -32,13 +32,13 @@ from keras_bninit.harness.config import (
     RunConfig,
     apply_ablation,
 )
-from keras_bninit.harness.datasets import EpochTracker
 from keras_bninit.harness.precheck import check_machine
 from keras_bninit.harness.programs import (
     ProgramCache,
     copy_variables,
     make_optimizer,
 )
+from keras_bninit.harness.splits import EpochTracker
 from keras_bninit.layers import PAPER_MOMENTUM
 from keras_bninit.precise_bn import PreciseBN
 from keras_bninit.seeding import set_seed

@@ -32,7 +32,7 @@ from keras import ops
 
 from keras_bninit._validation import non_negative_int
 from keras_bninit.harness.checkpoints import DATA_ATTRIBUTE
-from keras_bninit.harness.datasets import EpochTracker, SplitArrays, prepare
+from keras_bninit.harness.splits import EpochTracker, SplitArrays, prepare
 from keras_bninit.seeding import make_complex
 
 # Columns of a row.
@@ -175,7 +175,7 @@ class MemorySplits(SplitArrays):
     """A loaded data set and its in-memory input path.
 
     Build it with `load_memory_dataset`. The attributes are
-    `harness.datasets.SplitArrays`'; the training data for `model.fit` are
+    `harness.splits.SplitArrays`'; the training data for `model.fit` are
     rows for `training_model(model)`, see the module docstring.
     """
 
@@ -282,7 +282,7 @@ class MemorySplits(SplitArrays):
         seed = non_negative_int("seed", seed)
         if not isinstance(tracker, EpochTracker):
             raise ValueError(
-                "`tracker` must be a keras_bninit.harness.datasets."
+                "`tracker` must be a keras_bninit.harness.splits."
                 f"EpochTracker. Received: tracker={tracker!r}"
             )
         return _EpochRows(self, seed, tracker)
