@@ -79,6 +79,7 @@ def _config():
     """`keras_bninit.harness.config`, before Keras loads."""
     _light_module("keras_bninit._validation")
     _light_module("keras_bninit.harness.bounds")
+    _light_module("keras_bninit.harness.constants")
     return _light_module("keras_bninit.harness.config")
 
 
