@@ -84,6 +84,13 @@ def _checked_feed(seed, tracker, end_epoch=None):
     return seed, tracker, end_epoch
 
 
+def _whole_dispatches(steps, steps_per_execution):
+    """Whether dispatches of `steps_per_execution` steps cover `steps`
+    exactly; else the last would reach into the next epoch's (or pass's)
+    batches of a stream that goes on."""
+    return steps % positive_int("steps_per_execution", steps_per_execution) == 0
+
+
 def _fed_points(feed):
     """The `(seed pair, epoch)` points of one iterator, read from `feed[0]`
     (a `(seed, EpochTracker, end epoch or None)`) when the iterator starts:
@@ -334,8 +341,8 @@ class DatasetSplits(SplitArrays):
         """
         seed, tracker, epochs = _checked_feed(seed, tracker, epochs)
         steps = self.steps_per_epoch
-        per_execution = positive_int("steps_per_execution", steps_per_execution)
-        whole_run = epochs is not None and steps % per_execution == 0
+        whole_run = _whole_dispatches(steps, steps_per_execution)
+        whole_run = whole_run and epochs is not None
         feed = (seed, tracker, epochs if whole_run else None)
         if self._fit_feed is None:
             self._fit_feed, self._fit_streams = [feed], {}
@@ -372,15 +379,14 @@ class DatasetSplits(SplitArrays):
         not divide a pass's batches, a dispatch would reach into the next
         pass: then `(eval_data(split), None)`.
         """
-        per_execution = positive_int("steps_per_execution", steps_per_execution)
-        pipeline = self.eval_data(split)
-        steps = -(-len(self.arrays(split)[1]) // self.batch_size)
-        if steps % per_execution:
-            return pipeline, None
         repeated = self.__dict__.setdefault("_eval_repeated", {})
-        if split not in repeated:
-            repeated[split] = pipeline.repeat()  # its options, too
-        return repeated[split], steps
+        if split not in repeated:  # its options, too; a pass's batches
+            pipeline = self.eval_data(split)
+            repeated[split] = (pipeline.repeat(), int(pipeline.cardinality()))
+        data, steps = repeated[split]
+        if not _whole_dispatches(steps, steps_per_execution):
+            return self.eval_data(split), None
+        return data, steps
 
     def probe(self):
         """The diagnostics' probe data: the validation batches."""
