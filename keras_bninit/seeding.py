@@ -82,6 +82,13 @@ def set_seed(seed, deterministic=True):
     return complex_seed
 
 
+def weight_draws():
+    """`(seed, draws)`: the seed of the initial weights (None before the
+    first `set_seed`) and a copy of the count of `variable_seed`'s draws of
+    each key since that call (a `collections.Counter`)."""
+    return _WEIGHTS["seed"], collections.Counter(_WEIGHTS["draws"])
+
+
 def variable_seed(key):
     """The seed and index of the next initial value of the variable `key`.
 

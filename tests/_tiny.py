@@ -4,6 +4,7 @@ and a callback that interrupts a run at a chosen epoch."""
 import keras
 
 from keras_bninit import InputBatchNorm
+from keras_bninit.initializers import VarianceScaling
 
 
 def tiny_builder(
@@ -15,8 +16,15 @@ def tiny_builder(
     activation_std,
     norm_layer,
     moving_variance="biased",
+    zoo_initializers=False,
 ):
+    """The model; `zoo_initializers`: its kernels drawn as the model zoo
+    draws them (NumPy, from the seed and a key), else Keras's defaults."""
     del name
+
+    def kernel(key):
+        return VarianceScaling(key=key) if zoo_initializers else None
+
     inputs = keras.Input(input_shape)
     x = inputs
     if input_bn:
@@ -26,16 +34,50 @@ def tiny_builder(
             moving_variance=moving_variance,
             name="input_bn",
         )(x)
-    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="conv1")(
-        x
-    )
+    x = keras.layers.Conv2D(
+        8,
+        3,
+        padding="same",
+        use_bias=False,
+        name="conv1",
+        kernel_initializer=kernel("conv1/kernel") or "glorot_uniform",
+    )(x)
     x = norm_layer(gamma=bn_gamma, name="bn1", moving_variance=moving_variance)(
         x
     )
     x = keras.layers.ReLU()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(num_classes, name="fc")(x)
+    outputs = keras.layers.Dense(
+        num_classes,
+        name="fc",
+        kernel_initializer=kernel("fc/kernel") or "glorot_uniform",
+    )(x)
     return keras.Model(inputs, outputs)
+
+
+def tiny_zoo_builder(
+    name,
+    num_classes,
+    input_shape,
+    bn_gamma,
+    input_bn,
+    activation_std,
+    norm_layer,
+    moving_variance="biased",
+):
+    """`tiny_builder` with the model zoo's initializers: a sweep worker
+    takes its runs' models back, their weights drawn again."""
+    return tiny_builder(
+        name,
+        num_classes,
+        input_shape,
+        bn_gamma,
+        input_bn,
+        activation_std,
+        norm_layer,
+        moving_variance,
+        zoo_initializers=True,
+    )
 
 
 class Crash(Exception):

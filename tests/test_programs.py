@@ -46,6 +46,9 @@ SECOND = {
     "gamma_lr_divisor": 30.0,
     "weight_decay": 5e-4,
 }
+# The third has the second's c: it takes back the second run's own model,
+# its initial weights drawn again for seed 3 (`harness.initial_weights`).
+THIRD = {**SECOND, "seed": 3, "lr": 0.05, "gamma_lr_divisor": 100.0}
 
 
 def _weights(record):
@@ -96,29 +99,37 @@ def test_a_run_in_a_shared_program_is_bit_identical_to_the_run_alone(
     monkeypatch.setattr(keras.Model, "train_step", counted)
     cache = programs.ProgramCache()
     run_experiment(_config(tmp_path / "shared", **FIRST), programs=cache)
-    shared = run_experiment(
+    second = run_experiment(
         _config(tmp_path / "shared", **SECOND), programs=cache
     )
-    assert (cache.built, cache.hits) == (1, 1)
-    alone = run_experiment(_config(tmp_path / "alone", **SECOND))
+    assert (cache.built, cache.hits, cache.redrawn) == (1, 1, 0)
+    third = run_experiment(
+        _config(tmp_path / "shared", **THIRD), programs=cache
+    )
+    assert (cache.built, cache.hits, cache.redrawn) == (1, 2, 1)
     # One trace per program: on TensorFlow, metric variables created in the
-    # first trace made tf.function trace the step twice (4 here).
-    assert traces == ["tensorflow"] * 2
-    timing = "epoch_time_s"
-    assert shared["history"].pop(timing) != alone["history"].pop(timing)
-    assert shared["history"] == alone["history"]  # every epoch, exactly
-    assert shared["test_accuracy"] == alone["test_accuracy"]
-    model, weights, optimizer = _weights(shared)
-    _, weights_alone, optimizer_alone = _weights(alone)
-    for a, b in zip(weights + optimizer, weights_alone + optimizer_alone):
-        np.testing.assert_array_equal(a, b)
-    # The saved model is the run's own: its config and optimizer say c = 0.5
-    # and a = 30, not the program's first run's values.
-    config = json.dumps(model.get_config())
-    assert '"gamma": 0.5' in config or '"value": 0.5' in config
-    assert model.optimizer.gamma_lr_divisor == 30.0
-    assert model.optimizer.weight_decay == 5e-4
-    assert model.optimizer.inner_optimizer.learning_rate is not None
+    # first trace made tf.function trace the step twice.
+    assert traces == ["tensorflow"]
+    for values, shared in ((SECOND, second), (THIRD, third)):
+        alone = run_experiment(_config(tmp_path / "alone", **values))
+        timing = "epoch_time_s"
+        assert shared["history"].pop(timing) != alone["history"].pop(timing)
+        assert shared["history"] == alone["history"]  # every epoch, exactly
+        assert shared["test_accuracy"] == alone["test_accuracy"]
+        model, weights, optimizer = _weights(shared)
+        model_alone, weights_alone, optimizer_alone = _weights(alone)
+        for a, b in zip(weights + optimizer, weights_alone + optimizer_alone):
+            np.testing.assert_array_equal(a, b)
+        # The saved model is the run's own: its config (c, the seeds of its
+        # initializers) and optimizer (a, weight decay) are the run's.
+        config = json.dumps(model.get_config(), sort_keys=True)
+        assert config == json.dumps(model_alone.get_config(), sort_keys=True)
+        assert '"gamma": 0.5' in config or '"value": 0.5' in config
+        assert f'"seed": {shared["complex_seed"]}' in config
+        assert model.optimizer.gamma_lr_divisor == values["gamma_lr_divisor"]
+        assert model.optimizer.weight_decay == values["weight_decay"]
+        assert model.optimizer.inner_optimizer.learning_rate is not None
+    assert traces == ["tensorflow"] * 3  # and one for each run alone
 
 
 def test_table_1a_grid_compiles_twice_and_evicts_the_oldest(
@@ -146,13 +157,22 @@ def test_table_1a_grid_compiles_twice_and_evicts_the_oldest(
         run_experiment(base, programs=cache)
         seen.append(cache.built)
     assert seen == [1, 1, 2, 2, 2, 2] and cache.hits == 4
+    # The second rate's runs took back the first rate's models (same c).
+    assert cache.redrawn == 3 and len(cache._run_models) == 3
     assert cleared == []
-    # A third program drops the least recently used (the method's).
+    # A third program drops the least recently used (the method's), and
+    # its runs' models with it.
     other = _config(tmp_path, epochs=1, seed=3, batch_size=32)
     run_experiment(other, programs=cache)
     assert cache.built == 3 and len(cache._programs) == 2
     assert cleared == [1]
     assert programs.program_key(base, models.build) in cache._programs
+    assert {key for key, _ in cache._run_models} == set(cache._programs)
+    # A failed run drops its program's models too.
+    cache.discard(other, models.build)
+    assert {key for key, _ in cache._run_models} == {
+        programs.program_key(base, models.build)
+    }
 
 
 OTHER_BACKEND = textwrap.dedent(
@@ -161,9 +181,8 @@ OTHER_BACKEND = textwrap.dedent(
     from keras_bninit.harness import programs
     from keras_bninit.harness.experiment import RunConfig, run_experiment
 
-    out, first, second = sys.argv[1], json.loads(sys.argv[2]), json.loads(
-        sys.argv[3]
-    )
+    out = sys.argv[1]
+    first, second, third = (json.loads(a) for a in sys.argv[2:5])
 
     def config(where, values):
         return RunConfig(
@@ -173,10 +192,13 @@ OTHER_BACKEND = textwrap.dedent(
 
     cache = programs.ProgramCache()
     run_experiment(config("/shared", first), programs=cache)
-    shared = run_experiment(config("/shared", second), programs=cache)
-    alone = run_experiment(config("/alone", second))
-    print(json.dumps([cache.built, cache.hits, shared["history"],
-                      alone["history"]]))
+    shared = [run_experiment(config("/shared", values), programs=cache)
+              for values in (second, third)]
+    alone = [run_experiment(config("/alone", values))
+             for values in (second, third)]
+    print(json.dumps([cache.built, cache.hits, cache.redrawn,
+                      [r["history"] for r in shared],
+                      [r["history"] for r in alone]]))
     """
 )
 
@@ -192,15 +214,19 @@ def test_shared_programs_on_jax_and_torch_agree_with_runs_alone(
         str(tmp_path),
         json.dumps(FIRST),
         json.dumps(SECOND),
+        json.dumps(THIRD),
         backend=backend,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    built, hits, shared, alone = json.loads(result.stdout.splitlines()[-1])
-    assert (built, hits) == (1, 1)
-    assert shared.keys() == alone.keys()
-    for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
-        np.testing.assert_allclose(shared[key], alone[key], rtol=1e-5)
+    built, hits, redrawn, shared, alone = json.loads(
+        result.stdout.splitlines()[-1]
+    )
+    assert (built, hits, redrawn) == (1, 2, 1)
+    for run, run_alone in zip(shared, alone):
+        assert run.keys() == run_alone.keys()
+        for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
+            np.testing.assert_allclose(run[key], run_alone[key], rtol=1e-5)
 
 
 class _Killed(BaseException):
@@ -228,7 +254,7 @@ def test_a_worker_killed_inside_a_shared_program_resumes_to_the_same_records(
 ):
     from keras_bninit.harness import experiment, sweep
     from keras_bninit.harness.presets import expand
-    from tests._tiny import tiny_builder
+    from tests._tiny import tiny_zoo_builder
 
     runs = expand(
         [{"dataset": "digits", "gamma": 0.1}],
@@ -240,7 +266,7 @@ def test_a_worker_killed_inside_a_shared_program_resumes_to_the_same_records(
     )
     monkeypatch.setattr(programs, "_WORKER", {})  # a new worker process
     sweep.run_sweep(
-        runs, tmp_path / "whole", quiet=True, build_model=tiny_builder
+        runs, tmp_path / "whole", quiet=True, build_model=tiny_zoo_builder
     )
     whole = _sweep_records(tmp_path / "whole")
     assert len(whole) == 4
@@ -263,13 +289,15 @@ def test_a_worker_killed_inside_a_shared_program_resumes_to_the_same_records(
     monkeypatch.setattr(experiment, "_callbacks", killing)
     with pytest.raises(_Killed):
         sweep.run_sweep(
-            runs, tmp_path / "killed", quiet=True, build_model=tiny_builder
+            runs, tmp_path / "killed", quiet=True, build_model=tiny_zoo_builder
         )
-    assert programs.worker_programs().hits >= 1  # it died in a shared one
+    # It died in a shared program, in a model taken back from the first run.
+    assert programs.worker_programs().hits >= 1
+    assert programs.worker_programs().redrawn >= 1
     monkeypatch.setattr(experiment, "_callbacks", callbacks)
     monkeypatch.setattr(programs, "_WORKER", {})  # the rerun's new process
     counts = sweep.run_sweep(
-        runs, tmp_path / "killed", quiet=True, build_model=tiny_builder
+        runs, tmp_path / "killed", quiet=True, build_model=tiny_zoo_builder
     )
     assert counts["ran"] == 2 and counts["failed"] == 0
     assert _sweep_records(tmp_path / "killed") == whole

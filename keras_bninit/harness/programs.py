@@ -16,15 +16,19 @@ for ResNet-18 under XLA). Runs whose program is the same share it here:
   (`keras_bninit.hyperparameters`), which is why Table 1(a)'s grid (two
   learning rates, three values of c, BASE) compiles twice per worker:
   once with the input BN layer and a != 1, once for BASE.
-- Each run builds its model fresh under its seed, without compiling it: the
-  initial weights are then exactly a fresh build's. These arrays (weights,
-  BN moving statistics, RNG states) are assigned into the program's model
-  (a build of its own, never saved), the optimizer's variables are reset to
-  the values they had when the program was built (iterations, momenta, loss
-  scale), and the new hyperparameters are written. Keras resets the
-  metrics at every epoch and evaluation. The run's fresh model, given the
-  trained weights, is the one saved (`model.keras` holds the run's own
-  config, c included).
+- Each run has a model of its own, not compiled for training, holding
+  exactly a fresh build's initial weights under its seed: a fresh build,
+  or an earlier run's model of the same program and c with its weights
+  drawn again for the new seed (`harness.initial_weights`, where the
+  model's initializers allow it: the model zoo's do). These arrays
+  (weights, BN moving statistics, RNG states) are assigned into the
+  program's model (a build of its own, never saved), the optimizer's
+  variables are reset to the values they had when the program was built
+  (iterations, momenta, loss scale), and the new hyperparameters are
+  written. Keras resets the metrics at every epoch and evaluation. The
+  run's own model, given the trained weights, is the one saved
+  (`model.keras` holds the run's own config: c and its initializers'
+  seeds).
 - At most `size` programs are kept, the least recently used dropped first,
   and freed (collected) when dropped. A run that fails or is interrupted
   drops its program: its state is not trusted again.
@@ -42,6 +46,7 @@ import keras
 import numpy as np
 
 from keras_bninit.harness.config import ETA_MIN
+from keras_bninit.harness.initial_weights import Draws, InitialWeights
 from keras_bninit.harness.weights_layout import assign_values, read_values
 from keras_bninit.norms import norm_layer
 from keras_bninit.optimizers import ParamGroupOptimizer, TorchSGD
@@ -201,20 +206,32 @@ def copy_variables(source, target):
     Raises:
         ProgramMismatch: the variables differ in number, shape or dtype.
     """
-    if len(source.variables) != len(target.variables):
+    assign_checked(target, read_values(source.variables))
+
+
+def assign_checked(target, values):
+    """Assigns `values` (a build's arrays, in `variables` order) into
+    `target`'s variables.
+
+    Raises:
+        ProgramMismatch: the arrays differ from the variables in number,
+            shape or dtype.
+    """
+    if len(values) != len(target.variables):
         raise ProgramMismatch(
             f"Cannot share a program: it has {len(target.variables)} "
-            f"variables, the run's build {len(source.variables)}"
+            f"variables, the run's build {len(values)}"
         )
-    pairs = list(zip(source.variables, target.variables))
-    for src, dst in pairs:
-        if tuple(src.shape) != tuple(dst.shape) or src.dtype != dst.dtype:
+    for value, dst in zip(values, target.variables):
+        dtype = keras.backend.standardize_dtype(dst.dtype)
+        given = keras.backend.standardize_dtype(value.dtype)
+        if tuple(value.shape) != tuple(dst.shape) or given != dtype:
             raise ProgramMismatch(
                 f"Cannot share a program: variable {dst.path} has shape "
-                f"{tuple(dst.shape)} {dst.dtype}, the run's build "
-                f"{tuple(src.shape)} {src.dtype}"
+                f"{tuple(dst.shape)} {dtype}, the run's build "
+                f"{tuple(value.shape)} {given}"
             )
-    assign_values(target.variables, read_values(source.variables))
+    assign_values(target.variables, values)
 
 
 class _Program:
@@ -230,9 +247,10 @@ class _Program:
         ]
         self.runs = 0
 
-    def reset(self, config, splits, fresh):
-        """The program's state as a fresh build of `config` starts."""
-        copy_variables(fresh, self.model)
+    def reset(self, config, splits, initial):
+        """The program's state as a fresh build of `config` starts, whose
+        arrays are `initial`."""
+        assign_checked(self.model, initial)
         optimizer = self.fit_model.optimizer
         assign_values(optimizer.variables, self.initial)
         groups = _param_groups(optimizer)
@@ -256,9 +274,16 @@ class ProgramCache:
             TensorFlow, clearing it made the programs kept instantiate
             their steps again (0.45 s for the demo's resnet8).
 
+    Each run's own model (the one saved) is kept too, per program and c,
+    at most `2 * size`: the next run of that configuration takes it back
+    with its initial weights drawn again for its seed
+    (`harness.initial_weights`), instead of a new build, where the model
+    allows that.
+
     Attributes:
         built: how many programs were built (compiled) so far.
         hits: how many runs trained in a program built before them.
+        redrawn: how many runs took back an earlier run's model.
     """
 
     def __init__(self, size=2, clear_session=True):
@@ -268,8 +293,10 @@ class ProgramCache:
         self.clear_session = clear_session
         self._programs = collections.OrderedDict()
         self._splits = collections.OrderedDict()
+        self._run_models = collections.OrderedDict()  # InitialWeights
         self.built = 0
         self.hits = 0
+        self.redrawn = 0
 
     def splits(self, config, load):
         """The run's data, loaded by `load(config)` once per data set."""
@@ -289,7 +316,8 @@ class ProgramCache:
             return
         dropped = False
         while len(self._programs) >= self.size:
-            self._programs.popitem(last=False)
+            old, _ = self._programs.popitem(last=False)
+            self._drop_run_models(old)
             dropped = True
         if dropped and self.clear_session:
             keras.backend.clear_session()  # collects the dropped ones too
@@ -314,18 +342,43 @@ class ProgramCache:
             # model is never this one, which keeps no optimizer of its own
             program = self._build(key, config, splits, build_model)
         complex_seed = seed()
-        fresh = build_fresh(config, splits, build_model)
+        fresh, initial = self._run_model(key, config, splits, build_model)
         try:
-            program.reset(config, splits, fresh)
+            program.reset(config, splits, initial)
         except ProgramMismatch:  # another builder of the same name
             self._programs.pop(key)
+            self._drop_run_models(key)
             program = self._build(key, config, splits, build_model)
-            program.reset(config, splits, fresh)
+            program.reset(config, splits, initial)
         if program.runs:
             self.hits += 1
         self._programs.move_to_end(key)
         program.runs += 1
         return complex_seed, fresh, program.model, program.fit_model
+
+    def _run_model(self, key, config, splits, build_model):
+        """The run's own model and its initial arrays: an earlier run's
+        model of the same program and c with its weights drawn again for
+        the current seed, or a fresh build (kept for the next run where its
+        weights can be drawn again)."""
+        run_key = (key, config.gamma)
+        kept = self._run_models.get(run_key)
+        if kept is not None:
+            self._run_models.move_to_end(run_key)
+            self.redrawn += 1
+            return kept.model, kept.draw()
+        with Draws() as draws:
+            fresh = build_fresh(config, splits, build_model)
+        learned = InitialWeights.learn(fresh, draws)
+        if learned is not None:
+            self._run_models[run_key] = learned
+            while len(self._run_models) > 2 * self.size:
+                self._run_models.popitem(last=False)
+        return fresh, read_values(fresh.variables)
+
+    def _drop_run_models(self, key):
+        for run_key in [k for k in self._run_models if k[0] == key]:
+            del self._run_models[run_key]
 
     def _build(self, key, config, splits, build_model):
         shared = build_fresh(config, splits, build_model)
@@ -337,6 +390,7 @@ class ProgramCache:
     def discard(self, config, build_model=None):
         """Drops the program of `config` (its state is not trusted)."""
         key = program_key(config, build_model)
+        self._drop_run_models(key)
         if self._programs.pop(key, None) is not None:
             gc.collect()
 
