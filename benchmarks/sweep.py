@@ -125,6 +125,7 @@ def main():
     phases = _Phases()
     phases.wrap(experiment, "_load_splits", "data")
     phases.wrap(programs, "build_fresh", "model builds")
+    phases.wrap(programs.InitialWeights, "draw", "initial weights drawn again")
     phases.wrap(programs, "compile_program", "compile (Keras)")
     phases.wrap(programs._Program, "reset", "reset a shared program")
     phases.wrap(checkpoints.RunState, "restore", "restore")
@@ -168,7 +169,10 @@ def main():
         f"{'one program per run' if args.no_share else 'shared programs'}"
     )
     if cache is not None:
-        print(f"programs built {cache.built}, runs in a built one {cache.hits}")
+        print(
+            f"programs built {cache.built}, runs in a built one {cache.hits}, "
+            f"runs in an earlier run's model {cache.redrawn}"
+        )
     print(f"imports {imports:.1f} s (not in the wall time)")
     print(
         f"first epochs: median {statistics.median(first):.2f} s, max "
