@@ -390,11 +390,19 @@ def test_state_is_read_and_assigned_with_tensorflows_own_ops(tmp_path):
 def _builder_of_width(width):
     import keras
 
+    from keras_bninit.initializers import VarianceScaling
+
     def builder(name, num_classes, input_shape, **kwargs):
+        # The zoo's initializers: its runs' models could be taken back.
         inputs = keras.Input(input_shape)
-        x = keras.layers.Conv2D(width, 3, name="conv")(inputs)
+        x = keras.layers.Conv2D(
+            width, 3, name="conv", kernel_initializer=VarianceScaling(key="c")
+        )(inputs)
         x = keras.layers.GlobalAveragePooling2D()(x)
-        return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+        head = keras.layers.Dense(
+            num_classes, kernel_initializer=VarianceScaling(key="d")
+        )
+        return keras.Model(inputs, head(x))
 
     return builder
 
@@ -411,6 +419,14 @@ def test_builders_of_one_name_and_other_shapes_never_share(tmp_path):
     )
     assert record["status"] == "ok"
     assert (cache.built, cache.hits) == (2, 0)  # rebuilt, not shared
+    assert cache.redrawn == 0  # nor the first run's model taken back
+    _, weights, _ = _weights(record)
+    assert weights[0].shape == (3, 3, 1, 8)  # the wide one was trained
+    # The same builder again takes the wide run's model back.
+    again = run_experiment(
+        dataclasses.replace(cfg, seed=3), build_model=wide, programs=cache
+    )
+    assert again["status"] == "ok" and cache.redrawn == 1
 
 
 def test_jax_cache_settings_default_user_folder_and_off_switch():

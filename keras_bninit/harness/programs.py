@@ -293,7 +293,8 @@ class ProgramCache:
         self.clear_session = clear_session
         self._programs = collections.OrderedDict()
         self._splits = collections.OrderedDict()
-        self._run_models = collections.OrderedDict()  # InitialWeights
+        # (program key, c) -> (builder, InitialWeights)
+        self._run_models = collections.OrderedDict()
         self.built = 0
         self.hits = 0
         self.redrawn = 0
@@ -347,7 +348,6 @@ class ProgramCache:
             program.reset(config, splits, initial)
         except ProgramMismatch:  # another builder of the same name
             self._programs.pop(key)
-            self._drop_run_models(key)
             program = self._build(key, config, splits, build_model)
             program.reset(config, splits, initial)
         if program.runs:
@@ -362,16 +362,20 @@ class ProgramCache:
         the current seed, or a fresh build (kept for the next run where its
         weights can be drawn again)."""
         run_key = (key, config.gamma)
-        kept = self._run_models.get(run_key)
-        if kept is not None:
+        builder, kept = self._run_models.get(run_key, (None, None))
+        # The same builder object, not only its name (`program_key`): two
+        # builders of one name may build different models, and only a
+        # build would tell them apart.
+        if kept is not None and builder is build_model:
             self._run_models.move_to_end(run_key)
             self.redrawn += 1
             return kept.model, kept.draw()
         with Draws() as draws:
             fresh = build_fresh(config, splits, build_model)
         learned = InitialWeights.learn(fresh, draws)
+        self._run_models.pop(run_key, None)
         if learned is not None:
-            self._run_models[run_key] = learned
+            self._run_models[run_key] = (build_model, learned)
             while len(self._run_models) > 2 * self.size:
                 self._run_models.popitem(last=False)
         return fresh, read_values(fresh.variables)
