@@ -3,8 +3,8 @@
 `RunState` is the Keras callback `run_experiment` trains with: every epoch
 ends in a checkpoint that is written aside and renamed into place (the
 commit point), so a run killed at any moment resumes from its newest whole
-checkpoint, or the one before it. Checkpoints are written on a background
-thread while the next epoch trains.
+checkpoint, or the one before it. Large checkpoints are written on a
+background thread while the next epoch trains.
 """
 
 import glob
@@ -51,12 +51,9 @@ class RunState(keras.callbacks.Callback):
     At the end of an epoch the variables are copied to host memory; the
     files are written from these copies, in the layout of
     `model.save_weights` (so `model.load_weights` reads them). A state of
-    `background_bytes` or more (by default every state) is written on a
-    background thread while the next epoch trains: a ResNet-18's checkpoint
-    takes about 0.3 s to write, 15 % of a 2 s CIFAR-10 epoch on an H200,
-    and a ResNet-8's 5 ms, 1.5 % of a 0.33 s epoch of the demo on 2 CPU
-    cores, which its files' syncs and renames kept waiting. At most one
-    write is in
+    `background_bytes` or more is written on a background thread while the
+    next epoch trains: a ResNet-18's checkpoint takes about 0.3 s to write,
+    15 % of a 2 s CIFAR-10 epoch on an H200. At most one write is in
     flight: the next epoch's commit, `on_train_end`, `wait`, and `restore`
     or `delete` of any `RunState` on the same directory wait for it, and
     its error is raised in the training thread. If `fit` raises meanwhile
@@ -73,11 +70,11 @@ class RunState(keras.callbacks.Callback):
         run_dir: the run's directory.
         background_bytes: states (model and optimizer variables) of at
             least this many bytes are written on a background thread,
-            smaller ones at once; 0 (the default): all; `None`: none.
+            smaller ones at once (they take milliseconds); `None`: never.
     """
 
     KEEP = 2  # committed checkpoints kept: the newest and one fallback
-    BACKGROUND_BYTES = 0
+    BACKGROUND_BYTES = 16 * 2**20
 
     def __init__(self, run_dir, background_bytes=BACKGROUND_BYTES):
         super().__init__()
