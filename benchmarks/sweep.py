@@ -47,6 +47,7 @@ def _args():
     parser.add_argument("--input", choices=("memory", "tfdata"))
     parser.add_argument("--no-share", action="store_true")
     parser.add_argument("--no-compile-cache", action="store_true")
+    parser.add_argument("--no-ahead", action="store_true")
     parser.add_argument("--profile", type=int, default=0, metavar="N")
     return parser.parse_args()
 
@@ -122,6 +123,8 @@ def main():
     )
     if args.no_share:  # every run builds and compiles its own program
         programs.worker_programs = lambda: programs.ProgramCache(size=1)
+    if args.no_ahead:  # no program built and traced during another's run
+        programs.ProgramCache.ahead_callback = lambda *args, **kwargs: None
     phases = _Phases()
     phases.wrap(experiment, "_load_splits", "data")
     phases.wrap(programs, "build_fresh", "model builds")
@@ -170,8 +173,9 @@ def main():
     )
     if cache is not None:
         print(
-            f"programs built {cache.built}, runs in a built one {cache.hits}, "
-            f"runs in an earlier run's model {cache.redrawn}"
+            f"programs built {cache.built} ({cache.ahead} while another "
+            f"trained), runs in a built one {cache.hits}, runs in an "
+            f"earlier run's model {cache.redrawn}"
         )
     print(f"imports {imports:.1f} s (not in the wall time)")
     print(

@@ -227,7 +227,13 @@ def run_experiment(config, build_model=None, callbacks=(), programs=None):
             seed=lambda: _seed_run(config),
         )
         record, state = _train(
-            config, splits, model, trained, fit_model, callbacks
+            config,
+            splits,
+            (model, trained, fit_model),
+            callbacks,
+            ahead=lambda *data: programs.ahead_callback(
+                config, splits, build_model, *data
+            ),
         )
     except BaseException:
         programs.discard(config, build_model)  # its state: not trusted
@@ -252,10 +258,12 @@ def _seed_run(config):
         return set_seed(config.seed, deterministic=config.deterministic)
 
 
-def _train(config, splits, model, trained, fit_model, callbacks):
+def _train(config, splits, models, callbacks, ahead):
     """Trains the run in `fit_model` (whose model is `trained`), evaluates
-    it and saves `model`; returns the record (not yet written) and the
-    run's `RunState`."""
+    it and saves `model` (`models`: the three); returns the record (not
+    yet written) and the run's `RunState`. `ahead(fit data, validation
+    data)`: a callback to put after the checkpoints, or None."""
+    model, trained, fit_model = models
     run_dir = os.path.join(config.out, config.run_name())
 
     # -- train -------------------------------------------------------------
@@ -271,6 +279,7 @@ def _train(config, splits, model, trained, fit_model, callbacks):
         config.seed, tracker, config.epochs, config.steps_per_execution
     )
     val_data, val_steps = splits.eval_inputs("val", config.steps_per_execution)
+    last = ahead(train_data, val_data)
     try:
         fit_model.fit(
             train_data,
@@ -286,6 +295,7 @@ def _train(config, splits, model, trained, fit_model, callbacks):
                 keras.callbacks.TerminateOnNaN(),
                 *callbacks,
                 state,
+                *([last] if last is not None else []),
             ],
         )
     finally:  # a checkpoint written in the background is committed

@@ -41,10 +41,13 @@ import contextlib
 import dataclasses
 import gc
 import json
+import warnings
 
 import keras
 import numpy as np
 
+from keras_bninit.harness import _tf
+from keras_bninit.harness.ahead import Ahead, zeros_like_spec
 from keras_bninit.harness.config import ETA_MIN
 from keras_bninit.harness.initial_weights import Draws, InitialWeights
 from keras_bninit.harness.weights_layout import assign_values, read_values
@@ -280,10 +283,16 @@ class ProgramCache:
     (`harness.initial_weights`), instead of a new build, where the model
     allows that.
 
+    Told the runs that come next (`expect`), the worker builds the next
+    program it has not built while the current run trains, and traces its
+    steps on a thread (`harness.ahead`; TensorFlow and `tf.data` input),
+    where a program slot is free.
+
     Attributes:
         built: how many programs were built (compiled) so far.
         hits: how many runs trained in a program built before them.
         redrawn: how many runs took back an earlier run's model.
+        ahead: how many programs were built and traced ahead.
     """
 
     def __init__(self, size=2, clear_session=True):
@@ -298,6 +307,9 @@ class ProgramCache:
         self.built = 0
         self.hits = 0
         self.redrawn = 0
+        self.ahead = 0
+        self._upcoming = ((), None)  # (configs, build_model) to come
+        self._ahead = None  # (program key, the Ahead thread) in flight
 
     def splits(self, config, load):
         """The run's data, loaded by `load(config)` once per data set."""
@@ -312,6 +324,7 @@ class ProgramCache:
     def prepare(self, config, build_model=None):
         """Call before seeding: on a miss, makes room (see `clear_session`
         for what dropping a program frees)."""
+        self.wait()
         key = program_key(config, build_model)
         if key in self._programs:
             return
@@ -337,6 +350,7 @@ class ProgramCache:
                 run's own build (the program's model of a miss is built
                 before it, so the run draws what a fresh process draws).
         """
+        self.wait()
         key = program_key(config, build_model)
         program = self._programs.get(key)
         if program is None:  # built apart from any run's model: the saved
@@ -393,10 +407,111 @@ class ProgramCache:
 
     def discard(self, config, build_model=None):
         """Drops the program of `config` (its state is not trusted)."""
-        key = program_key(config, build_model)
+        self.wait()
+        self._drop(program_key(config, build_model))
+
+    def _drop(self, key):
         self._drop_run_models(key)
         if self._programs.pop(key, None) is not None:
             gc.collect()
+
+    # -- the next program, ahead -------------------------------------------
+
+    def expect(self, configs, build_model=None):
+        """The runs this worker may train next, in order (a sweep's pending
+        runs): during the next run, the first of them whose program is not
+        built and whose data is that run's gets its program built and
+        traced ahead (`ahead_callback`)."""
+        self._upcoming = (list(configs), build_model)
+
+    def ahead_callback(self, config, splits, build_model, fit_data, eval_data):
+        """A callback for the run of `config` (its builder, `fit` data and
+        evaluation data given) that, after the run's first epoch, builds
+        the next expected program and traces its steps on a thread; None
+        when there is none to build (nothing expected, another builder, no
+        free program slot, another backend than TensorFlow, data other than
+        `tf.data`: the memory path's runs trace their program at its first
+        run)."""
+        configs, expected = self._upcoming
+        self._upcoming = ((), None)  # once: the run after gets a new list
+        if keras.backend.backend() != "tensorflow" or expected not in (
+            None,  # the default builder, as `run_experiment` resolves it
+            build_model,
+        ):
+            return None
+        if not all(hasattr(d, "element_spec") for d in (fit_data, eval_data)):
+            return None  # not tf.data (the memory path's batches of rows)
+        for upcoming in configs:
+            key = program_key(upcoming, build_model)
+            if data_key(upcoming) == data_key(config) and (
+                key not in self._programs
+            ):
+                break
+        else:
+            return None
+        if len(self._programs) >= self.size:
+            return None
+        return _AheadCallback(
+            lambda: self._start_ahead(
+                key, upcoming, splits, build_model, fit_data, eval_data
+            )
+        )
+
+    def _start_ahead(self, key, config, splits, build_model, fit_data, data):
+        self.wait()
+        if key in self._programs or len(self._programs) >= self.size:
+            return
+        tf = _tf.tensorflow()
+        train = zeros_like_spec(tf, fit_data.element_spec, splits.batch_size)
+        evaluation = zeros_like_spec(tf, data.element_spec, splits.batch_size)
+        if train is None or evaluation is None:
+            return
+        built = self.built
+        try:
+            program = self._build(key, config, splits, build_model)
+            fit_model = program.fit_model
+            fit_model.make_train_function()
+            fit_model.make_test_function()
+        except Exception:  # noqa: BLE001 - the run that needs it reports it
+            self.built = built
+            self._drop(key)
+            return
+        ahead = Ahead(fit_model, config.precision, train, evaluation)
+        self._ahead = (key, ahead)
+        self.ahead += 1
+        ahead.start()
+
+    def wait(self):
+        """Waits for the program being traced ahead, if any; one whose
+        tracing failed is dropped (its first run builds it again)."""
+        key, ahead = self._ahead or (None, None)
+        self._ahead = None
+        if ahead is None:
+            return
+        ahead.join()
+        if ahead.error is not None:
+            self._drop(key)
+            warnings.warn(
+                "Tracing the next program ahead failed "
+                f"({type(ahead.error).__name__}: {ahead.error}); its first "
+                "run builds it again.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+
+class _AheadCallback(keras.callbacks.Callback):
+    """Calls `start()` once, at the end of the first epoch `fit` trains
+    (after the checkpoint: put it after `RunState`)."""
+
+    def __init__(self, start):
+        super().__init__()
+        self._start = start
+
+    def on_epoch_end(self, epoch, logs=None):
+        start, self._start = self._start, None
+        if start is not None and not self.model.stop_training:
+            start()
 
 
 _WORKER = {}

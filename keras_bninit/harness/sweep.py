@@ -159,8 +159,17 @@ class LocalExecutor:
         self.build_model = build_model
 
     def run(self, claim_next, on_record):
+        """Trains each run `claim_next()` gives, passing its record to
+        `on_record`. Where `claim_next.upcoming()` lists the runs that may
+        follow (a sweep's pending ones), the next program is built and
+        traced while a run trains (`ProgramCache.expect`)."""
+        from keras_bninit.harness.programs import worker_programs
+
+        upcoming = getattr(claim_next, "upcoming", None)
         while (config := claim_next()) is not None:
             start = time.perf_counter()
+            if upcoming is not None:
+                worker_programs().expect(upcoming(), self.build_model)
             record = execute_run(config, build_model=self.build_model)
             where = {
                 "node": socket.gethostname(),
@@ -439,6 +448,7 @@ class _Sweep:
         self.stored_failed = store.runs("failed")
         stored_ok = store.runs("ok")
         self.pending = collections.deque()
+        self.busy = set()  # pending runs last seen held by other processes
         for config in configs:
             key = (config.key(), config.seed)
             if key in stored_ok or (
@@ -465,7 +475,9 @@ class _Sweep:
                 continue
             if state == "busy":
                 self.pending.append(config)  # another process trains it
+                self.busy.add(key)
                 continue
+            self.busy.discard(key)
             if self.store.last_takeover:
                 self.reporter.takeover(config, self.store.last_takeover)
             _prepare(config, key in self.stored_failed)
@@ -495,7 +507,7 @@ class _Sweep:
         stopped = True
         try:
             while True:
-                executor.run(self.claim_next, self.on_record)
+                executor.run(_Claims(self), self.on_record)
                 if not self.pending:
                     break
                 time.sleep(poll_every)  # runs other live processes hold
@@ -511,6 +523,26 @@ class _Sweep:
                 # of a process that has ended are taken over at once.
                 if not stopped:
                     raise
+
+
+class _Claims:
+    """An executor's `claim_next`: the next run this process claimed, or
+    None; `upcoming()` lists the runs still pending, in order, but those
+    another process held when last asked."""
+
+    def __init__(self, sweep):
+        self._sweep = sweep
+
+    def __call__(self):
+        return self._sweep.claim_next()
+
+    def upcoming(self):
+        busy = self._sweep.busy
+        return [
+            config
+            for config in self._sweep.pending
+            if (config.key(), config.seed) not in busy
+        ]
 
 
 def _place(where):
