@@ -23,7 +23,9 @@ def tiny_builder(
     del name
 
     def kernel(key):
-        return VarianceScaling(key=key) if zoo_initializers else None
+        return (
+            VarianceScaling(key=key) if zoo_initializers else "glorot_uniform"
+        )
 
     inputs = keras.Input(input_shape)
     x = inputs
@@ -40,7 +42,7 @@ def tiny_builder(
         padding="same",
         use_bias=False,
         name="conv1",
-        kernel_initializer=kernel("conv1/kernel") or "glorot_uniform",
+        kernel_initializer=kernel("conv1/kernel"),
     )(x)
     x = norm_layer(gamma=bn_gamma, name="bn1", moving_variance=moving_variance)(
         x
@@ -50,34 +52,15 @@ def tiny_builder(
     outputs = keras.layers.Dense(
         num_classes,
         name="fc",
-        kernel_initializer=kernel("fc/kernel") or "glorot_uniform",
+        kernel_initializer=kernel("fc/kernel"),
     )(x)
     return keras.Model(inputs, outputs)
 
 
-def tiny_zoo_builder(
-    name,
-    num_classes,
-    input_shape,
-    bn_gamma,
-    input_bn,
-    activation_std,
-    norm_layer,
-    moving_variance="biased",
-):
+def tiny_zoo_builder(name, **kwargs):
     """`tiny_builder` with the model zoo's initializers: a sweep worker
     takes its runs' models back, their weights drawn again."""
-    return tiny_builder(
-        name,
-        num_classes,
-        input_shape,
-        bn_gamma,
-        input_bn,
-        activation_std,
-        norm_layer,
-        moving_variance,
-        zoo_initializers=True,
-    )
+    return tiny_builder(name, **kwargs, zoo_initializers=True)
 
 
 class Crash(Exception):

@@ -9,6 +9,7 @@ that a failed trace costs nothing but the trace, and that a local sweep
 tells its worker the pending runs.
 """
 
+import dataclasses
 import json
 import threading
 import types
@@ -113,6 +114,14 @@ def test_nothing_is_built_ahead_without_a_slot_a_next_program_or_the_builder(
         (2, [base], lambda *a, **k: None, tfdata, False),  # another builder
         (1, [base], None, tfdata, False),  # no free slot: nothing dropped
         (2, [base], None, rows, False),  # not tf.data
+        # TensorFlow's determinism is global: not the next run's meanwhile.
+        (
+            2,
+            [dataclasses.replace(base, deterministic=False)],
+            None,
+            tfdata,
+            False,
+        ),
     ):
         cache = programs.ProgramCache(size=size)
         cache._programs[programs.program_key(first, models.build)] = None

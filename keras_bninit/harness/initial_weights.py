@@ -85,10 +85,11 @@ class InitialWeights:
         self._sources = sources  # per variable: (initializer, shape, dtype)
 
     @classmethod
-    def learn(cls, model, draws):
+    def learn(cls, model, draws, built=None):
         """An `InitialWeights` for `model`, just built within `draws`, or
         None where its initial weights cannot be drawn again (see the
-        module's docstring)."""
+        module's docstring). `built`: the model's arrays, where the caller
+        has read them already."""
         if draws.keys is None or not draws.global_untouched:
             return None
         owners = {}
@@ -113,7 +114,8 @@ class InitialWeights:
         ) != len(keys):
             return None  # a seed given by hand, or a key drawn twice
         learned = cls(model, sources)
-        built = read_values(model.variables)
+        if built is None:
+            built = read_values(model.variables)
         again = learned._values()
         if not all(_same_bits(a, b) for a, b in zip(built, again)):
             return None

@@ -386,13 +386,14 @@ class ProgramCache:
             return kept.model, kept.draw()
         with Draws() as draws:
             fresh = build_fresh(config, splits, build_model)
-        learned = InitialWeights.learn(fresh, draws)
+        arrays = read_values(fresh.variables)
+        learned = InitialWeights.learn(fresh, draws, arrays)
         self._run_models.pop(run_key, None)
         if learned is not None:
             self._run_models[run_key] = (build_model, learned)
             while len(self._run_models) > 2 * self.size:
                 self._run_models.popitem(last=False)
-        return fresh, read_values(fresh.variables)
+        return fresh, arrays
 
     def _drop_run_models(self, key):
         for run_key in [k for k in self._run_models if k[0] == key]:
@@ -443,8 +444,12 @@ class ProgramCache:
             return None  # not tf.data (the memory path's batches of rows)
         for upcoming in configs:
             key = program_key(upcoming, build_model)
-            if data_key(upcoming) == data_key(config) and (
-                key not in self._programs
+            # Its data is this run's, and so is TensorFlow's determinism
+            # (global, set at each run's start) while it is traced.
+            if (
+                data_key(upcoming) == data_key(config)
+                and upcoming.deterministic == config.deterministic
+                and key not in self._programs
             ):
                 break
         else:
@@ -461,13 +466,12 @@ class ProgramCache:
         self.wait()
         if key in self._programs or len(self._programs) >= self.size:
             return
-        tf = _tf.tensorflow()
-        train = zeros_like_spec(tf, fit_data.element_spec, splits.batch_size)
-        evaluation = zeros_like_spec(tf, data.element_spec, splits.batch_size)
-        if train is None or evaluation is None:
-            return
-        built = self.built
+        tf, size, built = _tf.tensorflow(), splits.batch_size, self.built
         try:
+            train = zeros_like_spec(tf, fit_data.element_spec, size)
+            evaluation = zeros_like_spec(tf, data.element_spec, size)
+            if train is None or evaluation is None:
+                return
             program = self._build(key, config, splits, build_model)
             fit_model = program.fit_model
             fit_model.make_train_function()
