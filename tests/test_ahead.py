@@ -74,6 +74,24 @@ def test_the_program_traced_ahead_is_not_traced_again_and_changes_no_run(
         _same_run(shared, alone)
 
 
+def test_a_mixed_float16_program_traced_ahead_changes_no_run(tmp_path, traces):
+    # Its loss scale moves at the step on zeros; the run sets it back.
+    values = {**TFDATA, "precision": "mixed_float16", "epochs": 1}
+    cache = programs.ProgramCache()
+    first, base = (
+        _config(tmp_path, **FIRST, **values),
+        _config(tmp_path, **BASE, **values),
+    )
+    cache.expect([base])
+    run_experiment(first, programs=cache)
+    shared = run_experiment(base, programs=cache)
+    assert cache.ahead == 1
+    assert traces == ["MainThread", "keras_bninit program ahead"]
+    _same_run(
+        shared, run_experiment(_config(tmp_path / "alone", **BASE, **values))
+    )
+
+
 def test_a_failed_trace_ahead_is_dropped_and_the_run_builds_its_program(
     tmp_path, monkeypatch, traces
 ):

@@ -62,22 +62,22 @@ class Ahead(threading.Thread):
     Args:
         fit_model: the compiled model (`make_train_function` and
             `make_test_function` already called, its optimizer built).
-        precision: the Keras dtype policy it was built under (Keras keeps
-            the global policy per thread).
         train_data, eval_data: `tf.data.Dataset`s of zeros with the
             element specs of the data `fit` and `evaluate` will get.
     """
 
-    def __init__(self, fit_model, precision, train_data, eval_data):
+    def __init__(self, fit_model, train_data, eval_data):
         super().__init__(name="keras_bninit program ahead", daemon=False)
         self.fit_model = fit_model
-        self.precision = precision
+        # Keras keeps its global dtype policy per thread: the steps are
+        # traced under the one `fit` would trace them under, the starter's.
+        self._policy = keras.config.dtype_policy()
         self._data = (iter(train_data), iter(eval_data))
         self.error = None
 
     def run(self):
         try:
-            keras.config.set_dtype_policy(self.precision)  # this thread's
+            keras.config.set_dtype_policy(self._policy)  # this thread's
             train, evaluation = self._data
             self.fit_model.train_function(train)
             self.fit_model.test_function(evaluation)

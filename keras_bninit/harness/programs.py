@@ -480,7 +480,7 @@ class ProgramCache:
             self.built = built
             self._drop(key)
             return
-        ahead = Ahead(fit_model, config.precision, train, evaluation)
+        ahead = Ahead(fit_model, train, evaluation)
         self._ahead = (key, ahead)
         self.ahead += 1
         ahead.start()
