@@ -10,7 +10,6 @@ tells its worker the pending runs.
 """
 
 import dataclasses
-import json
 import threading
 import types
 
@@ -19,25 +18,11 @@ import pytest
 
 from keras_bninit.harness import ahead, programs
 from keras_bninit.harness.experiment import run_experiment
-from tests.test_programs import FIRST, _config, _weights
+from tests.test_programs import FIRST, _config, same_run
 
 # A program of its own: BASE (a = 1, no input BN), the method's other run.
 BASE = {"seed": 2, "gamma": 1.0, "gamma_lr_divisor": 1.0, "lr": 0.1}
 TFDATA = {"input": "tfdata"}  # the memory path's runs are not traced ahead
-
-
-def _same_run(shared, alone):
-    timing = "epoch_time_s"
-    assert shared["history"].pop(timing) != alone["history"].pop(timing)
-    assert shared["history"] == alone["history"]  # every epoch, exactly
-    assert shared["test_accuracy"] == alone["test_accuracy"]
-    model, weights, optimizer = _weights(shared)
-    model_alone, weights_alone, optimizer_alone = _weights(alone)
-    assert len(weights + optimizer) == len(weights_alone + optimizer_alone)
-    for a, b in zip(weights + optimizer, weights_alone + optimizer_alone):
-        np.testing.assert_array_equal(a, b)
-    config = json.dumps(model.get_config(), sort_keys=True)
-    assert config == json.dumps(model_alone.get_config(), sort_keys=True)
 
 
 @pytest.fixture
@@ -71,7 +56,7 @@ def test_the_program_traced_ahead_is_not_traced_again_and_changes_no_run(
     assert traces == ["MainThread", "keras_bninit program ahead"]
     for shared, values in ((shared_first, FIRST), (shared_base, BASE)):
         alone = run_experiment(_config(tmp_path / "alone", **values, **TFDATA))
-        _same_run(shared, alone)
+        same_run(shared, alone)
 
 
 def test_a_mixed_float16_program_traced_ahead_changes_no_run(tmp_path, traces):
@@ -87,7 +72,7 @@ def test_a_mixed_float16_program_traced_ahead_changes_no_run(tmp_path, traces):
     shared = run_experiment(base, programs=cache)
     assert cache.ahead == 1
     assert traces == ["MainThread", "keras_bninit program ahead"]
-    _same_run(
+    same_run(
         shared, run_experiment(_config(tmp_path / "alone", **BASE, **values))
     )
 

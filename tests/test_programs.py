@@ -65,6 +65,25 @@ def _weights(record):
     return model, weights, optimizer
 
 
+def same_run(shared, alone):
+    """Asserts that two records of one run are the same run, bit for bit:
+    every epoch's numbers, the test accuracy, the saved weights and
+    optimizer state and the saved config; returns the shared run's saved
+    model."""
+    timing = "epoch_time_s"
+    assert shared["history"].pop(timing) != alone["history"].pop(timing)
+    assert shared["history"] == alone["history"]  # every epoch, exactly
+    assert shared["test_accuracy"] == alone["test_accuracy"]
+    model, weights, optimizer = _weights(shared)
+    model_alone, weights_alone, optimizer_alone = _weights(alone)
+    assert len(weights + optimizer) == len(weights_alone + optimizer_alone)
+    for a, b in zip(weights + optimizer, weights_alone + optimizer_alone):
+        np.testing.assert_array_equal(a, b)
+    config = json.dumps(model.get_config(), sort_keys=True)
+    assert config == json.dumps(model_alone.get_config(), sort_keys=True)
+    return model
+
+
 def test_program_key_ignores_state_and_keeps_structure(tmp_path):
     base = _config(tmp_path, **FIRST)
     same = _config(tmp_path, **SECOND, epochs=7)
@@ -112,18 +131,10 @@ def test_a_run_in_a_shared_program_is_bit_identical_to_the_run_alone(
     assert traces == ["tensorflow"]
     for values, shared in ((SECOND, second), (THIRD, third)):
         alone = run_experiment(_config(tmp_path / "alone", **values))
-        timing = "epoch_time_s"
-        assert shared["history"].pop(timing) != alone["history"].pop(timing)
-        assert shared["history"] == alone["history"]  # every epoch, exactly
-        assert shared["test_accuracy"] == alone["test_accuracy"]
-        model, weights, optimizer = _weights(shared)
-        model_alone, weights_alone, optimizer_alone = _weights(alone)
-        for a, b in zip(weights + optimizer, weights_alone + optimizer_alone):
-            np.testing.assert_array_equal(a, b)
+        model = same_run(shared, alone)
         # The saved model is the run's own: its config (c, the seeds of its
         # initializers) and optimizer (a, weight decay) are the run's.
         config = json.dumps(model.get_config(), sort_keys=True)
-        assert config == json.dumps(model_alone.get_config(), sort_keys=True)
         assert '"gamma": 0.5' in config or '"value": 0.5' in config
         assert f'"seed": {shared["complex_seed"]}' in config
         assert model.optimizer.gamma_lr_divisor == values["gamma_lr_divisor"]
