@@ -186,6 +186,12 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
             before weight decay (as Keras does).
         name: optimizer name.
         optimizer: the former name of `inner_optimizer` (deprecated).
+        separate_scale_rate: True: the scales' rate is computed from
+            variables in the compiled step even at `gamma_lr_divisor=1`
+            (where it is lr(t), bit for bit), so `set_hyperparameters` may
+            move the divisor to or from 1 without a new program (a sweep
+            trains BASE in the method's). False: at a = 1 the scales update
+            as every other variable.
 
     Example:
 
@@ -216,6 +222,7 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
         global_clipnorm=None,
         name="param_group_optimizer",
         optimizer=None,
+        separate_scale_rate=False,
         **kwargs,
     ):
         optimizer = _inner_argument(inner_optimizer, optimizer)
@@ -253,6 +260,11 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
                     f"ParamGroupOptimizer does not support an inner optimizer "
                     f"with {attr}={value!r}: {hint}."
                 )
+        if not isinstance(separate_scale_rate, bool):
+            raise ValueError(
+                "`separate_scale_rate` must be True or False. Received: "
+                f"separate_scale_rate={separate_scale_rate!r}"
+            )
         if classify is not None and not callable(classify):
             raise ValueError(
                 f"`classify` must be callable or None. Received: {classify!r}"
@@ -265,6 +277,7 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
             name=name,
         )
         self.inner_optimizer = optimizer
+        self.separate_scale_rate = separate_scale_rate
         self.gamma_lr_divisor = positive_float(
             "gamma_lr_divisor", gamma_lr_divisor
         )
@@ -299,6 +312,7 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
         self._iterations = optimizer.iterations
         self._groups = []
         self._lr_factors = []
+        self._scaled = []  # structure: the step computes the rate's terms
         self._decays = []
 
     # -- parameter groups ----------------------------------------------------
@@ -346,9 +360,10 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
         """New divisor a and weight decay, for the same compiled program.
 
         Call it also after the schedule's `set_values`. On a built
-        optimizer, a divisor of 1 (no scale group) and a decay of 0 (no
-        decay term) are part of the program's structure: switching them
-        on or off needs a new optimizer.
+        optimizer, a divisor of 1 (no scale group, unless
+        `separate_scale_rate`) and a decay of 0 (no decay term) are part of
+        the program's structure: switching them on or off needs a new
+        optimizer.
         """
         new_divisor = self.gamma_lr_divisor
         if gamma_lr_divisor is not None:
@@ -356,14 +371,16 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
         new_decay = self.coupled_weight_decay
         if weight_decay is not None:
             new_decay = positive_float("weight_decay", weight_decay, True)
+        scale_moves = (new_divisor == 1.0) != (self.gamma_lr_divisor == 1.0)
         if self.built and (
-            (new_divisor == 1.0) != (self.gamma_lr_divisor == 1.0)
+            (scale_moves and not self.separate_scale_rate)
             or (new_decay == 0.0) != (self.coupled_weight_decay == 0.0)
         ):
             raise ValueError(
                 "A built ParamGroupOptimizer keeps whether the scales have "
-                "their own rate (gamma_lr_divisor != 1) and whether kernels "
-                "decay (weight_decay != 0). Received: gamma_lr_divisor="
+                "their own rate (gamma_lr_divisor != 1, or always with "
+                "separate_scale_rate=True) and whether kernels decay "
+                f"(weight_decay != 0). Received: gamma_lr_divisor="
                 f"{new_divisor!r}, weight_decay={new_decay!r} on one built "
                 f"with {self.gamma_lr_divisor!r}, {self.coupled_weight_decay!r}"
             )
@@ -390,6 +407,10 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
         pairs = [self._factor_and_decay(g) for g in self._groups]
         self._lr_factors = [factor for factor, _ in pairs]
         self._decays = [decay for _, decay in pairs]
+        self._scaled = [
+            f != 1.0 or (g == SCALE and self.separate_scale_rate)
+            for f, g in zip(self._lr_factors, self._groups)
+        ]
         inner = self.inner_optimizer
         if inner.weight_decay:
             excluded = [v for v, g in zip(var_list, self._groups) if g != DECAY]
@@ -458,7 +479,7 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
         if self._decays[index]:
             decay = self._hyper.read("decay", dtype)
             gradient = ops.add(gradient, ops.multiply(decay, variable))
-        if self._lr_factors[index] != 1.0:
+        if self._scaled[index]:
             learning_rate = ops.cast(learning_rate, dtype)
             schedule = self.inner_optimizer._learning_rate
             if hasattr(schedule, "group_learning_rate") and not hasattr(
@@ -559,6 +580,7 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
             "clipnorm": self.clipnorm,
             "clipvalue": self.clipvalue,
             "global_clipnorm": self.global_clipnorm,
+            "separate_scale_rate": self.separate_scale_rate,
         }
 
     @classmethod

@@ -20,8 +20,15 @@ from keras_bninit.harness import ahead, programs
 from keras_bninit.harness.experiment import run_experiment
 from tests.test_programs import FIRST, _config, same_run
 
-# A program of its own: BASE (a = 1, no input BN), the method's other run.
-BASE = {"seed": 2, "gamma": 1.0, "gamma_lr_divisor": 1.0, "lr": 0.1}
+# A program of its own on the same data: BASE without weight decay (whether
+# kernels decay is structure; a = 1 and c = 1 are state).
+OTHER = {
+    "seed": 2,
+    "gamma": 1.0,
+    "gamma_lr_divisor": 1.0,
+    "lr": 0.1,
+    "weight_decay": 0.0,
+}
 TFDATA = {"input": "tfdata"}  # the memory path's runs are not traced ahead
 
 
@@ -46,15 +53,15 @@ def test_the_program_traced_ahead_is_not_traced_again_and_changes_no_run(
 ):
     cache = programs.ProgramCache()
     first = _config(tmp_path, **FIRST, **TFDATA)
-    base = _config(tmp_path, **BASE, **TFDATA)
-    cache.expect([base])
+    other = _config(tmp_path, **OTHER, **TFDATA)
+    cache.expect([other])
     shared_first = run_experiment(first, programs=cache)
-    assert (cache.built, cache.ahead) == (2, 1)  # BASE's, during FIRST
-    shared_base = run_experiment(base, programs=cache)
+    assert (cache.built, cache.ahead) == (2, 1)  # OTHER's, during FIRST
+    shared_other = run_experiment(other, programs=cache)
     assert (cache.built, cache.ahead, cache.hits) == (2, 1, 0)
-    # FIRST traced its step; BASE's was traced on the thread, not again.
+    # FIRST traced its step; OTHER's was traced on the thread, not again.
     assert traces == ["MainThread", "keras_bninit program ahead"]
-    for shared, values in ((shared_first, FIRST), (shared_base, BASE)):
+    for shared, values in ((shared_first, FIRST), (shared_other, OTHER)):
         alone = run_experiment(_config(tmp_path / "alone", **values, **TFDATA))
         same_run(shared, alone)
 
@@ -63,17 +70,17 @@ def test_a_mixed_float16_program_traced_ahead_changes_no_run(tmp_path, traces):
     # Its loss scale moves at the step on zeros; the run sets it back.
     values = {**TFDATA, "precision": "mixed_float16", "epochs": 1}
     cache = programs.ProgramCache()
-    first, base = (
+    first, other = (
         _config(tmp_path, **FIRST, **values),
-        _config(tmp_path, **BASE, **values),
+        _config(tmp_path, **OTHER, **values),
     )
-    cache.expect([base])
+    cache.expect([other])
     run_experiment(first, programs=cache)
-    shared = run_experiment(base, programs=cache)
+    shared = run_experiment(other, programs=cache)
     assert cache.ahead == 1
     assert traces == ["MainThread", "keras_bninit program ahead"]
     same_run(
-        shared, run_experiment(_config(tmp_path / "alone", **BASE, **values))
+        shared, run_experiment(_config(tmp_path / "alone", **OTHER, **values))
     )
 
 
@@ -87,11 +94,11 @@ def test_a_failed_trace_ahead_is_dropped_and_the_run_builds_its_program(
     monkeypatch.setattr(programs, "Ahead", Failing)
     cache = programs.ProgramCache()
     first = _config(tmp_path, **FIRST, **TFDATA, epochs=1)
-    base = _config(tmp_path, **BASE, **TFDATA, epochs=1)
-    cache.expect([base])
+    other = _config(tmp_path, **OTHER, **TFDATA, epochs=1)
+    cache.expect([other])
     run_experiment(first, programs=cache)
     with pytest.warns(RuntimeWarning) as warned:
-        record = run_experiment(base, programs=cache)
+        record = run_experiment(other, programs=cache)
     assert [str(w.message) for w in warned if w.category is RuntimeWarning] == [
         "Tracing the next program ahead failed (RuntimeError: no memory "
         "left for the next program); its first run builds it again."
@@ -106,21 +113,21 @@ def test_nothing_is_built_ahead_without_a_slot_a_next_program_or_the_builder(
 ):
     from keras_bninit import models
 
-    first, base = _config(tmp_path, **FIRST), _config(tmp_path, **BASE)
+    first, other = _config(tmp_path, **FIRST), _config(tmp_path, **OTHER)
     tfdata = types.SimpleNamespace(element_spec=None)  # `tf.data` stands
     rows = object()  # the memory path's batches of rows
     for size, expected, builder, data, made in (
-        (2, [base], None, tfdata, True),
-        (2, [base], models.build, tfdata, True),
+        (2, [other], None, tfdata, True),
+        (2, [other], models.build, tfdata, True),
         (2, [], None, tfdata, False),  # nothing expected (a Ray worker's)
         (2, [first], None, tfdata, False),  # the same program: built
-        (2, [base], lambda *a, **k: None, tfdata, False),  # another builder
-        (1, [base], None, tfdata, False),  # no free slot: nothing dropped
-        (2, [base], None, rows, False),  # not tf.data
+        (2, [other], lambda *a, **k: None, tfdata, False),  # another builder
+        (1, [other], None, tfdata, False),  # no free slot: nothing dropped
+        (2, [other], None, rows, False),  # not tf.data
         # TensorFlow's determinism is global: not the next run's meanwhile.
         (
             2,
-            [dataclasses.replace(base, deterministic=False)],
+            [dataclasses.replace(other, deterministic=False)],
             None,
             tfdata,
             False,
@@ -165,19 +172,27 @@ def test_a_local_sweep_tells_its_worker_the_runs_still_pending(
 
     class Cache(programs.ProgramCache):
         def expect(self, configs, build_model=None):
-            told.append(([(c.gamma, c.seed) for c in configs], build_model))
+            told.append(
+                ([(c.weight_decay, c.seed) for c in configs], build_model)
+            )
             super().expect(configs, build_model)
 
     monkeypatch.setattr(programs, "_WORKER", {"cache": Cache()})
-    runs = expand(
+    decayed = expand(
         [{"dataset": "digits", "gamma": 0.1}],
         "1-2",
+        add_base=False,
         epochs=1,
         model="tiny",
     )
+    runs = [  # two programs: with weight decay, and without
+        run
+        for one in decayed
+        for run in (one, dataclasses.replace(one, weight_decay=0.0))
+    ]
     sweep.run_sweep(runs, tmp_path, quiet=True, build_model=tiny_zoo_builder)
-    pending = [(r.gamma, r.seed) for r in runs]
+    pending = [(r.weight_decay, r.seed) for r in runs]
     assert told == [(pending[i + 1 :], tiny_zoo_builder) for i in range(4)]
-    # The tiny BASE program was built while the first run trained.
+    # The second tiny program was built while the first run trained.
     assert programs.worker_programs().ahead == 1
     assert programs.worker_programs().built == 2

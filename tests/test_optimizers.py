@@ -382,9 +382,11 @@ def test_config_round_trip():
         weight_decay=0.0,
         scale_patterns=["rho$"],
         clipnorm=1.0,
+        separate_scale_rate=True,
     )
     clone = kb.ParamGroupOptimizer.from_config(opt.get_config())
     assert clone.get_config() == opt.get_config()
+    assert clone.separate_scale_rate is True
     assert isinstance(clone.inner_optimizer, keras.optimizers.Adam)
     assert clone.clipnorm == 1.0 and clone.scale_patterns == ["rho$"]
 
@@ -454,6 +456,7 @@ def test_mixed_precision_matches_numpy_optimizer(policy):
         ({"scale_patterns": "("}, "scale_patterns"),
         ({"classify": 3}, "classify"),
         ({"learning_rate": 0.1}, "learning_rate"),
+        ({"separate_scale_rate": 1}, "separate_scale_rate=1"),
     ],
 )
 def test_rejects_bad_arguments(kwargs, match):
@@ -707,6 +710,42 @@ def test_weight_decay_is_set_before_build_and_refused_after():
     ):
         opt.weight_decay = 0.2
     assert opt.weight_decay == 0.05
+
+
+@pytest.mark.parametrize("per_group_floor", [False, True])
+def test_base_with_the_scales_rate_computed_is_base_bit_for_bit(
+    per_group_floor,
+):
+    """A sweep's shared program computes the scales' rate from variables
+    even for BASE (`separate_scale_rate`): built with a = 100 and moved to
+    a = 1, it trains BASE to the very numbers of BASE without that rate,
+    where the floored schedule's offset is not 0 (eta_min = 1e-3)."""
+    x, y = _data()
+    trained = []
+    for separate in (False, True):
+        model = _conv_bn_net(gamma=1.0)
+        schedule = kb.EpochCosineDecay(
+            0.1, STEPS, 3, eta_min=1e-3, per_group_floor=per_group_floor
+        )
+        opt = kb.ParamGroupOptimizer(
+            kb.TorchSGD(schedule, momentum=0.9),
+            gamma_lr_divisor=100.0 if separate else 1.0,
+            separate_scale_rate=separate,
+        )
+        opt.build(model.trainable_variables)
+        if separate:
+            opt.set_hyperparameters(gamma_lr_divisor=1.0)
+        else:  # a = 1 is structure here: no own rate to move to
+            with pytest.raises(ValueError, match="separate_scale_rate=True"):
+                opt.set_hyperparameters(gamma_lr_divisor=100.0)
+        model.compile(opt, LOSS)
+        model.fit(x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0)
+        trained.append(model.get_weights())
+        gamma = keras.ops.convert_to_numpy(model.get_layer("bn1").gamma)
+        assert np.all(gamma != 1.0)  # the scales trained, at lr(t)
+    assert len(trained[0]) == len(trained[1])
+    for base, separate in zip(*trained):
+        np.testing.assert_array_equal(base, separate)
 
 
 def test_group_order_is_tag_classify_patterns_rule():

@@ -37,13 +37,15 @@ def _config(out, **kwargs):
 
 
 # The second run differs from the first in everything that is state: seed,
-# c, learning rate, epochs' schedule, a and weight decay.
+# c, learning rate, epochs' schedule, a and weight decay. Its a is BASE's,
+# 1: the scales' rate moves to lr(t) in the method's program, and back to
+# lr(t) / 100 for the third run.
 FIRST = {"seed": 1, "gamma": 0.1, "lr": 0.05, "gamma_lr_divisor": 100.0}
 SECOND = {
     "seed": 2,
     "gamma": 0.5,
     "lr": 0.1,
-    "gamma_lr_divisor": 30.0,
+    "gamma_lr_divisor": 1.0,
     "weight_decay": 5e-4,
 }
 # The third has the second's c: it takes back the second run's own model,
@@ -88,11 +90,12 @@ def test_program_key_ignores_state_and_keeps_structure(tmp_path):
     base = _config(tmp_path, **FIRST)
     same = _config(tmp_path, **SECOND, epochs=7)
     assert programs.program_key(base) == programs.program_key(same)
+    base_divisor = dataclasses.replace(base, gamma=1.0, gamma_lr_divisor=1.0)
+    assert programs.program_key(base_divisor) == programs.program_key(base)
     for change in (
         {"batch_size": 32},
         {"input": "tfdata"},
         {"bn": "a1"},
-        {"gamma_lr_divisor": 1.0},
         {"weight_decay": 0.0},
         {"momentum": 0.5},
         {"input_norm": "fixed"},
