@@ -380,7 +380,7 @@ class ParamGroupOptimizer(keras.optimizers.Optimizer):
                 "A built ParamGroupOptimizer keeps whether the scales have "
                 "their own rate (gamma_lr_divisor != 1, or always with "
                 "separate_scale_rate=True) and whether kernels decay "
-                f"(weight_decay != 0). Received: gamma_lr_divisor="
+                "(weight_decay != 0). Received: gamma_lr_divisor="
                 f"{new_divisor!r}, weight_decay={new_decay!r} on one built "
                 f"with {self.gamma_lr_divisor!r}, {self.coupled_weight_decay!r}"
             )
