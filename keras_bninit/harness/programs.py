@@ -466,9 +466,9 @@ class ProgramCache:
         )
 
     def _start_ahead(self, key, config, splits, build_model, fit_data, data):
-        self.wait()
-        if key in self._programs or len(self._programs) >= self.size:
-            return
+        # Called during the run `ahead_callback` was asked for, which found
+        # the program unbuilt and a slot free (nothing builds in between),
+        # after `acquire` had waited for any earlier thread.
         tf, size, built = _tf.tensorflow(), splits.batch_size, self.built
         try:
             train = zeros_like_spec(tf, fit_data.element_spec, size)
