@@ -411,9 +411,12 @@ def test_a_signal_to_a_ray_driver_is_one_line_and_a_rerun_finishes(
     argv = [
         sys.executable, TRAIN_PY, "sweep", "--dataset", "digits",
         "--model", "resnet8", "--gamma", "0.1", "--no-base", "--seeds", "1",
-        "--epochs", "3", "--executor", "ray", "--workers", "1",
+        "--epochs", "8", "--executor", "ray", "--workers", "1",
         "--out", str(tmp_path),
     ]  # fmt: skip
+    # Eight epochs: the cancelled worker must not finish the run (its last
+    # epochs, test and save) before Ray kills it; with three, on a fast
+    # machine, it sometimes did, and the rerun found the run done.
     proc = subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=ENV, cwd=ROOT,
@@ -421,7 +424,7 @@ def test_a_signal_to_a_ray_driver_is_one_line_and_a_rerun_finishes(
     lines = []
     for line in proc.stdout:  # the worker's lines come through the driver
         lines.append(line)
-        if "epoch 1/3" in line:
+        if "epoch 1/8" in line:
             proc.send_signal(signum)
             break
     out = "".join(lines) + proc.communicate(timeout=300)[0]
